@@ -1,0 +1,469 @@
+#!/usr/bin/env bash
+# Whole-proxy benchmark: Portcullis against nginx and HAProxy, all in front of
+# the same fast upstream, measured with wrk in alternating rounds.
+#
+#   perf/run.sh                      # defaults: ROUNDS=5 DURATION=10 (seconds)
+#   ROUNDS=3 DURATION=5 perf/run.sh
+#   PORTCULLIS_BIN=/path/to/portcullis perf/run.sh   # skip cargo build
+#   PERF_TARGETS="nginx haproxy" perf/run.sh        # only some targets
+#
+# See perf/README.md. Output: a Markdown report on stdout and in
+# perf/out/latest.md; raw numbers and every process's log in perf/out/.
+set -euo pipefail
+
+PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$PERF_DIR/.." && pwd)
+OUT_DIR=$PERF_DIR/out
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+# ---------------------------------------------------------------- settings
+ROUNDS=${ROUNDS:-5}                 # alternating rounds over all targets
+DURATION=${DURATION:-10}            # seconds per measured wrk run
+WARMUP=${WARMUP:-3}                 # seconds of warm-up per target, before round 1
+CONNECTIONS=${CONNECTIONS:-50}      # wrk -c
+THREADS=${THREADS:-1}               # wrk -t
+PROXY_CPU=${PROXY_CPU:-0}           # core for the proxies under test
+LOAD_CPU=${LOAD_CPU:-1}             # core for wrk and the upstream
+PORT_BASE=${PERF_PORT_BASE:-18080}  # first port tried; busy ports are skipped
+BASELINE=${BASELINE:-nginx}         # target the ratios are computed against
+PERF_TARGETS=${PERF_TARGETS:-}      # space-separated subset of targets; empty = all
+READY_TIMEOUT=${READY_TIMEOUT:-30}  # seconds a server gets to answer 200
+PORTCULLIS_RUST_LOG=${PORTCULLIS_RUST_LOG:-warn}
+PORTCULLIS_BIN=${PORTCULLIS_BIN:-}
+
+for v in ROUNDS DURATION WARMUP CONNECTIONS THREADS PORT_BASE READY_TIMEOUT; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || { echo "run.sh: $v must be a non-negative integer (got '${!v}')" >&2; exit 2; }
+done
+((ROUNDS >= 1 && DURATION >= 1)) || { echo "run.sh: ROUNDS and DURATION must be >= 1" >&2; exit 2; }
+
+log() { printf '[perf %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '\n[perf] FATAL: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- processes
+WORK=""          # temp dir for configs, logs and data
+PIDS=()          # every long-running process this script started
+PID_NAMES=()
+
+# 0 if the process exists and is not a zombie.
+is_alive() {
+    local pid=$1 state
+    [[ -r /proc/$pid/stat ]] || return 1
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+stop_pid() {
+    local pid=$1 name=$2 children i
+    children=$(pgrep -P "$pid" 2>/dev/null || true)
+    if is_alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 100; i++)); do is_alive "$pid" || break; sleep 0.1; done
+        if is_alive "$pid"; then
+            log "$name (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+    # e.g. nginx workers, if their master was killed hard
+    for pid in $children; do
+        if is_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
+}
+
+cleanup() {
+    local rc=$? i
+    set +e
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]}" "${PID_NAMES[$i]}"
+    done
+    if [[ -n $WORK && -d $WORK ]]; then
+        rm -rf "$OUT_DIR/logs"
+        mkdir -p "$OUT_DIR/logs"
+        cp -r "$WORK"/logs/. "$OUT_DIR/logs/" 2>/dev/null
+        rm -rf "$WORK"
+        ((rc == 0)) || log "logs of every process and wrk run are in $OUT_DIR/logs/"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_pinned NAME CPU CMD... — start CMD in the background pinned to CPU,
+# stdout+stderr to $WORK/logs/NAME.log; sets LAST_PID.
+start_pinned() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/logs/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    PID_NAMES+=("$name")
+    log "started $name (pid $LAST_PID, cpu $cpu): $*"
+}
+
+# ---------------------------------------------------------------- ports
+USED_PORTS=" "
+NEXT_PORT=$PORT_BASE
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# alloc_port — sets PORT to a free loopback port not yet handed out.
+alloc_port() {
+    while port_busy "$NEXT_PORT" || [[ $USED_PORTS == *" $NEXT_PORT "* ]]; do
+        NEXT_PORT=$((NEXT_PORT + 1))
+        ((NEXT_PORT < 65000)) || die "no free port found from $PORT_BASE up"
+    done
+    PORT=$NEXT_PORT
+    USED_PORTS+="$PORT "
+    NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+# render TEMPLATE DEST KEY=VALUE... — replace @KEY@ with VALUE.
+render() {
+    local src=$1 dst=$2 kv key val content
+    shift 2
+    content=$(<"$src")
+    for kv in "$@"; do
+        key=${kv%%=*}
+        val=${kv#*=}
+        content=${content//@$key@/$val}
+    done
+    [[ $content != *@[A-Z_]*@* ]] || die "unrendered placeholder left in $dst: $(grep -o '@[A-Z_]*@' <<<"$content" | sort -u | tr '\n' ' ')"
+    printf '%s\n' "$content" >"$dst"
+}
+
+# wait_ready NAME URL PID [curl args...] — poll until URL answers 200 with the
+# upstream's body; fail loudly if the process dies or it never does.
+EXPECTED_BODY="hello world"
+wait_ready() {
+    local name=$1 url=$2 pid=$3 deadline code body
+    shift 3
+    deadline=$((SECONDS + READY_TIMEOUT))
+    code=none
+    while ((SECONDS < deadline)); do
+        if ! is_alive "$pid"; then
+            tail -n 40 "$WORK/logs/$name.log" >&2 || true
+            die "$name (pid $pid) exited before it answered $url (log above)"
+        fi
+        if code=$(curl -sS -o "$WORK/ready-body" -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null); then
+            body=$(<"$WORK/ready-body")
+            if [[ $code == 200 && $body == *"$EXPECTED_BODY"* ]]; then
+                log "$name answers 200 at $url"
+                return 0
+            fi
+        fi
+        sleep 0.2
+    done
+    tail -n 40 "$WORK/logs/$name.log" >&2 || true
+    die "$name did not answer 200 with the upstream's body at $url within ${READY_TIMEOUT}s (last status: ${code:-none}, body: $(head -c 300 "$WORK/ready-body" 2>/dev/null | tr '\n' ' '))"
+}
+
+# ---------------------------------------------------------------- setup
+ensure_tools() {
+    local missing=() pair bin pkg
+    for pair in nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl taskset:util-linux; do
+        bin=${pair%%:*}
+        pkg=${pair#*:}
+        command -v "$bin" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    log "installing missing packages: ${missing[*]}"
+    apt-get update || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" ||
+        die "apt-get install -y ${missing[*]} failed"
+    for pair in nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl taskset:util-linux; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || die "${pair%%:*} still missing after installing ${pair#*:}"
+    done
+}
+
+UPSTREAM_ADDR=""
+start_upstream() {
+    local dir=$WORK/upstream
+    mkdir -p "$dir"
+    alloc_port
+    UPSTREAM_ADDR=127.0.0.1:$PORT
+    render "$PERF_DIR/conf/nginx-upstream.conf.tmpl" "$dir/nginx.conf" DIR="$dir" PORT="$PORT"
+    nginx -t -q -p "$dir" -c "$dir/nginx.conf" >"$WORK/logs/upstream-config-test.log" 2>&1 ||
+        { cat "$WORK/logs/upstream-config-test.log" >&2; die "upstream nginx config test failed"; }
+    start_pinned upstream "$LOAD_CPU" nginx -p "$dir" -c "$dir/nginx.conf"
+    wait_ready upstream "http://$UPSTREAM_ADDR/" "$LAST_PID"
+}
+
+# ---------------------------------------------------------------- targets
+# Each target: a name, a starter function, and extra wrk args (e.g. -s script.lua).
+# A starter is called as `STARTER NAME`; it starts whatever the target needs,
+# waits until it answers (wait_ready, which takes curl args such as -H for
+# targets that need credentials), and sets TARGET_URL[NAME].
+ALL_TARGETS=()
+declare -A TARGET_STARTER=() TARGET_WRK=() TARGET_URL=()
+
+# add_target NAME STARTER [extra wrk args...]
+add_target() {
+    local name=$1 starter=$2
+    shift 2
+    ALL_TARGETS+=("$name")
+    TARGET_STARTER[$name]=$starter
+    TARGET_WRK[$name]=$( (($# == 0)) || printf '%q ' "$@")
+}
+
+start_upstream_direct() {
+    TARGET_URL[$1]="http://$UPSTREAM_ADDR/"
+}
+
+start_nginx_proxy() {
+    local name=$1 dir=$WORK/$1
+    mkdir -p "$dir"
+    alloc_port
+    render "$PERF_DIR/conf/nginx-proxy.conf.tmpl" "$dir/nginx.conf" DIR="$dir" PORT="$PORT" UPSTREAM="$UPSTREAM_ADDR"
+    nginx -t -q -p "$dir" -c "$dir/nginx.conf" >"$WORK/logs/$name-config-test.log" 2>&1 ||
+        { cat "$WORK/logs/$name-config-test.log" >&2; die "$name config test failed"; }
+    start_pinned "$name" "$PROXY_CPU" nginx -p "$dir" -c "$dir/nginx.conf"
+    TARGET_URL[$name]="http://127.0.0.1:$PORT/"
+    wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID"
+}
+
+start_haproxy() {
+    local name=$1 dir=$WORK/$1
+    mkdir -p "$dir"
+    alloc_port
+    render "$PERF_DIR/conf/haproxy.cfg.tmpl" "$dir/haproxy.cfg" PORT="$PORT" UPSTREAM="$UPSTREAM_ADDR"
+    haproxy -c -q -f "$dir/haproxy.cfg" >"$WORK/logs/$name-config-test.log" 2>&1 ||
+        { cat "$WORK/logs/$name-config-test.log" >&2; die "$name config check failed"; }
+    start_pinned "$name" "$PROXY_CPU" haproxy -db -f "$dir/haproxy.cfg"
+    TARGET_URL[$name]="http://127.0.0.1:$PORT/"
+    wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID"
+}
+
+# start_portcullis NAME DRIVER [TEMPLATE [curl args for the readiness check...]]
+start_portcullis() {
+    local name=$1 driver=$2 tmpl=${3:-$PERF_DIR/conf/portcullis.yaml.tmpl} dir=$WORK/$1 admin_port
+    shift $(($# < 3 ? $# : 3))
+    mkdir -p "$dir/data"
+    alloc_port
+    admin_port=$PORT
+    alloc_port
+    render "$tmpl" "$dir/config.yaml" DIR="$dir" PORT="$PORT" ADMIN_PORT="$admin_port" \
+        DRIVER="$driver" UPSTREAM="$UPSTREAM_ADDR"
+    start_pinned "$name" "$PROXY_CPU" env RUST_LOG="$PORTCULLIS_RUST_LOG" "$PORTCULLIS_BIN" -c "$dir/config.yaml"
+    TARGET_URL[$name]="http://127.0.0.1:$PORT/"
+    wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID" "$@"
+}
+start_portcullis_uring() { start_portcullis "$1" io_uring; }
+start_portcullis_epoll() { start_portcullis "$1" epoll; }
+
+# The order here is the order within each round and in the table.
+add_target upstream-direct  start_upstream_direct
+add_target nginx            start_nginx_proxy
+add_target haproxy          start_haproxy
+add_target portcullis-uring start_portcullis_uring
+add_target portcullis-epoll start_portcullis_epoll
+
+# ---------------------------------------------------------------- measuring
+RAW=""   # TSV of every measured run
+
+# run_wrk LOGFILE DURATION URL [extra wrk args] — one bounded wrk run; the
+# output goes to LOGFILE, parsed numbers into W_* variables.
+run_wrk() {
+    local logfile=$1 dur=$2 url=$3 parsed
+    shift 3
+    timeout --kill-after=5 $((dur + 30)) \
+        taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${dur}s" --latency "$@" "$url" \
+        >"$logfile" 2>&1 || { cat "$logfile" >&2; die "wrk failed against $url (output above)"; }
+    parsed=$(awk '
+        function ms(v,   n, u) {
+            n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+            if (u == "us") return n / 1000
+            if (u == "ms") return n
+            if (u == "s")  return n * 1000
+            if (u == "m")  return n * 60000
+            if (u == "h")  return n * 3600000
+            return -1
+        }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        /^Requests\/sec:/ { rps = $2 }
+        / requests in / { req = $1 }
+        /Non-2xx or 3xx responses:/ { non = $NF }
+        /Socket errors:/ { gsub(",", ""); c = $4; r = $6; w = $8; t = $10 }
+        END {
+            if (rps == "" || p50 == "" || p99 == "") { print "PARSE_ERROR"; exit }
+            printf "%s %.3f %.3f %d %d %d %d %d %d\n", rps, p50, p99, req, non, c, r, w, t
+        }' "$logfile")
+    [[ $parsed != PARSE_ERROR ]] || { cat "$logfile" >&2; die "could not parse wrk output (above)"; }
+    read -r W_RPS W_P50 W_P99 W_REQ W_NON2XX W_CONNERR W_READERR W_WRITEERR W_TIMEOUT <<<"$parsed"
+    W_SOCKERR=$((W_CONNERR + W_READERR + W_WRITEERR + W_TIMEOUT))
+}
+
+# measure NAME URL [extra wrk args] — one measured run of $DURATION seconds in
+# round $ROUND; appends a row to $RAW.
+ROUND=0
+measure() {
+    local name=$1 url=$2
+    shift 2
+    run_wrk "$WORK/logs/wrk-r$ROUND-$name.txt" "$DURATION" "$url" "$@"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$name" "$W_RPS" "$W_P50" "$W_P99" \
+        "$W_REQ" "$W_NON2XX" "$W_CONNERR" "$W_READERR" "$W_WRITEERR" "$W_TIMEOUT" >>"$RAW"
+    log "round $ROUND $(printf '%-18s' "$name") $(printf '%10.0f' "$W_RPS") req/s  p50 ${W_P50} ms  p99 ${W_P99} ms  non-2xx ${W_NON2XX}  socket errors ${W_SOCKERR}"
+}
+
+# warm_up NAME URL [extra wrk args] — doubles as a one-shot check: fails if the
+# target served nothing, answered non-2xx, or had connect errors.
+warm_up() {
+    local name=$1 url=$2
+    shift 2
+    ((WARMUP > 0)) || return 0
+    run_wrk "$WORK/logs/wrk-warmup-$name.txt" "$WARMUP" "$url" "$@"
+    ((W_REQ > 0)) || die "$name served no request during warm-up"
+    ((W_NON2XX == 0)) || die "$name answered $W_NON2XX non-2xx/3xx responses during warm-up (see $OUT_DIR/logs/wrk-warmup-$name.txt)"
+    ((W_CONNERR == 0)) || die "$name had $W_CONNERR connect errors during warm-up"
+    ((W_SOCKERR == 0)) || log "WARNING: $name had socket errors during warm-up: read $W_READERR write $W_WRITEERR timeout $W_TIMEOUT"
+    log "warm-up $name: $(printf '%.0f' "$W_RPS") req/s"
+}
+
+check_all_alive() {
+    local i
+    for ((i = 0; i < ${#PIDS[@]}; i++)); do
+        is_alive "${PIDS[$i]}" || {
+            tail -n 40 "$WORK/logs/${PID_NAMES[$i]}.log" >&2 || true
+            die "${PID_NAMES[$i]} (pid ${PIDS[$i]}) died during the benchmark (log above)"
+        }
+    done
+}
+
+# ---------------------------------------------------------------- report
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+col_of() { awk -F'\t' -v n="$1" -v c="$2" '$2 == n { print $c }' "$RAW"; }
+
+report() {
+    local name rps p50 p99 base_rps="" base_p99="" r_rps r_p99 errs non sock cpu_model pc_version git_rev
+    cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    [[ -n $cpu_model ]] || cpu_model=$(awk -F': *' '/^(Hardware|cpu model|uarch)/ { print $2; exit }' /proc/cpuinfo)
+    git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+    [[ -z $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || git_rev+=", src modified"
+    pc_version=n/a
+    if [[ -n $PORTCULLIS_BIN ]]; then
+        pc_version=$(timeout 5 "$PORTCULLIS_BIN" --version 2>/dev/null | head -n1) || true
+        [[ -n $pc_version ]] || pc_version="unknown"
+    fi
+
+    if [[ " ${SELECTED[*]} " == *" $BASELINE "* ]]; then
+        base_rps=$(col_of "$BASELINE" 3 | median)
+        base_p99=$(col_of "$BASELINE" 5 | median)
+    fi
+
+    echo "# Portcullis whole-proxy benchmark"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "- machine: nproc $(nproc), ${cpu_model:-unknown CPU}, kernel $(uname -r)"
+    echo "- versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), portcullis ${pc_version} (git: ${git_rev})"
+    echo "- method: \`taskset -c $LOAD_CPU wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, $ROUNDS alternating rounds (${WARMUP}s warm-up per target first); proxies pinned to core $PROXY_CPU, upstream nginx and wrk to core $LOAD_CPU; upstream body \`hello world\\n\` (12 bytes), keep-alive everywhere"
+    echo "- values are medians over the rounds; ratios are against \`$BASELINE\` (req/s: higher is better; p99: lower is better); errors = non-2xx/3xx responses + socket errors, summed over all rounds"
+    echo
+    echo "| target | req/s | p50 ms | p99 ms | req/s vs $BASELINE | p99 vs $BASELINE | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for name in "${SELECTED[@]}"; do
+        rps=$(col_of "$name" 3 | median)
+        p50=$(col_of "$name" 4 | median)
+        p99=$(col_of "$name" 5 | median)
+        non=$(awk -F'\t' -v n="$name" '$2 == n { s += $7 } END { print s + 0 }' "$RAW")
+        sock=$(awk -F'\t' -v n="$name" '$2 == n { s += $8 + $9 + $10 + $11 } END { print s + 0 }' "$RAW")
+        errs=$((non + sock))
+        if [[ -n $base_rps ]]; then
+            r_rps=$(awk -v a="$rps" -v b="$base_rps" 'BEGIN { printf "%.2f", a / b }')
+            r_p99=$(awk -v a="$p99" -v b="$base_p99" 'BEGIN { printf "%.2f", a / b }')
+        else
+            r_rps=n/a
+            r_p99=n/a
+        fi
+        if ((errs > 0)); then errs="$errs ($non non-2xx, $sock socket)"; fi
+        printf '| %s | %.0f | %.3f | %.3f | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$r_rps" "$r_p99" "$errs"
+    done
+    echo
+    echo "<details><summary>every round (req/s, p50 ms, p99 ms)</summary>"
+    echo
+    printf '| target |'
+    for ((r = 1; r <= ROUNDS; r++)); do printf ' round %d |' "$r"; done
+    printf '\n|---|'
+    for ((r = 1; r <= ROUNDS; r++)); do printf -- '---:|'; done
+    printf '\n'
+    for name in "${SELECTED[@]}"; do
+        printf '| %s |' "$name"
+        awk -F'\t' -v n="$name" '$2 == n { printf " %.0f, %.3f, %.3f |", $3, $4, $5 }' "$RAW"
+        printf '\n'
+    done
+    echo
+    echo "</details>"
+}
+
+# ---------------------------------------------------------------- main
+main() {
+    local name i
+    SELECTED=()
+    if [[ -n $PERF_TARGETS ]]; then
+        for name in $PERF_TARGETS; do
+            [[ -n ${TARGET_STARTER[$name]+x} ]] || die "unknown target '$name' (known: ${ALL_TARGETS[*]})"
+        done
+        for name in "${ALL_TARGETS[@]}"; do
+            [[ " $PERF_TARGETS " == *" $name "* ]] && SELECTED+=("$name")
+        done
+    else
+        SELECTED=("${ALL_TARGETS[@]}")
+    fi
+
+    ensure_tools
+    [[ $(nproc) -ge 2 ]] || log "WARNING: fewer than 2 cores; load generator and proxies share a core"
+
+    if [[ " ${SELECTED[*]} " == *" portcullis"* ]]; then
+        if [[ -z $PORTCULLIS_BIN ]]; then
+            log "building portcullis (cargo build --release)"
+            (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
+            PORTCULLIS_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/portcullis
+        fi
+        [[ -x $PORTCULLIS_BIN ]] || die "portcullis binary not found or not executable: $PORTCULLIS_BIN"
+        PORTCULLIS_BIN=$(cd "$(dirname "$PORTCULLIS_BIN")" && pwd)/$(basename "$PORTCULLIS_BIN")
+    fi
+
+    WORK=$(mktemp -d /tmp/portcullis-perf.XXXXXX)
+    mkdir -p "$WORK/logs" "$OUT_DIR"
+    RAW=$WORK/raw.tsv
+    printf 'round\ttarget\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tconnect_err\tread_err\twrite_err\ttimeouts\n' >"$RAW"
+
+    start_upstream
+    for name in "${SELECTED[@]}"; do
+        "${TARGET_STARTER[$name]}" "$name"
+    done
+
+    local -a extra
+    for name in "${SELECTED[@]}"; do
+        eval "extra=(${TARGET_WRK[$name]})"
+        warm_up "$name" "${TARGET_URL[$name]}" "${extra[@]}"
+    done
+    check_all_alive
+
+    local est=$(( ${#SELECTED[@]} * ROUNDS * (DURATION + 1) ))
+    log "measuring ${#SELECTED[@]} targets x $ROUNDS rounds x ${DURATION}s (about $((est / 60)) min $((est % 60)) s)"
+    for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+        for name in "${SELECTED[@]}"; do
+            eval "extra=(${TARGET_WRK[$name]})"
+            measure "$name" "${TARGET_URL[$name]}" "${extra[@]}"
+            check_all_alive
+            sleep 1
+        done
+    done
+
+    report >"$WORK/report.md"
+    cp "$RAW" "$OUT_DIR/latest-raw.tsv"
+    cp "$WORK/report.md" "$OUT_DIR/latest.md"
+    cp "$WORK/report.md" "$OUT_DIR/$(date -u +%Y%m%dT%H%M%SZ).md"
+
+    # Anything a proxy said at warn/error level while under load is worth a look.
+    for ((i = 0; i < ${#PIDS[@]}; i++)); do
+        if grep -qiE 'error|warn|panic|alert|emerg|crit' "$WORK/logs/${PID_NAMES[$i]}.log" 2>/dev/null; then
+            log "NOTE: ${PID_NAMES[$i]} logged warnings/errors; see $OUT_DIR/logs/${PID_NAMES[$i]}.log"
+        fi
+    done
+    echo
+    cat "$WORK/report.md"
+    log "report written to $OUT_DIR/latest.md"
+}
+
+main "$@"

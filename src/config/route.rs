@@ -1,0 +1,559 @@
+//! Routes in APISIX's own JSON shape, checked into [`RouteSpec`]s.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{deserialize_at, ranged, seconds, ConfigError};
+use crate::plugins::{self, Plugins};
+
+/// APISIX route options that Portcullis does not implement; named so the error says so plainly
+/// instead of calling them unknown (ignoring them would change what the route lets through).
+const UNSUPPORTED_ROUTE_OPTIONS: &[&str] =
+    &["vars", "filter_func", "remote_addr", "remote_addrs", "upstream_id", "service_id", "plugin_config_id", "script"];
+
+/// A route as written (APISIX field names).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    uri: Option<String>,
+    #[serde(default)]
+    uris: Option<Vec<String>>,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    hosts: Option<Vec<String>>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
+    status: Option<i64>,
+    #[serde(default)]
+    plugins: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    upstream: Option<UpstreamConfig>,
+    #[serde(default)]
+    timeout: Option<TimeoutConfig>,
+    #[serde(default)]
+    enable_websocket: Option<bool>,
+    // Descriptive fields APISIX keeps: type-checked, carried in `source`, never interpreted.
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    desc: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    labels: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    create_time: Option<i64>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    update_time: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamConfig {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    nodes: Value,
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    pass_host: Option<String>,
+    #[serde(default)]
+    upstream_host: Option<String>,
+    #[serde(default)]
+    timeout: Option<TimeoutConfig>,
+    #[serde(default)]
+    retries: Option<i64>,
+    #[serde(default)]
+    keepalive_pool: Option<KeepalivePoolConfig>,
+    #[serde(default)]
+    tls: Option<UpstreamTlsConfig>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    desc: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    labels: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutConfig {
+    connect: f64,
+    send: f64,
+    read: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepalivePoolConfig {
+    #[serde(default)]
+    size: Option<i64>,
+    #[serde(default)]
+    idle_timeout: Option<f64>,
+    #[serde(default)]
+    requests: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamTlsConfig {
+    #[serde(default)]
+    verify: bool,
+}
+
+/// HTTP methods a route can be narrowed to, as bits.
+pub const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
+
+/// The bit of a method name in a route's method set, if it is one we route on.
+pub fn method_bit(name: &[u8]) -> Option<u16> {
+    METHODS.iter().position(|m| m.as_bytes() == name).map(|i| 1 << i)
+}
+
+/// Upstream URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP/1.1.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+}
+
+impl Scheme {
+    fn parse(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> Scheme {
+        match s {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            other => {
+                errors.push(ConfigError::new(path, format!("unsupported scheme `{other}`"), "http, https"));
+                Scheme::Http
+            }
+        }
+    }
+}
+
+/// Which Host header the upstream sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassHost {
+    /// The client's Host.
+    Pass,
+    /// The chosen node's `host:port`.
+    Node,
+    /// A fixed value.
+    Rewrite(String),
+}
+
+/// A host a route is narrowed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `example.com`, lowercased.
+    Exact(String),
+    /// `*.example.com`, kept as `.example.com`, lowercased.
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Whether a lowercased host (without port) matches.
+    pub fn matches(&self, host: &[u8]) -> bool {
+        match self {
+            HostPattern::Exact(h) => h.as_bytes() == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_bytes()),
+        }
+    }
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Host name or IP literal.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Share of requests, relative to the other nodes.
+    pub weight: u32,
+}
+
+/// Connect, send and read timeouts toward an upstream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connection setup.
+    pub connect: Duration,
+    /// Between two successful writes.
+    pub send: Duration,
+    /// Between two successful reads.
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        // APISIX's (and nginx's) defaults.
+        Timeouts { connect: Duration::from_secs(60), send: Duration::from_secs(60), read: Duration::from_secs(60) }
+    }
+}
+
+/// A route's upstream, checked.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    /// Servers with their weights.
+    pub nodes: Vec<NodeSpec>,
+    /// Plain or TLS.
+    pub scheme: Scheme,
+    /// Host header policy.
+    pub pass_host: PassHost,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Further nodes tried when connecting fails.
+    pub retries: u32,
+    /// Override of the per-core idle pool size for this upstream.
+    pub keepalive_size: Option<usize>,
+    /// Override of the idle timeout.
+    pub keepalive_idle: Option<Duration>,
+    /// Override of the requests per connection.
+    pub keepalive_requests: Option<u64>,
+    /// Verify the upstream's certificate (off by default, as in APISIX and nginx).
+    pub tls_verify: bool,
+}
+
+/// A checked route.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// The route id.
+    pub id: String,
+    /// Paths: exact, or a prefix when ending in `*`.
+    pub uris: Vec<String>,
+    /// Allowed methods as bits of [`METHODS`]; 0 means any.
+    pub methods: u16,
+    /// Hosts; empty means any.
+    pub hosts: Vec<HostPattern>,
+    /// Higher wins among routes for the same path.
+    pub priority: i64,
+    /// `status: 0` disables a route without deleting it.
+    pub enabled: bool,
+    /// Where requests go.
+    pub upstream: UpstreamSpec,
+    /// The plugins, checked.
+    pub plugins: Plugins,
+    /// The route exactly as written, for answering reads of it.
+    pub source: Value,
+}
+
+/// Check every route in a list; problems are collected with `routes[i]` paths.
+pub fn check_routes(values: Vec<Value>, errors: &mut Vec<ConfigError>) -> Vec<RouteSpec> {
+    let mut ids = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(values.len());
+    for (i, v) in values.into_iter().enumerate() {
+        let prefix = format!("routes[{i}]");
+        let fallback_id = (i + 1).to_string();
+        let mut route_errors = Vec::new();
+        if let Some(route) = check_route(v, &fallback_id, &mut route_errors) {
+            if !ids.insert(route.id.clone()) {
+                route_errors.push(ConfigError::plain("id", format!("`{}` is used by an earlier route", route.id)));
+            }
+            out.push(route);
+        }
+        errors.extend(route_errors.into_iter().map(|e| e.under(&prefix)));
+    }
+    out
+}
+
+/// Check one route document; errors carry paths relative to the route.
+pub fn check_route(value: Value, fallback_id: &str, errors: &mut Vec<ConfigError>) -> Option<RouteSpec> {
+    if let Value::Object(map) = &value {
+        for key in UNSUPPORTED_ROUTE_OPTIONS {
+            if map.contains_key(*key) {
+                errors.push(ConfigError::plain(*key, "is an APISIX option Portcullis does not support"));
+            }
+        }
+        if !errors.is_empty() {
+            return None;
+        }
+    } else {
+        errors.push(ConfigError::plain("", "a route must be an object"));
+        return None;
+    }
+    let source = value.clone();
+    let raw: RouteConfig = match deserialize_at(value, "") {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    let id = match &raw.id {
+        None => fallback_id.to_string(),
+        Some(Value::String(s)) if valid_id(s) => s.clone(),
+        Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+        Some(other) => {
+            errors.push(ConfigError::new("id", format!("{other} is not a valid id"), "1 to 64 of A-Z a-z 0-9 - _ ."));
+            fallback_id.to_string()
+        }
+    };
+    let uris = match (raw.uri, raw.uris) {
+        (Some(u), None) => vec![u],
+        (None, Some(us)) if !us.is_empty() => us,
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::plain("uris", "give either `uri` or `uris`, not both"));
+            Vec::new()
+        }
+        _ => {
+            errors.push(ConfigError::new("uri", "is required", "a path such as /get, or a prefix such as /api/*"));
+            Vec::new()
+        }
+    };
+    for (i, u) in uris.iter().enumerate() {
+        let star = u.find('*');
+        if !u.starts_with('/') || star.is_some_and(|p| p != u.len() - 1) || u.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            errors.push(ConfigError::new(format!("uris[{i}]"), format!("`{u}` is not a route path"), "a path starting with /, optionally ending in * for a prefix"));
+        }
+    }
+    let mut methods = 0u16;
+    for (i, m) in raw.methods.iter().flatten().enumerate() {
+        match method_bit(m.as_bytes()) {
+            Some(bit) => methods |= bit,
+            None => errors.push(ConfigError::new(format!("methods[{i}]"), format!("unknown method `{m}`"), METHODS.join(", "))),
+        }
+    }
+    let host_list = match (raw.host, raw.hosts) {
+        (Some(h), None) => vec![h],
+        (None, Some(hs)) => hs,
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::plain("hosts", "give either `host` or `hosts`, not both"));
+            Vec::new()
+        }
+    };
+    let hosts = host_list
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let lower = h.to_ascii_lowercase();
+            let ok_chars = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+            if let Some(rest) = lower.strip_prefix("*.") {
+                if ok_chars(rest) {
+                    return Some(HostPattern::Suffix(format!(".{rest}")));
+                }
+            } else if ok_chars(&lower) {
+                return Some(HostPattern::Exact(lower));
+            }
+            errors.push(ConfigError::new(format!("hosts[{i}]"), format!("`{h}` is not a host name"), "a DNS name, or *.name for its subdomains"));
+            None
+        })
+        .collect();
+    if raw.enable_websocket == Some(true) {
+        errors.push(ConfigError::plain("enable_websocket", "WebSocket proxying is not supported yet"));
+    }
+    let enabled = match raw.status {
+        None | Some(1) => true,
+        Some(0) => false,
+        Some(s) => {
+            errors.push(ConfigError::new("status", format!("{s} is not a status"), "0 (disabled), 1 (enabled)"));
+            true
+        }
+    };
+    let plugins = plugins::check(raw.plugins.unwrap_or_default(), errors);
+    let route_timeout = raw.timeout.map(|t| timeouts(&t, "timeout", errors));
+    let upstream = match raw.upstream {
+        Some(u) => check_upstream(u, route_timeout, errors),
+        None => {
+            errors.push(ConfigError::plain("upstream", "is required"));
+            return None;
+        }
+    };
+    Some(RouteSpec { id, uris, methods, hosts, priority: raw.priority.unwrap_or(0), enabled, upstream, plugins, source })
+}
+
+fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn timeouts(t: &TimeoutConfig, path: &str, errors: &mut Vec<ConfigError>) -> Timeouts {
+    Timeouts {
+        connect: seconds(t.connect, &format!("{path}.connect"), errors),
+        send: seconds(t.send, &format!("{path}.send"), errors),
+        read: seconds(t.read, &format!("{path}.read"), errors),
+    }
+}
+
+fn check_upstream(u: UpstreamConfig, route_timeout: Option<Timeouts>, errors: &mut Vec<ConfigError>) -> UpstreamSpec {
+    match u.kind.as_deref() {
+        None | Some("roundrobin") => {}
+        Some(other) => errors.push(ConfigError::new("upstream.type", format!("unsupported balancer `{other}`"), "roundrobin")),
+    }
+    let nodes = check_nodes(&u.nodes, errors);
+    let scheme = Scheme::parse(u.scheme.as_deref().unwrap_or("http"), "upstream.scheme", errors);
+    let pass_host = match (u.pass_host.as_deref().unwrap_or("pass"), u.upstream_host) {
+        ("pass", _) => PassHost::Pass,
+        ("node", _) => PassHost::Node,
+        ("rewrite", Some(h)) if valid_header_value(&h) && !h.is_empty() => PassHost::Rewrite(h),
+        ("rewrite", _) => {
+            errors.push(ConfigError::plain("upstream.upstream_host", "is required when pass_host is rewrite"));
+            PassHost::Pass
+        }
+        (other, _) => {
+            errors.push(ConfigError::new("upstream.pass_host", format!("unknown value `{other}`"), "pass, node, rewrite"));
+            PassHost::Pass
+        }
+    };
+    let timeouts = route_timeout
+        .or_else(|| u.timeout.as_ref().map(|t| timeouts(t, "upstream.timeout", errors)))
+        .unwrap_or_default();
+    let retries = match u.retries {
+        None => nodes.len().saturating_sub(1) as u32,
+        Some(r) => ranged(r, 0, 100, "upstream.retries", errors) as u32,
+    };
+    let kp = u.keepalive_pool.as_ref();
+    UpstreamSpec {
+        nodes,
+        scheme,
+        pass_host,
+        timeouts,
+        retries,
+        keepalive_size: kp.and_then(|k| k.size).map(|s| ranged(s, 0, 100_000, "upstream.keepalive_pool.size", errors) as usize),
+        keepalive_idle: kp.and_then(|k| k.idle_timeout).map(|s| seconds(s, "upstream.keepalive_pool.idle_timeout", errors)),
+        keepalive_requests: kp
+            .and_then(|k| k.requests)
+            .map(|r| ranged(r, 1, i64::MAX, "upstream.keepalive_pool.requests", errors) as u64),
+        tls_verify: u.tls.map(|t| t.verify).unwrap_or(false),
+    }
+}
+
+fn check_nodes(v: &Value, errors: &mut Vec<ConfigError>) -> Vec<NodeSpec> {
+    const ALLOWED: &str = "{\"host:port\": weight} or [{\"host\": …, \"port\": …, \"weight\": …}]";
+    let path = "upstream.nodes";
+    let mut nodes = Vec::new();
+    let weight_of = |w: &Value, p: &str, errors: &mut Vec<ConfigError>| match w.as_i64() {
+        Some(w) => ranged(w, 0, 1_000_000, p, errors) as u32,
+        None => {
+            errors.push(ConfigError::new(p, format!("{w} is not a weight"), "0 to 1000000"));
+            0
+        }
+    };
+    match v {
+        Value::Object(map) => {
+            for (addr, w) in map {
+                let p = format!("{path}.{addr}");
+                let weight = weight_of(w, &p, errors);
+                match split_host_port(addr) {
+                    Some((host, port)) => nodes.push(NodeSpec { host, port, weight }),
+                    None => errors.push(ConfigError::new(p, format!("`{addr}` is not host:port"), "host:port, e.g. 127.0.0.1:1980")),
+                }
+            }
+        }
+        Value::Array(list) => {
+            for (i, n) in list.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                let host = n.get("host").and_then(Value::as_str);
+                let port = n.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok());
+                let extra = n.as_object().and_then(|o| o.keys().find(|k| !["host", "port", "weight", "priority", "metadata"].contains(&k.as_str())));
+                if let Some(k) = extra {
+                    errors.push(ConfigError::new(format!("{p}.{k}"), format!("unknown option `{k}`"), "host, port, weight"));
+                }
+                let weight = n.get("weight").map(|w| weight_of(w, &format!("{p}.weight"), errors)).unwrap_or(1);
+                match (host, port) {
+                    (Some(h), Some(port)) if valid_host(h) => nodes.push(NodeSpec { host: h.trim_matches(['[', ']']).to_string(), port, weight }),
+                    _ => errors.push(ConfigError::new(p, "a node needs a host and a port", ALLOWED)),
+                }
+            }
+        }
+        _ => errors.push(ConfigError::new(path, "must be a map or a list", ALLOWED)),
+    }
+    if nodes.is_empty() && matches!(v, Value::Object(_) | Value::Array(_)) && errors.is_empty() {
+        errors.push(ConfigError::new(path, "no nodes", ALLOWED));
+    } else if !nodes.is_empty() && nodes.iter().all(|n| n.weight == 0) {
+        errors.push(ConfigError::new(path, "every node has weight 0", "at least one weight above 0"));
+    }
+    nodes
+}
+
+fn valid_host(h: &str) -> bool {
+    let h = h.trim_matches(['[', ']']);
+    !h.is_empty() && (h.parse::<std::net::IpAddr>().is_ok() || h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
+}
+
+/// Split `host:port`, `[v6]:port`; the port is required.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:")?;
+        (h, p)
+    } else {
+        s.rsplit_once(':')?
+    };
+    let port = port.parse::<u16>().ok()?;
+    (valid_host(host) && port != 0).then(|| (host.to_string(), port))
+}
+
+/// A header value may not contain control characters other than tab.
+pub fn valid_header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// An HTTP token (header names).
+pub fn valid_token(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(v: Value) -> (Option<RouteSpec>, Vec<String>) {
+        let mut errors = Vec::new();
+        let r = check_route(v, "1", &mut errors);
+        (r, errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn apisix_shape_is_accepted() {
+        let (r, e) = check(json!({"id": "7", "uri": "/api/*", "methods": ["GET", "POST"], "host": "*.Example.com",
+            "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:1980": 2, "[::1]:1981": 1},
+                          "timeout": {"connect": 1, "send": 2, "read": 0.5}}}));
+        assert!(e.is_empty(), "{e:?}");
+        let r = r.unwrap();
+        assert_eq!(r.id, "7");
+        assert_eq!(r.hosts, vec![HostPattern::Suffix(".example.com".into())]);
+        assert_eq!(r.upstream.nodes.len(), 2);
+        assert_eq!(r.upstream.timeouts.read, Duration::from_millis(500));
+        assert_eq!(r.upstream.retries, 1);
+    }
+
+    #[test]
+    fn node_list_shape() {
+        let (r, e) = check(json!({"uri": "/", "upstream": {"nodes": [{"host": "localhost", "port": 80, "weight": 3}]}}));
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(r.unwrap().upstream.nodes[0], NodeSpec { host: "localhost".into(), port: 80, weight: 3 });
+    }
+
+    #[test]
+    fn problems_name_their_fields() {
+        let (_, e) = check(json!({"uri": "x", "methods": ["FETCH"], "upstream": {"type": "chash", "nodes": {"nope": 1}, "pass_host": "rewrite"}}));
+        let all = e.join("\n");
+        assert!(all.contains("uris[0]: `x` is not a route path"), "{all}");
+        assert!(all.contains("methods[0]: unknown method `FETCH`"), "{all}");
+        assert!(all.contains("upstream.type: unsupported balancer `chash` (allowed: roundrobin)"), "{all}");
+        assert!(all.contains("upstream.nodes.nope: `nope` is not host:port"), "{all}");
+        assert!(all.contains("upstream.upstream_host: is required when pass_host is rewrite"), "{all}");
+    }
+
+    #[test]
+    fn unsupported_and_unknown_options() {
+        let (_, e) = check(json!({"uri": "/", "vars": [], "upstream": {"nodes": {"a:1": 1}}}));
+        assert_eq!(e, vec!["vars: is an APISIX option Portcullis does not support"]);
+        let (_, e) = check(json!({"uri": "/", "bogus": 1, "upstream": {"nodes": {"a:1": 1}}}));
+        assert!(e[0].starts_with("bogus: unknown option `bogus` (allowed: id, uri,"), "{e:?}");
+    }
+}

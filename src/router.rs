@@ -1,0 +1,270 @@
+//! The route table: an immutable snapshot, compiled on the control plane and read without locks.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use crate::config::route::{HostPattern, PassHost, RouteSpec, Scheme, Timeouts};
+use crate::config::PerCore;
+use crate::plugins::ProxyRewrite;
+use crate::upstream::tls;
+
+/// One upstream server with its resolved address.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The address to connect to; `None` while the name does not resolve.
+    pub addr: Option<SocketAddr>,
+    /// `host:port` as written, the Host sent with `pass_host: node`.
+    pub host_port: Arc<str>,
+    /// The host as written, for TLS server names.
+    pub host: Arc<str>,
+    /// Relative share of requests.
+    pub weight: u32,
+}
+
+/// A compiled upstream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Servers.
+    pub nodes: Vec<Node>,
+    /// TLS client settings when the scheme (after `proxy-rewrite`) is https.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Host header policy.
+    pub pass_host: PassHost,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Further nodes to try when connecting fails.
+    pub retries: u32,
+    /// Idle connections kept per address on each core.
+    pub keepalive_size: usize,
+    /// How long idle connections are kept.
+    pub keepalive_idle: std::time::Duration,
+    /// Requests per upstream connection.
+    pub keepalive_requests: u64,
+}
+
+/// A compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The route id, for logs.
+    pub id: Arc<str>,
+    methods: u16,
+    hosts: Vec<HostPattern>,
+    priority: i64,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// `proxy-rewrite`, when configured.
+    pub rewrite: Option<ProxyRewrite>,
+}
+
+/// The route table snapshot workers match against.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// Routes, indexed by the lists below.
+    pub routes: Vec<Route>,
+    exact: HashMap<Box<[u8]>, Vec<u32>>,
+    /// Longest prefix first.
+    prefixes: Vec<(Box<[u8]>, Vec<u32>)>,
+    /// Whether any route is narrowed by host (else the Host header need not be looked at).
+    uses_hosts: bool,
+    /// Whether any node is a DNS name, so the table must be rebuilt when names resolve anew.
+    pub has_dns_names: bool,
+}
+
+/// The longest host (without port) we lowercase for matching; longer ones cannot be DNS names.
+const MAX_HOST: usize = 255;
+
+impl RouteTable {
+    /// Build a table from checked routes, resolving node host names (blocking: control plane only).
+    pub fn compile(specs: &[RouteSpec], per_core: &PerCore) -> RouteTable {
+        let mut table = RouteTable::default();
+        for spec in specs.iter().filter(|s| s.enabled) {
+            let idx = table.routes.len() as u32;
+            let route = compile_route(spec, per_core, &mut table.has_dns_names);
+            table.uses_hosts |= !route.hosts.is_empty();
+            table.routes.push(route);
+            for uri in &spec.uris {
+                match uri.strip_suffix('*') {
+                    Some(prefix) => match table.prefixes.iter_mut().find(|(p, _)| **p == *prefix.as_bytes()) {
+                        Some((_, list)) => list.push(idx),
+                        None => table.prefixes.push((prefix.as_bytes().into(), vec![idx])),
+                    },
+                    None => table.exact.entry(uri.as_bytes().into()).or_default().push(idx),
+                }
+            }
+        }
+        let routes = &table.routes;
+        // Host-specific routes first, then higher priority, then the order written.
+        let order = |list: &mut Vec<u32>| {
+            list.sort_by_key(|&i| {
+                let r = &routes[i as usize];
+                (r.hosts.is_empty(), std::cmp::Reverse(r.priority), i)
+            })
+        };
+        table.exact.values_mut().for_each(order);
+        table.prefixes.iter_mut().for_each(|(_, l)| order(l));
+        table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table
+    }
+
+    /// The route for a request, by path, `Host` value (port allowed) and method bit (0 = other).
+    pub fn find(&self, path: &[u8], host: Option<&[u8]>, method: u16) -> Option<(usize, &Route)> {
+        let mut lower = [0u8; MAX_HOST];
+        let host: &[u8] = match host {
+            Some(h) if self.uses_hosts => {
+                let h = strip_port(h);
+                let n = h.len().min(MAX_HOST);
+                for (d, s) in lower[..n].iter_mut().zip(h) {
+                    *d = s.to_ascii_lowercase();
+                }
+                &lower[..n]
+            }
+            _ => b"",
+        };
+        let fits = |&&i: &&u32| {
+            let r = &self.routes[i as usize];
+            (r.methods == 0 || r.methods & method != 0) && (r.hosts.is_empty() || r.hosts.iter().any(|p| p.matches(host)))
+        };
+        if let Some(list) = self.exact.get(path) {
+            if let Some(&i) = list.iter().find(fits) {
+                return Some((i as usize, &self.routes[i as usize]));
+            }
+        }
+        for (prefix, list) in &self.prefixes {
+            if path.starts_with(prefix) {
+                if let Some(&i) = list.iter().find(fits) {
+                    return Some((i as usize, &self.routes[i as usize]));
+                }
+            }
+        }
+        None
+    }
+
+    /// Node addresses in order, to tell whether a re-resolution changed anything.
+    pub fn addresses(&self) -> Vec<Option<SocketAddr>> {
+        self.routes.iter().flat_map(|r| r.upstream.nodes.iter().map(|n| n.addr)).collect()
+    }
+}
+
+fn strip_port(h: &[u8]) -> &[u8] {
+    if h.first() == Some(&b'[') {
+        return match h.iter().position(|&b| b == b']') {
+            Some(end) => &h[..=end],
+            None => h,
+        };
+    }
+    match h.iter().rposition(|&b| b == b':') {
+        Some(i) => &h[..i],
+        None => h,
+    }
+}
+
+fn compile_route(spec: &RouteSpec, per_core: &PerCore, has_dns_names: &mut bool) -> Route {
+    let u = &spec.upstream;
+    let rewrite = spec.plugins.proxy_rewrite.clone();
+    let scheme = rewrite.as_ref().and_then(|r| r.scheme).unwrap_or(u.scheme);
+    let nodes = u
+        .nodes
+        .iter()
+        .map(|n| {
+            let addr = match n.host.parse::<IpAddr>() {
+                Ok(ip) => Some(SocketAddr::new(ip, n.port)),
+                Err(_) => {
+                    *has_dns_names = true;
+                    resolve(&n.host, n.port)
+                }
+            };
+            let host_port = if n.host.contains(':') { format!("[{}]:{}", n.host, n.port) } else { format!("{}:{}", n.host, n.port) };
+            Node { addr, host_port: host_port.into(), host: n.host.as_str().into(), weight: n.weight }
+        })
+        .collect();
+    Route {
+        id: spec.id.as_str().into(),
+        methods: spec.methods,
+        hosts: spec.hosts.clone(),
+        priority: spec.priority,
+        upstream: Upstream {
+            nodes,
+            tls: (scheme == Scheme::Https).then(|| tls::client_config(u.tls_verify)),
+            pass_host: u.pass_host.clone(),
+            timeouts: u.timeouts,
+            retries: u.retries,
+            keepalive_size: u.keepalive_size.unwrap_or(per_core.upstream_keepalive),
+            keepalive_idle: u.keepalive_idle.unwrap_or(per_core.upstream_keepalive_timeout),
+            keepalive_requests: u.keepalive_requests.unwrap_or(per_core.upstream_keepalive_requests),
+        },
+        rewrite,
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => {
+            let all: Vec<SocketAddr> = addrs.by_ref().collect();
+            // Prefer IPv4: `localhost` often lists ::1 first while servers listen on 127.0.0.1.
+            all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()
+        }
+        Err(e) => {
+            tracing::warn!(host, port, error = %e, "upstream host name does not resolve; requests to it get 502 until it does");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::route::check_route;
+    use serde_json::json;
+
+    fn table(routes: serde_json::Value) -> RouteTable {
+        let mut errors = Vec::new();
+        let specs: Vec<RouteSpec> = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| check_route(r.clone(), &i.to_string(), &mut errors).unwrap())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let per_core = crate::config::parse_yaml("").unwrap().per_core;
+        RouteTable::compile(&specs, &per_core)
+    }
+
+    fn id<'a>(t: &'a RouteTable, path: &str, host: Option<&str>, method: &str) -> Option<&'a str> {
+        let bit = crate::config::route::method_bit(method.as_bytes()).unwrap_or(0);
+        t.find(path.as_bytes(), host.map(str::as_bytes), bit).map(|(_, r)| &*r.id)
+    }
+
+    #[test]
+    fn exact_beats_prefix_and_longer_prefix_wins() {
+        let up = json!({"nodes": {"127.0.0.1:1": 1}});
+        let t = table(json!([
+            {"id": "all", "uri": "/*", "upstream": up},
+            {"id": "api", "uri": "/api/*", "upstream": up},
+            {"id": "api-v2", "uri": "/api/v2/*", "upstream": up},
+            {"id": "exact", "uri": "/api/v2/health", "upstream": up},
+            {"id": "post", "uri": "/form", "methods": ["POST"], "upstream": up},
+            {"id": "hosted", "uris": ["/h", "/h2"], "hosts": ["*.example.com", "a.test"], "upstream": up},
+            {"id": "prio-low", "uri": "/p", "priority": 1, "upstream": up},
+            {"id": "prio-high", "uri": "/p", "priority": 5, "upstream": up},
+        ]));
+        assert_eq!(id(&t, "/api/v2/health", None, "GET"), Some("exact"));
+        assert_eq!(id(&t, "/api/v2/x", None, "GET"), Some("api-v2"));
+        assert_eq!(id(&t, "/api/x", None, "GET"), Some("api"));
+        assert_eq!(id(&t, "/other", None, "GET"), Some("all"));
+        assert_eq!(id(&t, "/form", None, "POST"), Some("post"));
+        assert_eq!(id(&t, "/form", None, "GET"), Some("all"));
+        assert_eq!(id(&t, "/h", Some("WWW.Example.com:8080"), "GET"), Some("hosted"));
+        assert_eq!(id(&t, "/h2", Some("a.test"), "GET"), Some("hosted"));
+        assert_eq!(id(&t, "/h", Some("example.com"), "GET"), Some("all"));
+        assert_eq!(id(&t, "/p", None, "GET"), Some("prio-high"));
+    }
+
+    #[test]
+    fn no_match_without_catch_all() {
+        let t = table(json!([{"uri": "/only", "upstream": {"nodes": {"127.0.0.1:1": 1}}}]));
+        assert_eq!(id(&t, "/other", None, "GET"), None);
+        assert_eq!(id(&t, "/onlyx", None, "GET"), None);
+    }
+}

@@ -1,0 +1,232 @@
+//! One client connection: read a head, route it, forward it, answer; repeat while kept alive.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::h1::{parse_request, BodyKind, HeaderIdx, RequestHead};
+use super::worker::Worker;
+use crate::access_log::{AccessLog, Entry};
+use crate::router::Route;
+use crate::config::route::method_bit;
+use crate::error::{write_error_response, ProxyError};
+use crate::upstream::forward::forward;
+
+/// Initial size of a connection's read buffers; they grow for large heads and bodies.
+pub const READ_CHUNK: usize = 8 * 1024;
+/// Read size used while streaming bodies.
+pub const STREAM_CHUNK: usize = 64 * 1024;
+
+/// The state one client connection keeps across its requests.
+pub struct Conn {
+    /// The client socket.
+    pub stream: TcpStream,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Client IP as text, for `X-Forwarded-For`.
+    pub peer_ip: String,
+    /// Whether the client's forwarding headers are believed.
+    pub trusted: bool,
+    /// Bytes read from the client; `rbuf[pos..]` is not consumed yet.
+    pub rbuf: Vec<u8>,
+    /// Start of unconsumed client bytes.
+    pub pos: usize,
+    /// Heads being written (upstream request, client response).
+    pub wbuf: Vec<u8>,
+    /// Bytes read from the upstream.
+    pub ubuf: Vec<u8>,
+    /// Request header spans, reused.
+    pub headers: Vec<HeaderIdx>,
+    /// Response header spans, reused.
+    pub resp_headers: Vec<HeaderIdx>,
+    /// `"METHOD /path HTTP/1.x"` of the current request, for the access log.
+    pub request_line: Vec<u8>,
+    /// Requests answered so far.
+    pub served: u64,
+}
+
+impl Conn {
+    /// Drop consumed bytes from the front of the read buffer.
+    pub fn compact(&mut self) {
+        if self.pos > 0 {
+            self.rbuf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// Write `wbuf` to the client within `timeout`.
+    pub async fn write_wbuf(&mut self, timeout: Duration) -> Result<(), ProxyError> {
+        let buf = std::mem::take(&mut self.wbuf);
+        match monoio::time::timeout(timeout, self.stream.write_all(buf)).await {
+            Ok((res, buf)) => {
+                self.wbuf = buf;
+                res.map(|_| ()).map_err(ProxyError::ClientIo)
+            }
+            Err(_) => Err(ProxyError::ClientIo(io::ErrorKind::TimedOut.into())),
+        }
+    }
+}
+
+/// Serve one accepted connection until it closes.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn {
+        stream,
+        peer,
+        peer_ip: peer.ip().to_canonical().to_string(),
+        trusted: w.trusted.iter().any(|c| c.contains(peer.ip())),
+        rbuf: Vec::with_capacity(READ_CHUNK),
+        pos: 0,
+        wbuf: Vec::with_capacity(1024),
+        ubuf: Vec::with_capacity(READ_CHUNK),
+        headers: Vec::with_capacity(32),
+        resp_headers: Vec::with_capacity(32),
+        request_line: Vec::new(),
+        served: 0,
+    };
+    loop {
+        let head = match read_head(&mut conn, &w).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(e) => {
+                conn.request_line.clear();
+                conn.request_line.push(b'-');
+                answer_error(&mut conn, &w, None, &e, Instant::now()).await;
+                break;
+            }
+        };
+        let keep_alive = handle(&mut conn, &w, &head).await;
+        conn.served += 1;
+        if !keep_alive || w.shutdown.started() {
+            break;
+        }
+    }
+}
+
+/// Route and forward one request, answer errors, log it; returns whether to keep the connection.
+async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
+    let started = Instant::now();
+    let buf = &conn.rbuf[conn.pos..];
+    // The head's bytes may be overwritten while a body streams, so the log keeps its own copy.
+    if w.log.borrow().enabled() {
+        AccessLog::request_line(&mut conn.request_line, head.method.get(buf), head.path.get(buf), head.http10);
+    }
+    if let (BodyKind::Length(n), Some(max)) = (head.body, w.limits.max_body_bytes) {
+        if n > max {
+            answer_error(conn, w, None, &ProxyError::BodyTooLarge, started).await;
+            return false;
+        }
+    }
+    let routes = w.routes();
+    let method = head.method.get(buf);
+    let found = routes.table.find(head.path.get(buf), head.host.map(|h| h.get(buf)), method_bit(method).unwrap_or(0));
+    let Some((idx, route)) = found else {
+        answer_error(conn, w, None, &ProxyError::NoRoute, started).await;
+        return false;
+    };
+    match forward(conn, w, head, route, &routes.balancers[idx]).await {
+        Ok(o) => {
+            w.log.borrow_mut().record(&Entry {
+                peer: conn.peer,
+                request_line: &conn.request_line,
+                status: o.status,
+                bytes: o.bytes,
+                elapsed: started.elapsed(),
+                route: Some(&route.id),
+                upstream: o.upstream,
+                error: o.error,
+            });
+            o.keep_alive
+        }
+        Err(e) => {
+            answer_error(conn, w, Some(route), &e, started).await;
+            false
+        }
+    }
+}
+
+/// Answer an error (when the client can still be answered) and log it. The connection is then
+/// closed: the rest of the request may be unread, so the stream position is unknown.
+async fn answer_error(conn: &mut Conn, w: &Worker, route: Option<&Route>, e: &ProxyError, started: Instant) {
+    let mut status = 0;
+    let mut bytes = 0;
+    if let Some(resp) = e.response() {
+        status = resp.status;
+        conn.wbuf.clear();
+        write_error_response(&mut conn.wbuf, &resp, true);
+        bytes = conn.wbuf.len() as u64;
+        if conn.write_wbuf(w.limits.send_timeout).await.is_err() {
+            bytes = 0;
+        }
+    }
+    w.log.borrow_mut().record(&Entry {
+        peer: conn.peer,
+        request_line: &conn.request_line,
+        status,
+        bytes,
+        elapsed: started.elapsed(),
+        route: route.map(|r| &*r.id),
+        upstream: None,
+        error: Some(e.label()),
+    });
+}
+
+/// Read until a whole request head is buffered. `Ok(None)`: the client closed cleanly, stayed
+/// idle past the keep-alive timeout, or the worker is draining.
+async fn read_head(conn: &mut Conn, w: &Worker) -> Result<Option<RequestHead>, ProxyError> {
+    let limits = &w.limits;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if conn.pos < conn.rbuf.len() {
+            if let Some(head) = parse_request(&conn.rbuf[conn.pos..], limits.max_headers, &mut conn.headers)? {
+                if head.head_len > limits.max_header_bytes {
+                    return Err(ProxyError::HeaderTooLarge);
+                }
+                return Ok(Some(head));
+            }
+            if conn.rbuf.len() - conn.pos >= limits.max_header_bytes {
+                return Err(ProxyError::HeaderTooLarge);
+            }
+            deadline.get_or_insert_with(|| Instant::now() + limits.header_read_timeout);
+        }
+        conn.compact();
+        if conn.rbuf.capacity() == conn.rbuf.len() {
+            conn.rbuf.reserve(conn.rbuf.len().max(READ_CHUNK));
+        }
+        let idle = conn.rbuf.is_empty();
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None if conn.served == 0 => limits.header_read_timeout,
+            None => limits.keepalive_timeout,
+        };
+        let buf = std::mem::take(&mut conn.rbuf);
+        let read = monoio::time::timeout(wait, monoio::io::AsyncReadRent::read(&mut conn.stream, buf));
+        let result = if idle {
+            monoio::select! {
+                r = read => Some(r),
+                _ = w.shutdown.wait() => None,
+            }
+        } else {
+            Some(read.await)
+        };
+        match result {
+            None => return Ok(None),
+            Some(Err(_elapsed)) if idle => return Ok(None),
+            // A client too slow to send its head is cut off without an answer (slowloris).
+            Some(Err(_elapsed)) => return Err(ProxyError::ClientIo(io::ErrorKind::TimedOut.into())),
+            Some(Ok((res, buf))) => {
+                conn.rbuf = buf;
+                match res {
+                    Ok(0) if conn.rbuf.is_empty() => return Ok(None),
+                    Ok(0) => return Err(ProxyError::ClientIo(io::ErrorKind::UnexpectedEof.into())),
+                    Ok(_) => {}
+                    Err(e) => return Err(ProxyError::ClientIo(e)),
+                }
+            }
+        }
+    }
+}

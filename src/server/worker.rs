@@ -1,0 +1,147 @@
+//! A worker: one thread, one monoio runtime, its own listeners, caches and upstream pools.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, Cache};
+use monoio::net::TcpListener;
+
+use super::conn;
+use super::shutdown::Shutdown;
+use super::Shared;
+use crate::access_log::AccessLog;
+use crate::config::{Cidr, Config, Limits};
+use crate::router::RouteTable;
+use crate::upstream::balancer::Wrr;
+use crate::upstream::pool::Pool;
+
+/// The route table as this core uses it, with per-core balancer state.
+pub struct LocalRoutes {
+    /// The shared snapshot.
+    pub table: Arc<RouteTable>,
+    /// Balancer state per route, this core only.
+    pub balancers: Vec<RefCell<Wrr>>,
+}
+
+impl LocalRoutes {
+    fn new(table: Arc<RouteTable>) -> Self {
+        let balancers = table.routes.iter().map(|r| RefCell::new(Wrr::new(r.upstream.nodes.len()))).collect();
+        LocalRoutes { table, balancers }
+    }
+}
+
+/// Everything one worker owns; shared by its connection tasks through `Rc`.
+pub struct Worker {
+    /// Request limits.
+    pub limits: Limits,
+    /// Peers whose forwarding headers are believed.
+    pub trusted: Vec<Cidr>,
+    routes_src: RefCell<Cache<Arc<ArcSwap<RouteTable>>, Arc<RouteTable>>>,
+    local: RefCell<Rc<LocalRoutes>>,
+    /// Idle upstream connections.
+    pub pool: RefCell<Pool>,
+    /// Access log buffer.
+    pub log: RefCell<AccessLog>,
+    /// Draining signal.
+    pub shutdown: Shutdown,
+    active: Cell<usize>,
+}
+
+impl Worker {
+    /// The current route table; rebuilt locally only when the shared snapshot changed.
+    pub fn routes(&self) -> Rc<LocalRoutes> {
+        let mut src = self.routes_src.borrow_mut();
+        let current = src.load();
+        let mut local = self.local.borrow_mut();
+        if !Arc::ptr_eq(current, &local.table) {
+            *local = Rc::new(LocalRoutes::new(Arc::clone(current)));
+        }
+        Rc::clone(&local)
+    }
+}
+
+/// Counts a connection as active for as long as its task lives.
+struct ActiveGuard(Rc<Worker>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+/// The worker's whole life: serve until the process stops, then drain.
+pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+    let routes = shared.routes.clone();
+    let first = routes.load_full();
+    let w = Rc::new(Worker {
+        limits: config.limits.clone(),
+        trusted: config.trusted_addresses.clone(),
+        routes_src: RefCell::new(Cache::new(routes)),
+        local: RefCell::new(Rc::new(LocalRoutes::new(first))),
+        pool: RefCell::new(Pool::default()),
+        log: RefCell::new(AccessLog::new(config.access_log)),
+        shutdown: Shutdown::default(),
+        active: Cell::new(0),
+    });
+    for l in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(accept_loop(l, w.clone(), shared.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot register listener with the runtime"),
+        }
+    }
+    // Housekeeping: notice a stop, flush the log, close expired upstream connections.
+    let mut ticks = 0u32;
+    while !shared.stopping.load(Ordering::Acquire) {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+        ticks = ticks.wrapping_add(1);
+        if ticks % 20 == 0 {
+            w.log.borrow_mut().flush();
+            w.pool.borrow_mut().sweep();
+        }
+    }
+    w.shutdown.trigger();
+    let deadline = Instant::now() + w.limits.shutdown_timeout;
+    while w.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if w.active.get() > 0 {
+        tracing::warn!(open = w.active.get(), "shutdown grace period over; closing remaining connections");
+    }
+    w.pool.borrow_mut().clear();
+    w.log.borrow_mut().flush();
+}
+
+async fn accept_loop(listener: TcpListener, w: Rc<Worker>, shared: Arc<Shared>) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = w.shutdown.wait() => None,
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, peer))) => {
+                if w.active.get() >= w.limits.max_connections {
+                    drop(stream);
+                    continue;
+                }
+                w.active.set(w.active.get() + 1);
+                let guard = ActiveGuard(w.clone());
+                monoio::spawn(async move {
+                    conn::serve(stream, peer, guard.0.clone()).await;
+                    drop(guard);
+                });
+            }
+            Some(Err(_)) if shared.stopping.load(Ordering::Acquire) || w.shutdown.started() => break,
+            Some(Err(e)) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

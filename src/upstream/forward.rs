@@ -1,0 +1,497 @@
+//! Forward one request to an upstream and relay its answer, streaming bodies both ways.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use monoio::buf::IoBuf;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::balancer::Wrr;
+use super::pool::{UpstreamConn, UpstreamStream};
+use super::request::{itoa_u64, write_request_head, ClientFacts};
+use super::tls;
+use crate::error::ProxyError;
+use crate::router::{Node, Route, Upstream};
+use crate::server::conn::{Conn, STREAM_CHUNK};
+use crate::server::h1::{named_in_connection, parse_response, BodyKind, ChunkedScanner, HeaderKind, RequestHead, ResponseHead};
+use crate::server::worker::Worker;
+
+/// Request bodies up to this size that arrived with the head are sent in the same write, and
+/// such a request can be replayed on a fresh connection when a pooled one turns out dead.
+const INLINE_BODY: usize = 64 * 1024;
+/// Longest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// How a forwarded request ended, for the access log and the connection loop.
+pub struct Outcome {
+    /// Status sent to the client.
+    pub status: u16,
+    /// Bytes written to the client.
+    pub bytes: u64,
+    /// Whether the client connection stays open.
+    pub keep_alive: bool,
+    /// The upstream address used.
+    pub upstream: Option<SocketAddr>,
+    /// Why the answer was cut short, if it was (the client got a partial response).
+    pub error: Option<&'static str>,
+}
+
+fn timed_out(what: &'static str) -> ProxyError {
+    ProxyError::UpstreamTimeout(what)
+}
+
+/// Forward `head` (parsed at `conn.pos`) along `route`; on `Err` nothing was sent to the client.
+pub async fn forward(
+    conn: &mut Conn,
+    w: &Worker,
+    head: &RequestHead,
+    route: &Route,
+    balancer: &RefCell<Wrr>,
+) -> Result<Outcome, ProxyError> {
+    let up = &route.upstream;
+    let t = up.timeouts;
+    let body_start = conn.pos + head.head_len;
+    let avail = conn.rbuf.len() - body_start;
+    let mut scanner = ChunkedScanner::new();
+    let (in_buf, complete) = match head.body {
+        BodyKind::None | BodyKind::UntilClose => (0, true),
+        BodyKind::Length(n) => {
+            let k = (avail as u64).min(n) as usize;
+            (k, k as u64 == n)
+        }
+        BodyKind::Chunked => {
+            let k = scanner.scan(&conn.rbuf[body_start..], |_| {}).map_err(ProxyError::BadRequest)?;
+            check_body_cap(w, &scanner)?;
+            (k, scanner.is_done())
+        }
+    };
+    let replayable = complete && in_buf <= INLINE_BODY;
+    let idempotent = !matches!(head.method.get(&conn.rbuf[conn.pos..]), b"POST" | b"PATCH" | b"CONNECT");
+
+    let (node, addr, mut upc, mut reused) = acquire(w, up, balancer, replayable, idempotent).await?;
+    let facts = ClientFacts { peer_ip: &conn.peer_ip, trusted: conn.trusted };
+    write_request_head(&mut conn.wbuf, &conn.rbuf[conn.pos..], head, &conn.headers, route, node, &facts);
+    if replayable {
+        conn.wbuf.extend_from_slice(&conn.rbuf[body_start..body_start + in_buf]);
+        conn.pos = body_start + in_buf;
+    }
+
+    let resp = loop {
+        let attempt = async {
+            send_wbuf(&mut upc, &mut conn.wbuf, t.send).await?;
+            if !replayable {
+                stream_request_body(conn, w, &mut upc, head, body_start, in_buf, &mut scanner, t.send).await?;
+            }
+            read_response_head(&mut upc, conn, w.limits.max_headers, head.is_head, t.read).await
+        };
+        match attempt.await {
+            Ok(resp) => break resp,
+            // A pooled connection the upstream closed meanwhile: the request never reached it.
+            Err(ProxyError::UpstreamIo(e)) if reused && replayable && idempotent => {
+                tracing::debug!(%addr, error = %e, "pooled upstream connection was dead; retrying on a new one");
+                upc = connect(addr, node, up).await?;
+                reused = false;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut progress = Progress::default();
+    let client_keep = head.keep_alive
+        && resp.body != BodyKind::UntilClose
+        && !(resp.body == BodyKind::Chunked && head.http10)
+        && conn.served + 1 < w.limits.keepalive_requests
+        && !w.shutdown.started();
+    let relayed = relay_response(conn, w, head, &resp, &mut upc, t.read, client_keep, &mut progress).await;
+    let mut outcome = Outcome { status: resp.status, bytes: progress.bytes, keep_alive: client_keep, upstream: Some(addr), error: None };
+    match relayed {
+        Ok(upstream_clean) => {
+            upc.requests += 1;
+            if upstream_clean && resp.keep_alive && upc.requests < up.keepalive_requests {
+                w.pool.borrow_mut().put(addr, upc, up.keepalive_size, up.keepalive_idle);
+            }
+            Ok(outcome)
+        }
+        Err(e) if progress.head_sent => {
+            outcome.keep_alive = false;
+            outcome.error = Some(e.label());
+            Ok(outcome)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn check_body_cap(w: &Worker, scanner: &ChunkedScanner) -> Result<(), ProxyError> {
+    match w.limits.max_body_bytes {
+        Some(max) if scanner.data_total() > max => Err(ProxyError::BodyTooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// Pick a node and a connection to it: a pooled one when the request allows, else a new one,
+/// moving on to other nodes (up to `retries`) when connecting fails.
+async fn acquire<'u>(
+    w: &Worker,
+    up: &'u Upstream,
+    balancer: &RefCell<Wrr>,
+    may_pool: bool,
+    idempotent: bool,
+) -> Result<(&'u Node, SocketAddr, UpstreamConn, bool), ProxyError> {
+    let tries = 1 + up.retries.min(up.nodes.len().saturating_sub(1) as u32);
+    let mut last = ProxyError::UpstreamUnresolved;
+    for _ in 0..tries {
+        let node = &up.nodes[balancer.borrow_mut().next(up.nodes.iter().map(|n| n.weight))];
+        let Some(addr) = node.addr else { continue };
+        if may_pool {
+            let tls_name = up.tls.as_ref().map(|_| &*node.host);
+            let pooled = w.pool.borrow_mut().take(addr, tls_name);
+            if let Some(c) = pooled {
+                // A request that must not be replayed only goes on a connection seen alive now.
+                if idempotent || still_open(&c) {
+                    return Ok((node, addr, c, true));
+                }
+            }
+        }
+        match connect(addr, node, up).await {
+            Ok(c) => return Ok((node, addr, c, false)),
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "upstream connect failed");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Whether a pooled plain connection is still open, without blocking (one `recv` peek).
+fn still_open(c: &UpstreamConn) -> bool {
+    let UpstreamStream::Plain(s) = &c.stream else { return false };
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a valid local buffer on a socket we own.
+    let n = unsafe { libc::recv(s.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n < 0 && matches!(io::Error::last_os_error().kind(), io::ErrorKind::WouldBlock)
+}
+
+/// Open a new connection to `addr` (TLS when the upstream is https).
+async fn connect(addr: SocketAddr, node: &Node, up: &Upstream) -> Result<UpstreamConn, ProxyError> {
+    let stream = match monoio::time::timeout(up.timeouts.connect, TcpStream::connect_addr(addr)).await {
+        Err(_) => return Err(timed_out("connect")),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamConnect(e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let Some(config) = &up.tls else {
+        return Ok(UpstreamConn { stream: UpstreamStream::Plain(stream), requests: 0, tls_name: None });
+    };
+    let name = tls::server_name(&node.host)
+        .ok_or_else(|| ProxyError::UpstreamTls(io::Error::new(io::ErrorKind::InvalidInput, "host is not a valid TLS server name")))?;
+    let connector = monoio_rustls::TlsConnector::from(config.clone());
+    match monoio::time::timeout(up.timeouts.connect, connector.connect(name, stream)).await {
+        Err(_) => Err(timed_out("TLS handshake")),
+        Ok(Err(e)) => Err(ProxyError::UpstreamTls(e.into())),
+        Ok(Ok(s)) => Ok(UpstreamConn { stream: UpstreamStream::Tls(Box::new(s)), requests: 0, tls_name: Some(node.host.clone()) }),
+    }
+}
+
+async fn send_wbuf(upc: &mut UpstreamConn, wbuf: &mut Vec<u8>, timeout: Duration) -> Result<(), ProxyError> {
+    let buf = std::mem::take(wbuf);
+    match monoio::time::timeout(timeout, upc.stream.write_all(buf)).await {
+        Ok((res, buf)) => {
+            *wbuf = buf;
+            res.map(|_| ()).map_err(ProxyError::UpstreamIo)
+        }
+        Err(_) => Err(timed_out("send")),
+    }
+}
+
+/// Send `rbuf[range]` upstream without copying it.
+async fn send_range(
+    upc: &mut UpstreamConn,
+    rbuf: &mut Vec<u8>,
+    range: std::ops::Range<usize>,
+    timeout: Duration,
+) -> Result<(), ProxyError> {
+    let buf = std::mem::take(rbuf);
+    match monoio::time::timeout(timeout, upc.stream.write_all(buf.slice(range))).await {
+        Ok((res, slice)) => {
+            *rbuf = slice.into_inner();
+            res.map(|_| ()).map_err(ProxyError::UpstreamIo)
+        }
+        Err(_) => Err(timed_out("send")),
+    }
+}
+
+/// Stream the rest of a request body that did not arrive with its head.
+#[allow(clippy::too_many_arguments)]
+async fn stream_request_body(
+    conn: &mut Conn,
+    w: &Worker,
+    upc: &mut UpstreamConn,
+    head: &RequestHead,
+    body_start: usize,
+    in_buf: usize,
+    scanner: &mut ChunkedScanner,
+    send_timeout: Duration,
+) -> Result<(), ProxyError> {
+    if in_buf > 0 {
+        send_range(upc, &mut conn.rbuf, body_start..body_start + in_buf, send_timeout).await?;
+    }
+    conn.pos = body_start + in_buf;
+    let mut remaining = match head.body {
+        BodyKind::Length(n) => n - in_buf as u64,
+        _ => 0,
+    };
+    let done = |remaining: u64, scanner: &ChunkedScanner| match head.body {
+        BodyKind::Chunked => scanner.is_done(),
+        _ => remaining == 0,
+    };
+    if done(remaining, scanner) {
+        return Ok(());
+    }
+    if head.expect_continue {
+        conn.wbuf.clear();
+        conn.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        conn.write_wbuf(w.limits.send_timeout).await?;
+    }
+    while !done(remaining, scanner) {
+        conn.compact();
+        if conn.rbuf.capacity() - conn.rbuf.len() < STREAM_CHUNK / 2 {
+            conn.rbuf.reserve(STREAM_CHUNK);
+        }
+        let buf = std::mem::take(&mut conn.rbuf);
+        let read = monoio::io::AsyncReadRent::read(&mut conn.stream, buf);
+        let n = match monoio::time::timeout(w.limits.body_read_timeout, read).await {
+            Err(_) => return Err(ProxyError::ClientIo(io::ErrorKind::TimedOut.into())),
+            Ok((res, buf)) => {
+                conn.rbuf = buf;
+                res.map_err(ProxyError::ClientIo)?
+            }
+        };
+        if n == 0 {
+            return Err(ProxyError::ClientIo(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let k = match head.body {
+            BodyKind::Chunked => {
+                let k = scanner.scan(&conn.rbuf, |_| {}).map_err(ProxyError::BadRequest)?;
+                check_body_cap(w, scanner)?;
+                k
+            }
+            _ => {
+                let k = (conn.rbuf.len() as u64).min(remaining);
+                remaining -= k;
+                k as usize
+            }
+        };
+        send_range(upc, &mut conn.rbuf, 0..k, send_timeout).await?;
+        conn.pos = k;
+    }
+    Ok(())
+}
+
+/// Read the upstream's response head into `conn.ubuf`, skipping interim (1xx) responses.
+async fn read_response_head(
+    upc: &mut UpstreamConn,
+    conn: &mut Conn,
+    max_headers: usize,
+    is_head: bool,
+    timeout: Duration,
+) -> Result<ResponseHead, ProxyError> {
+    conn.ubuf.clear();
+    loop {
+        if !conn.ubuf.is_empty() {
+            match parse_response(&conn.ubuf, max_headers, is_head, &mut conn.resp_headers)? {
+                Some(h) if h.status == 101 => return Err(ProxyError::UpstreamBadResponse("unexpected protocol switch")),
+                Some(h) if h.status < 200 => {
+                    conn.ubuf.drain(..h.head_len);
+                    continue;
+                }
+                Some(h) => return Ok(h),
+                None if conn.ubuf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(ProxyError::UpstreamBadResponse("response head too large"))
+                }
+                None => {}
+            }
+        }
+        if conn.ubuf.capacity() - conn.ubuf.len() < 1024 {
+            conn.ubuf.reserve(conn.ubuf.capacity().max(4096));
+        }
+        let had = conn.ubuf.len();
+        let buf = std::mem::take(&mut conn.ubuf);
+        match monoio::time::timeout(timeout, upc.stream.read(buf)).await {
+            Err(_) => return Err(timed_out("read")),
+            Ok((res, buf)) => {
+                conn.ubuf = buf;
+                match res {
+                    Ok(0) if had == 0 => return Err(ProxyError::UpstreamIo(io::ErrorKind::UnexpectedEof.into())),
+                    Ok(0) => return Err(ProxyError::UpstreamBadResponse("connection closed inside the response head")),
+                    Ok(_) => {}
+                    Err(e) if had == 0 => return Err(ProxyError::UpstreamIo(e)),
+                    Err(_) => return Err(ProxyError::UpstreamBadResponse("connection failed inside the response head")),
+                }
+            }
+        }
+    }
+}
+
+/// What has reached the client so far.
+#[derive(Default)]
+struct Progress {
+    head_sent: bool,
+    bytes: u64,
+}
+
+fn write_response_head(conn: &mut Conn, head: &RequestHead, resp: &ResponseHead, client_keep: bool) {
+    let out = &mut conn.wbuf;
+    let buf = &conn.ubuf;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa_u64(resp.status as u64, &mut [0u8; 20]));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.get(buf));
+    out.extend_from_slice(b"\r\n");
+    for h in &conn.resp_headers {
+        let name = h.name.get(buf);
+        match h.kind {
+            HeaderKind::Connection | HeaderKind::HopByHop | HeaderKind::TransferEncoding => continue,
+            HeaderKind::Other if resp.connection_names_others && named_in_connection(buf, &conn.resp_headers, name) => continue,
+            _ => {}
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+    if resp.body == BodyKind::Chunked && !head.http10 {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !client_keep {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if head.http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn write_client(conn: &mut Conn, send_timeout: Duration, progress: &mut Progress) -> Result<(), ProxyError> {
+    let n = conn.wbuf.len() as u64;
+    conn.write_wbuf(send_timeout).await?;
+    progress.head_sent = true;
+    progress.bytes += n;
+    Ok(())
+}
+
+async fn read_upstream(upc: &mut UpstreamConn, conn: &mut Conn, timeout: Duration) -> Result<usize, ProxyError> {
+    conn.ubuf.clear();
+    if conn.ubuf.capacity() < STREAM_CHUNK {
+        conn.ubuf.reserve(STREAM_CHUNK);
+    }
+    let buf = std::mem::take(&mut conn.ubuf);
+    match monoio::time::timeout(timeout, upc.stream.read(buf)).await {
+        Err(_) => Err(timed_out("read")),
+        Ok((res, buf)) => {
+            conn.ubuf = buf;
+            res.map_err(ProxyError::UpstreamIo)
+        }
+    }
+}
+
+async fn send_ubuf_range(conn: &mut Conn, k: usize, send_timeout: Duration, progress: &mut Progress) -> Result<(), ProxyError> {
+    let buf = std::mem::take(&mut conn.ubuf);
+    match monoio::time::timeout(send_timeout, conn.stream.write_all(buf.slice(0..k))).await {
+        Ok((res, slice)) => {
+            conn.ubuf = slice.into_inner();
+            res.map_err(ProxyError::ClientIo)?;
+            progress.bytes += k as u64;
+            Ok(())
+        }
+        Err(_) => Err(ProxyError::ClientIo(io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Relay the response whose head is in `conn.ubuf`. Returns whether the upstream connection
+/// ended exactly at the end of the response (and so may be reused).
+#[allow(clippy::too_many_arguments)]
+async fn relay_response(
+    conn: &mut Conn,
+    w: &Worker,
+    head: &RequestHead,
+    resp: &ResponseHead,
+    upc: &mut UpstreamConn,
+    read_timeout: Duration,
+    client_keep: bool,
+    progress: &mut Progress,
+) -> Result<bool, ProxyError> {
+    let send_timeout = w.limits.send_timeout;
+    write_response_head(conn, head, resp, client_keep);
+    let body_at = resp.head_len;
+    let avail = conn.ubuf.len() - body_at;
+    match resp.body {
+        BodyKind::None => {
+            write_client(conn, send_timeout, progress).await?;
+            Ok(avail == 0)
+        }
+        BodyKind::Length(n) => {
+            let k = (avail as u64).min(n) as usize;
+            conn.wbuf.extend_from_slice(&conn.ubuf[body_at..body_at + k]);
+            write_client(conn, send_timeout, progress).await?;
+            let mut clean = avail as u64 <= n;
+            let mut remaining = n - k as u64;
+            while remaining > 0 {
+                let got = read_upstream(upc, conn, read_timeout).await?;
+                if got == 0 {
+                    return Err(ProxyError::UpstreamBadResponse("connection closed inside the body"));
+                }
+                let k = (got as u64).min(remaining) as usize;
+                clean = got == k;
+                remaining -= k as u64;
+                send_ubuf_range(conn, k, send_timeout, progress).await?;
+            }
+            Ok(clean)
+        }
+        BodyKind::Chunked => {
+            let dechunk = head.http10;
+            let mut scanner = ChunkedScanner::new();
+            let (wbuf, ubuf) = (&mut conn.wbuf, &conn.ubuf[body_at..]);
+            let k = scanner
+                .scan(ubuf, |r| if dechunk { wbuf.extend_from_slice(&ubuf[r]) })
+                .map_err(ProxyError::UpstreamBadResponse)?;
+            if !dechunk {
+                wbuf.extend_from_slice(&ubuf[..k]);
+            }
+            write_client(conn, send_timeout, progress).await?;
+            let mut clean = k == avail;
+            while !scanner.is_done() {
+                let got = read_upstream(upc, conn, read_timeout).await?;
+                if got == 0 {
+                    return Err(ProxyError::UpstreamBadResponse("connection closed inside the body"));
+                }
+                if dechunk {
+                    let (wbuf, ubuf) = (&mut conn.wbuf, &conn.ubuf);
+                    wbuf.clear();
+                    let k = scanner.scan(ubuf, |r| wbuf.extend_from_slice(&ubuf[r])).map_err(ProxyError::UpstreamBadResponse)?;
+                    clean = k == got;
+                    write_client(conn, send_timeout, progress).await?;
+                } else {
+                    let k = scanner.scan(&conn.ubuf, |_| {}).map_err(ProxyError::UpstreamBadResponse)?;
+                    clean = k == got;
+                    send_ubuf_range(conn, k, send_timeout, progress).await?;
+                }
+            }
+            Ok(clean)
+        }
+        BodyKind::UntilClose => {
+            conn.wbuf.extend_from_slice(&conn.ubuf[body_at..]);
+            write_client(conn, send_timeout, progress).await?;
+            loop {
+                let got = read_upstream(upc, conn, read_timeout).await?;
+                if got == 0 {
+                    return Ok(false);
+                }
+                send_ubuf_range(conn, got, send_timeout, progress).await?;
+            }
+        }
+    }
+}

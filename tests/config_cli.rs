@@ -1,0 +1,470 @@
+//! The command line and config validation: `--version`, `check`, and running with a bad config.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const RUN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Writes `yaml` into a temp dir (with `{DATA}` replaced by a data dir there) and runs
+/// `portcullis check -c <file>`.
+fn check(yaml: &str) -> (bool, String) {
+    let dir = TempDir::new();
+    let data = dir.path().join("data");
+    let path = dir.write(
+        "config.yaml",
+        &yaml.replace("{DATA}", &data.to_string_lossy()),
+    );
+    let (st, out) = run_bin(
+        &["check", "-c", path.to_str().unwrap()],
+        dir.path(),
+        RUN_LIMIT,
+    );
+    let st = st.unwrap_or_else(|| {
+        panic!("`portcullis check` did not finish in {RUN_LIMIT:?}; output:\n{out}")
+    });
+    (st.success(), out)
+}
+
+fn check_fails(yaml: &str) -> String {
+    let (ok, out) = check(yaml);
+    assert!(
+        !ok,
+        "`check` accepted a bad config:\n{yaml}\noutput:\n{out}"
+    );
+    assert!(!out.trim().is_empty(), "`check` failed without saying why");
+    out
+}
+
+/// The output line that mentions `needle`, or a panic showing the whole output.
+fn line_with<'a>(out: &'a str, needle: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no output line mentions {needle:?}; output:\n{out}"))
+}
+
+const GOOD: &str = r#"
+listen: 127.0.0.1:19080
+workers: 2
+cpu_affinity: false
+data_dir: {DATA}
+trusted_addresses: ["10.0.0.0/8", "127.0.0.1", "::1"]
+runtime:
+  driver: auto
+limits:
+  max_header_bytes: 32768
+  max_headers: 100
+  header_read_timeout: 0.5
+  keepalive_timeout: 75
+  max_body_bytes: 0
+  shutdown_timeout: 30
+per_core:
+  upstream_keepalive: 64
+  upstream_keepalive_timeout: 60
+log:
+  access: true
+routes:
+  - id: "1"
+    uri: /get
+    methods: [GET, HEAD]
+    host: example.com
+    priority: 0
+    plugins:
+      proxy-rewrite:
+        scheme: https
+        uri: /x
+        host: h.example
+        headers:
+          X-Add: v
+          X-Remove: ""
+    upstream:
+      type: roundrobin
+      nodes:
+        "127.0.0.1:1980": 1
+        "127.0.0.2:1980": 3
+      scheme: http
+      pass_host: pass
+      timeout: { connect: 6, send: 6, read: 6 }
+  - id: "2"
+    uris: ["/api/*", "/v2/*"]
+    hosts: [a.example, b.example]
+    upstream:
+      type: roundrobin
+      nodes:
+        - { host: 127.0.0.1, port: 1981, weight: 1 }
+        - { host: localhost, port: 1982, weight: 2 }
+      scheme: https
+      tls: { verify: true }
+      pass_host: rewrite
+      upstream_host: backend.internal
+  - id: "3"
+    uri: /node
+    upstream:
+      nodes: { "127.0.0.1:1983": 1 }
+      pass_host: node
+"#;
+
+#[test]
+fn version_flag() {
+    let dir = TempDir::new();
+    let (st, out) = run_bin(&["--version"], dir.path(), RUN_LIMIT);
+    let st = st.expect("--version finished");
+    assert!(st.success(), "--version exit {st}: {out}");
+    assert!(
+        out.contains(env!("CARGO_PKG_VERSION")),
+        "--version should print {}: {out}",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+#[test]
+fn help_flag_mentions_check() {
+    let dir = TempDir::new();
+    let (st, out) = run_bin(&["--help"], dir.path(), RUN_LIMIT);
+    assert!(st.expect("--help finished").success(), "--help: {out}");
+    assert!(
+        out.contains("check"),
+        "--help should mention the check command: {out}"
+    );
+}
+
+#[test]
+fn check_accepts_a_full_valid_config() {
+    let (ok, out) = check(GOOD);
+    assert!(ok, "valid config rejected:\n{out}");
+}
+
+#[test]
+fn check_accepts_a_minimal_config_and_workers_auto() {
+    let (ok, out) = check("listen: 127.0.0.1:19081\nworkers: auto\n");
+    assert!(ok, "minimal config rejected:\n{out}");
+    let (ok, out) = check("listen: [\"127.0.0.1:19081\", \"127.0.0.1:19082\"]\nroutes: []\n");
+    assert!(ok, "listen list rejected:\n{out}");
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/config.yaml");
+    assert!(
+        std::path::Path::new(path).exists(),
+        "conf/config.yaml is not shipped"
+    );
+    let dir = TempDir::new();
+    let (st, out) = run_bin(&["check", "-c", path], dir.path(), RUN_LIMIT);
+    assert!(
+        st.expect("check finished").success(),
+        "shipped conf/config.yaml rejected:\n{out}"
+    );
+}
+
+#[test]
+fn check_uses_conf_config_yaml_by_default() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+    dir.write("conf/config.yaml", "listen: 127.0.0.1:19083\nroutes: []\n");
+    let (st, out) = run_bin(&["check"], dir.path(), RUN_LIMIT);
+    assert!(st.expect("check finished").success(), "default path: {out}");
+    dir.write(
+        "conf/config.yaml",
+        "listen: 127.0.0.1:19083\nworkers: many\n",
+    );
+    let (st, out) = run_bin(&["check"], dir.path(), RUN_LIMIT);
+    assert!(
+        !st.expect("check finished").success(),
+        "default path was not read: {out}"
+    );
+    line_with(&out, "workers");
+}
+
+#[test]
+fn check_rejects_a_missing_file() {
+    let dir = TempDir::new();
+    let missing = dir.path().join("nope.yaml");
+    let (st, out) = run_bin(
+        &["check", "-c", missing.to_str().unwrap()],
+        dir.path(),
+        RUN_LIMIT,
+    );
+    assert!(
+        !st.expect("check finished").success(),
+        "missing file accepted: {out}"
+    );
+    assert!(
+        out.contains("nope.yaml"),
+        "message should name the file: {out}"
+    );
+}
+
+#[test]
+fn check_rejects_yaml_syntax_errors() {
+    let out = check_fails("listen: [127.0.0.1:9080\nroutes:\n  - id: 1\n   uri: /x\n");
+    assert!(
+        !out.contains("panicked"),
+        "a syntax error must not panic: {out}"
+    );
+}
+
+#[test]
+fn check_reports_a_bad_node_address() {
+    let out = check_fails(
+        r#"
+routes:
+  - id: "1"
+    uri: /x
+    upstream:
+      type: roundrobin
+      nodes: { "127.0.0.1:99999": 1 }
+"#,
+    );
+    line_with(&out, "routes[0].upstream.nodes");
+}
+
+#[test]
+fn check_rejects_an_unknown_plugin_by_name() {
+    let out = check_fails(
+        r#"
+routes:
+  - id: "1"
+    uri: /x
+    plugins:
+      key-auth: {}
+    upstream:
+      nodes: { "127.0.0.1:1980": 1 }
+"#,
+    );
+    let l = line_with(&out, "key-auth");
+    assert!(
+        l.contains("routes[0].plugins"),
+        "line should give the field path: {l}"
+    );
+}
+
+#[test]
+fn check_rejects_unknown_keys() {
+    let out = check_fails("listn: 127.0.0.1:9080\n");
+    line_with(&out, "listn");
+    let out = check_fails("limits:\n  max_header_byte: 100\n");
+    let l = line_with(&out, "max_header_byte");
+    assert!(
+        l.contains("limits"),
+        "unknown key line should give its path: {l}"
+    );
+    let out = check_fails(
+        r#"
+routes:
+  - id: "1"
+    uri: /x
+    upstream:
+      nodes: { "127.0.0.1:1980": 1 }
+      retriez: 3
+"#,
+    );
+    let l = line_with(&out, "retriez");
+    assert!(
+        l.contains("routes[0].upstream"),
+        "unknown key line should give its path: {l}"
+    );
+}
+
+#[test]
+fn check_rejects_wrong_types() {
+    let out = check_fails("limits:\n  max_header_bytes: lots\n");
+    line_with(&out, "limits.max_header_bytes");
+    let out = check_fails("limits:\n  max_header_bytes: -5\n");
+    line_with(&out, "limits.max_header_bytes");
+    let out = check_fails("workers: many\n");
+    let l = line_with(&out, "workers");
+    assert!(
+        l.contains("auto"),
+        "workers message should list auto as allowed: {l}"
+    );
+    let out = check_fails("cpu_affinity: sometimes\n");
+    line_with(&out, "cpu_affinity");
+    let out = check_fails("limits:\n  header_read_timeout: soon\n");
+    line_with(&out, "limits.header_read_timeout");
+}
+
+#[test]
+fn check_lists_allowed_values() {
+    let out = check_fails("runtime:\n  driver: turbo\n");
+    let l = line_with(&out, "runtime.driver");
+    assert!(
+        l.contains("(allowed:"),
+        "format `<path>: <what> (allowed: …)`: {l}"
+    );
+    for v in ["auto", "io_uring", "epoll"] {
+        assert!(l.contains(v), "allowed list should name {v}: {l}");
+    }
+    let out = check_fails(
+        r#"
+routes:
+  - id: "1"
+    uri: /x
+    upstream:
+      nodes: { "127.0.0.1:1980": 1 }
+      pass_host: sideways
+"#,
+    );
+    let l = line_with(&out, "routes[0].upstream.pass_host");
+    for v in ["pass", "node", "rewrite"] {
+        assert!(l.contains(v), "allowed list should name {v}: {l}");
+    }
+}
+
+#[test]
+fn check_requires_upstream_host_for_pass_host_rewrite() {
+    let out = check_fails(
+        r#"
+routes:
+  - id: "1"
+    uri: /x
+    upstream:
+      nodes: { "127.0.0.1:1980": 1 }
+      pass_host: rewrite
+"#,
+    );
+    let l = line_with(&out, "upstream_host");
+    assert!(
+        l.contains("routes[0].upstream"),
+        "line should give the field path: {l}"
+    );
+}
+
+#[test]
+fn check_rejects_bad_addresses() {
+    let out = check_fails("listen: not-an-address\n");
+    line_with(&out, "listen");
+    let out = check_fails("trusted_addresses: [\"10.0.0.0/99\"]\n");
+    line_with(&out, "trusted_addresses");
+    let out = check_fails("trusted_addresses: [\"example.com\"]\n");
+    line_with(&out, "trusted_addresses");
+}
+
+#[test]
+fn check_rejects_a_route_without_upstream_or_uri() {
+    let out = check_fails("routes:\n  - id: \"1\"\n    uri: /x\n");
+    let l = line_with(&out, "routes[0]");
+    assert!(
+        l.contains("upstream"),
+        "missing upstream should be named: {l}"
+    );
+    let out = check_fails(
+        "routes:\n  - id: \"1\"\n    upstream:\n      nodes: { \"127.0.0.1:1980\": 1 }\n",
+    );
+    let l = line_with(&out, "routes[0]");
+    assert!(l.contains("uri"), "missing uri/uris should be named: {l}");
+}
+
+#[test]
+fn check_rejects_an_invalid_method() {
+    let out = check_fails(
+        r#"
+routes:
+  - id: "1"
+    uri: /x
+    methods: [GET, FETCH]
+    upstream:
+      nodes: { "127.0.0.1:1980": 1 }
+"#,
+    );
+    let l = line_with(&out, "FETCH");
+    assert!(
+        l.contains("routes[0].methods"),
+        "line should give the field path: {l}"
+    );
+}
+
+#[test]
+fn check_reports_every_problem() {
+    let out = check_fails(
+        r#"
+workers: many
+limits:
+  max_header_bytes: lots
+runtime:
+  driver: turbo
+routes:
+  - id: "1"
+    uri: /ok
+    upstream:
+      nodes: { "127.0.0.1:1980": 1 }
+  - id: "2"
+    uri: /x
+    plugins:
+      key-auth: {}
+    upstream:
+      nodes: { "127.0.0.1:99999": 1 }
+      timeout: { connect: 6, send: 6, read: soon }
+"#,
+    );
+    for path in [
+        "workers",
+        "limits.max_header_bytes",
+        "runtime.driver",
+        "routes[1].plugins",
+        "routes[1].upstream.nodes",
+        "routes[1].upstream.timeout.read",
+    ] {
+        line_with(&out, path);
+    }
+    line_with(&out, "key-auth");
+    assert!(
+        !out.contains("routes[0]"),
+        "the valid route must not be reported: {out}"
+    );
+}
+
+#[test]
+fn run_with_bad_config_exits_nonzero_and_does_not_listen() {
+    let port = free_port();
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:{port}
+workers: 1
+cpu_affinity: false
+data_dir: {{DATA}}
+routes:
+  - id: "1"
+    uri: /x
+    plugins:
+      key-auth: {{}}
+    upstream:
+      nodes: {{ "127.0.0.1:1980": 1 }}
+"#
+    );
+    let dir = TempDir::new();
+    let data = dir.path().join("data");
+    let yaml = yaml.replace("{DATA}", &data.to_string_lossy());
+    let mut p = Proxy::spawn_in(dir, &yaml, &[], vec![port]);
+    let deadline = Instant::now() + RUN_LIMIT;
+    let mut listened = false;
+    let status = loop {
+        if let Some(st) = p.try_exit_status() {
+            break Some(st);
+        }
+        if can_connect(port) {
+            listened = true;
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = p.output();
+    let status = status.unwrap_or_else(|| {
+        panic!("proxy with a bad config still running after {RUN_LIMIT:?}; output:\n{out}")
+    });
+    assert!(
+        !status.success(),
+        "bad config: exit {status}; output:\n{out}"
+    );
+    assert!(!listened, "the proxy listened although its config is bad");
+    let l = line_with(&out, "key-auth");
+    assert!(
+        l.contains("routes[0].plugins"),
+        "same message as check: {l}"
+    );
+    assert!(!can_connect(port));
+}
