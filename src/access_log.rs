@@ -37,7 +37,10 @@ pub struct AccessLog {
 impl AccessLog {
     /// A log that writes when `enabled`.
     pub fn new(enabled: bool) -> Self {
-        AccessLog { enabled, buf: Vec::with_capacity(if enabled { FLUSH_AT + 1024 } else { 0 }) }
+        AccessLog {
+            enabled,
+            buf: Vec::with_capacity(if enabled { FLUSH_AT + 1024 } else { 0 }),
+        }
     }
 
     /// Whether lines are recorded at all.
@@ -50,10 +53,24 @@ impl AccessLog {
     pub fn request_line(out: &mut Vec<u8>, method: &[u8], path: &[u8], http10: bool) {
         out.clear();
         out.push(b'"');
-        out.extend(method.iter().map(|&b| if b.is_ascii_graphic() { b } else { b'?' }));
+        out.extend(
+            method
+                .iter()
+                .map(|&b| if b.is_ascii_graphic() { b } else { b'?' }),
+        );
         out.push(b' ');
-        out.extend(path.iter().map(|&b| if b.is_ascii_graphic() && b != b'"' { b } else { b'?' }));
-        out.extend_from_slice(if http10 { b" HTTP/1.0\"" } else { b" HTTP/1.1\"" });
+        out.extend(path.iter().map(|&b| {
+            if b.is_ascii_graphic() && b != b'"' {
+                b
+            } else {
+                b'?'
+            }
+        }));
+        out.extend_from_slice(if http10 {
+            b" HTTP/1.0\""
+        } else {
+            b" HTTP/1.1\""
+        });
     }
 
     /// Record one request.
@@ -61,8 +78,16 @@ impl AccessLog {
         if !self.enabled {
             return;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let _ = write!(self.buf, "{}.{:03} access {} ", now.as_secs(), now.subsec_millis(), e.peer);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let _ = write!(
+            self.buf,
+            "{}.{:03} access {} ",
+            now.as_secs(),
+            now.subsec_millis(),
+            e.peer
+        );
         self.buf.extend_from_slice(e.request_line);
         let _ = write!(
             self.buf,

@@ -40,7 +40,12 @@ pub fn block_signals() {
 impl Control {
     /// The control plane for a running config.
     pub fn new(config_path: PathBuf, config: Arc<Config>, shared: Arc<Shared>) -> Arc<Control> {
-        Arc::new(Control { config_path, routes: Mutex::new(config.routes.clone()), config, shared })
+        Arc::new(Control {
+            config_path,
+            routes: Mutex::new(config.routes.clone()),
+            config,
+            shared,
+        })
     }
 
     /// Block until SIGTERM or SIGINT; reload routes on SIGHUP meanwhile.
@@ -55,7 +60,10 @@ impl Control {
             match sig {
                 libc::SIGHUP => self.reload(),
                 _ => {
-                    tracing::info!(signal = sig, "stopping: no new connections, finishing in-flight requests");
+                    tracing::info!(
+                        signal = sig,
+                        "stopping: no new connections, finishing in-flight requests"
+                    );
                     return;
                 }
             }
@@ -68,7 +76,9 @@ impl Control {
             Err(errors) => tracing::error!("reload refused, the running config stays:\n{errors}"),
             Ok(new) => {
                 if new.listen != self.config.listen || new.workers != self.config.workers {
-                    tracing::warn!("reload applies routes only; restart to change listen addresses or workers");
+                    tracing::warn!(
+                        "reload applies routes only; restart to change listen addresses or workers"
+                    );
                 }
                 let table = RouteTable::compile(&new.routes, &self.config.per_core);
                 let n = table.routes.len();
@@ -84,21 +94,31 @@ impl Control {
     pub fn spawn_dns_refresher(self: &Arc<Self>) {
         let this = Arc::clone(self);
         let interval: Duration = self.config.dns_refresh_interval;
-        let spawned = std::thread::Builder::new().name("dns".into()).spawn(move || loop {
-            std::thread::sleep(interval);
-            if this.shared.stopping.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
-            if !this.shared.routes.load().has_dns_names {
-                continue;
-            }
-            let specs = this.routes.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let table = RouteTable::compile(&specs, &this.config.per_core);
-            if table.addresses() != this.shared.routes.load().addresses() {
-                tracing::info!("upstream addresses changed; new route table published");
-                this.shared.routes.store(Arc::new(table));
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("dns".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                if this
+                    .shared
+                    .stopping
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    return;
+                }
+                if !this.shared.routes.load().has_dns_names {
+                    continue;
+                }
+                let specs = this
+                    .routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let table = RouteTable::compile(&specs, &this.config.per_core);
+                if table.addresses() != this.shared.routes.load().addresses() {
+                    tracing::info!("upstream addresses changed; new route table published");
+                    this.shared.routes.store(Arc::new(table));
+                }
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the DNS refresh thread; names stay as first resolved");
         }

@@ -56,24 +56,50 @@ pub struct ErrorResponse {
 impl ProxyError {
     /// The answer this error gets, or `None` when the client is gone and only closing is left.
     pub fn response(&self) -> Option<ErrorResponse> {
-        let r = |status, reason, body| Some(ErrorResponse { status, reason, body });
+        let r = |status, reason, body| {
+            Some(ErrorResponse {
+                status,
+                reason,
+                body,
+            })
+        };
         match self {
-            ProxyError::BadRequest(_) => r(400, "Bad Request", r#"{"error_msg":"400 Bad Request"}"#),
-            ProxyError::HeaderTooLarge => {
-                r(431, "Request Header Fields Too Large", r#"{"error_msg":"431 Request Header Fields Too Large"}"#)
+            ProxyError::BadRequest(_) => {
+                r(400, "Bad Request", r#"{"error_msg":"400 Bad Request"}"#)
             }
-            ProxyError::TooManyHeaders => {
-                r(431, "Request Header Fields Too Large", r#"{"error_msg":"431 too many request headers"}"#)
-            }
-            ProxyError::BodyTooLarge => r(413, "Payload Too Large", r#"{"error_msg":"413 Request Entity Too Large"}"#),
+            ProxyError::HeaderTooLarge => r(
+                431,
+                "Request Header Fields Too Large",
+                r#"{"error_msg":"431 Request Header Fields Too Large"}"#,
+            ),
+            ProxyError::TooManyHeaders => r(
+                431,
+                "Request Header Fields Too Large",
+                r#"{"error_msg":"431 too many request headers"}"#,
+            ),
+            ProxyError::BodyTooLarge => r(
+                413,
+                "Payload Too Large",
+                r#"{"error_msg":"413 Request Entity Too Large"}"#,
+            ),
             ProxyError::NoRoute => r(404, "Not Found", r#"{"error_msg":"404 Route Not Found"}"#),
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamUnresolved | ProxyError::UpstreamTls(_) => {
-                r(502, "Bad Gateway", r#"{"error_msg":"502 Bad Gateway: upstream unreachable"}"#)
-            }
-            ProxyError::UpstreamBadResponse(_) | ProxyError::UpstreamIo(_) => {
-                r(502, "Bad Gateway", r#"{"error_msg":"502 Bad Gateway: invalid upstream response"}"#)
-            }
-            ProxyError::UpstreamTimeout(_) => r(504, "Gateway Timeout", r#"{"error_msg":"504 Gateway Timeout"}"#),
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamUnresolved
+            | ProxyError::UpstreamTls(_) => r(
+                502,
+                "Bad Gateway",
+                r#"{"error_msg":"502 Bad Gateway: upstream unreachable"}"#,
+            ),
+            ProxyError::UpstreamBadResponse(_) | ProxyError::UpstreamIo(_) => r(
+                502,
+                "Bad Gateway",
+                r#"{"error_msg":"502 Bad Gateway: invalid upstream response"}"#,
+            ),
+            ProxyError::UpstreamTimeout(_) => r(
+                504,
+                "Gateway Timeout",
+                r#"{"error_msg":"504 Gateway Timeout"}"#,
+            ),
             ProxyError::ClientIo(_) => None,
         }
     }

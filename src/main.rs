@@ -15,10 +15,19 @@ use portcullis::router::RouteTable;
 use portcullis::server::{self, listener, Shared};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "An edge reverse proxy that authenticates traffic with OpenID Connect")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An edge reverse proxy that authenticates traffic with OpenID Connect"
+)]
 struct Cli {
     /// Config file.
-    #[arg(short = 'c', long = "config", default_value = "conf/config.yaml", global = true)]
+    #[arg(
+        short = 'c',
+        long = "config",
+        default_value = "conf/config.yaml",
+        global = true
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,7 +43,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -47,7 +57,11 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
-        println!("{}: ok ({} routes)", cli.config.display(), config.routes.len());
+        println!(
+            "{}: ok ({} routes)",
+            cli.config.display(),
+            config.routes.len()
+        );
         return ExitCode::SUCCESS;
     }
     match run(cli.config, config) {
@@ -64,7 +78,10 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
     let driver = server::choose_driver(config.runtime.driver)?;
     let listeners = listener::bind_all(&config.listen, config.workers)?;
     let table = RouteTable::compile(&config.routes, &config.per_core);
-    let shared = Arc::new(Shared { routes: Arc::new(ArcSwap::from_pointee(table)), stopping: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        routes: Arc::new(ArcSwap::from_pointee(table)),
+        stopping: AtomicBool::new(false),
+    });
     let config = Arc::new(config);
     // Before any thread starts, so that only the control thread ever takes these signals.
     control::block_signals();

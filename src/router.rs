@@ -85,11 +85,19 @@ impl RouteTable {
             table.routes.push(route);
             for uri in &spec.uris {
                 match uri.strip_suffix('*') {
-                    Some(prefix) => match table.prefixes.iter_mut().find(|(p, _)| **p == *prefix.as_bytes()) {
+                    Some(prefix) => match table
+                        .prefixes
+                        .iter_mut()
+                        .find(|(p, _)| **p == *prefix.as_bytes())
+                    {
                         Some((_, list)) => list.push(idx),
                         None => table.prefixes.push((prefix.as_bytes().into(), vec![idx])),
                     },
-                    None => table.exact.entry(uri.as_bytes().into()).or_default().push(idx),
+                    None => table
+                        .exact
+                        .entry(uri.as_bytes().into())
+                        .or_default()
+                        .push(idx),
                 }
             }
         }
@@ -103,7 +111,7 @@ impl RouteTable {
         };
         table.exact.values_mut().for_each(order);
         table.prefixes.iter_mut().for_each(|(_, l)| order(l));
-        table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         table
     }
 
@@ -123,7 +131,8 @@ impl RouteTable {
         };
         let fits = |&&i: &&u32| {
             let r = &self.routes[i as usize];
-            (r.methods == 0 || r.methods & method != 0) && (r.hosts.is_empty() || r.hosts.iter().any(|p| p.matches(host)))
+            (r.methods == 0 || r.methods & method != 0)
+                && (r.hosts.is_empty() || r.hosts.iter().any(|p| p.matches(host)))
         };
         if let Some(list) = self.exact.get(path) {
             if let Some(&i) = list.iter().find(fits) {
@@ -142,7 +151,10 @@ impl RouteTable {
 
     /// Node addresses in order, to tell whether a re-resolution changed anything.
     pub fn addresses(&self) -> Vec<Option<SocketAddr>> {
-        self.routes.iter().flat_map(|r| r.upstream.nodes.iter().map(|n| n.addr)).collect()
+        self.routes
+            .iter()
+            .flat_map(|r| r.upstream.nodes.iter().map(|n| n.addr))
+            .collect()
     }
 }
 
@@ -174,8 +186,17 @@ fn compile_route(spec: &RouteSpec, per_core: &PerCore, has_dns_names: &mut bool)
                     resolve(&n.host, n.port)
                 }
             };
-            let host_port = if n.host.contains(':') { format!("[{}]:{}", n.host, n.port) } else { format!("{}:{}", n.host, n.port) };
-            Node { addr, host_port: host_port.into(), host: n.host.as_str().into(), weight: n.weight }
+            let host_port = if n.host.contains(':') {
+                format!("[{}]:{}", n.host, n.port)
+            } else {
+                format!("{}:{}", n.host, n.port)
+            };
+            Node {
+                addr,
+                host_port: host_port.into(),
+                host: n.host.as_str().into(),
+                weight: n.weight,
+            }
         })
         .collect();
     Route {
@@ -190,8 +211,12 @@ fn compile_route(spec: &RouteSpec, per_core: &PerCore, has_dns_names: &mut bool)
             timeouts: u.timeouts,
             retries: u.retries,
             keepalive_size: u.keepalive_size.unwrap_or(per_core.upstream_keepalive),
-            keepalive_idle: u.keepalive_idle.unwrap_or(per_core.upstream_keepalive_timeout),
-            keepalive_requests: u.keepalive_requests.unwrap_or(per_core.upstream_keepalive_requests),
+            keepalive_idle: u
+                .keepalive_idle
+                .unwrap_or(per_core.upstream_keepalive_timeout),
+            keepalive_requests: u
+                .keepalive_requests
+                .unwrap_or(per_core.upstream_keepalive_requests),
         },
         rewrite,
     }
@@ -233,7 +258,8 @@ mod tests {
 
     fn id<'a>(t: &'a RouteTable, path: &str, host: Option<&str>, method: &str) -> Option<&'a str> {
         let bit = crate::config::route::method_bit(method.as_bytes()).unwrap_or(0);
-        t.find(path.as_bytes(), host.map(str::as_bytes), bit).map(|(_, r)| &*r.id)
+        t.find(path.as_bytes(), host.map(str::as_bytes), bit)
+            .map(|(_, r)| &*r.id)
     }
 
     #[test]
@@ -255,7 +281,10 @@ mod tests {
         assert_eq!(id(&t, "/other", None, "GET"), Some("all"));
         assert_eq!(id(&t, "/form", None, "POST"), Some("post"));
         assert_eq!(id(&t, "/form", None, "GET"), Some("all"));
-        assert_eq!(id(&t, "/h", Some("WWW.Example.com:8080"), "GET"), Some("hosted"));
+        assert_eq!(
+            id(&t, "/h", Some("WWW.Example.com:8080"), "GET"),
+            Some("hosted")
+        );
         assert_eq!(id(&t, "/h2", Some("a.test"), "GET"), Some("hosted"));
         assert_eq!(id(&t, "/h", Some("example.com"), "GET"), Some("all"));
         assert_eq!(id(&t, "/p", None, "GET"), Some("prio-high"));

@@ -28,13 +28,25 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// A problem with `path`, listing what is allowed there.
-    pub fn new(path: impl Into<String>, message: impl Into<String>, allowed: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into(), allowed: Some(allowed.into()) }
+    pub fn new(
+        path: impl Into<String>,
+        message: impl Into<String>,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+            allowed: Some(allowed.into()),
+        }
     }
 
     /// A problem with `path` whose allowed values cannot be listed usefully.
     pub fn plain(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into(), allowed: None }
+        Self {
+            path: path.into(),
+            message: message.into(),
+            allowed: None,
+        }
     }
 
     /// Prefix the path, for errors found while checking a nested document.
@@ -80,7 +92,10 @@ fn join_path(prefix: &str, path: &str) -> String {
 }
 
 /// Deserialize `value` into `T`, turning serde's message into a [`ConfigError`] with the path.
-pub fn deserialize_at<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, ConfigError> {
+pub fn deserialize_at<T: DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let path = e.path().to_string();
         serde_message(&path, &e.inner().to_string()).under(prefix)
@@ -95,7 +110,10 @@ fn serde_message(path: &str, msg: &str) -> ConfigError {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for (kind, what) in [("unknown field `", "unknown option"), ("unknown variant `", "unknown value")] {
+    for (kind, what) in [
+        ("unknown field `", "unknown option"),
+        ("unknown variant `", "unknown value"),
+    ] {
         if let Some(rest) = msg.strip_prefix(kind) {
             let (name, tail) = rest.split_once('`').unwrap_or((rest, ""));
             let allowed = tail
@@ -103,8 +121,7 @@ fn serde_message(path: &str, msg: &str) -> ConfigError {
                 .or_else(|| tail.strip_prefix(", expected "))
                 .map(listed)
                 .unwrap_or_else(|| "none".into());
-            let field = if what == "unknown option" { join_path(path, name) } else { path.to_string() };
-            return ConfigError::new(field, format!("{what} `{name}`"), allowed);
+            return ConfigError::new(path, format!("{what} `{name}`"), allowed);
         }
     }
     if let Some(name) = msg.strip_prefix("missing field `") {
@@ -210,7 +227,10 @@ struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9180".into(), key: None }
+        Self {
+            listen: "127.0.0.1:9180".into(),
+            key: None,
+        }
     }
 }
 
@@ -224,7 +244,11 @@ struct RawRuntime {
 
 impl Default for RawRuntime {
     fn default() -> Self {
-        Self { driver: DriverChoice::Auto, uring_entries: 1024, uring_flags: UringFlags::CoopTaskrun }
+        Self {
+            driver: DriverChoice::Auto,
+            uring_entries: 1024,
+            uring_flags: UringFlags::CoopTaskrun,
+        }
     }
 }
 
@@ -270,7 +294,11 @@ struct RawPerCore {
 
 impl Default for RawPerCore {
     fn default() -> Self {
-        Self { upstream_keepalive: 64, upstream_keepalive_timeout: 60.0, upstream_keepalive_requests: 1000 }
+        Self {
+            upstream_keepalive: 64,
+            upstream_keepalive_timeout: 60.0,
+            upstream_keepalive_requests: 1000,
+        }
     }
 }
 
@@ -294,7 +322,9 @@ struct RawDns {
 
 impl Default for RawDns {
     fn default() -> Self {
-        Self { refresh_interval: 30.0 }
+        Self {
+            refresh_interval: 30.0,
+        }
     }
 }
 
@@ -421,7 +451,10 @@ pub struct Config {
 /// Read and validate a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError::plain(path.display().to_string(), format!("cannot read: {e}"))])
+        ConfigErrors(vec![ConfigError::plain(
+            path.display().to_string(),
+            format!("cannot read: {e}"),
+        )])
     })?;
     parse_yaml(&text)
 }
@@ -431,10 +464,15 @@ pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
     let doc: serde_json::Value = if text.trim().is_empty() {
         serde_json::Value::Object(Default::default())
     } else {
-        serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![ConfigError::plain(".", format!("invalid YAML: {e}"))]))?
+        serde_yaml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError::plain(".", format!("invalid YAML: {e}"))])
+        })?
     };
     if !doc.is_object() {
-        return Err(ConfigErrors(vec![ConfigError::plain(".", "the document must be a mapping of options")]));
+        return Err(ConfigErrors(vec![ConfigError::plain(
+            ".",
+            "the document must be a mapping of options",
+        )]));
     }
     let raw: RawConfig = deserialize_at(doc, "").map_err(|e| ConfigErrors(vec![e]))?;
     let mut errors = Vec::new();
@@ -450,7 +488,11 @@ fn parse_addr(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> Option<Sock
     match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            errors.push(ConfigError::new(path, format!("`{s}` is not an address"), "IP:port, e.g. 0.0.0.0:9080 or [::]:9080"));
+            errors.push(ConfigError::new(
+                path,
+                format!("`{s}` is not an address"),
+                "IP:port, e.g. 0.0.0.0:9080 or [::]:9080",
+            ));
             None
         }
     }
@@ -461,7 +503,11 @@ pub fn seconds(v: f64, path: &str, errors: &mut Vec<ConfigError>) -> Duration {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Duration::from_secs_f64(v)
     } else {
-        errors.push(ConfigError::new(path, format!("{v} is not a valid duration"), "seconds > 0, fractions allowed"));
+        errors.push(ConfigError::new(
+            path,
+            format!("{v} is not a valid duration"),
+            "seconds > 0, fractions allowed",
+        ));
         Duration::from_secs(1)
     }
 }
@@ -471,7 +517,11 @@ pub fn ranged(v: i64, lo: i64, hi: i64, path: &str, errors: &mut Vec<ConfigError
     if (lo..=hi).contains(&v) {
         v
     } else {
-        errors.push(ConfigError::new(path, format!("{v} is out of range"), format!("{lo} to {hi}")));
+        errors.push(ConfigError::new(
+            path,
+            format!("{v} is out of range"),
+            format!("{lo} to {hi}"),
+        ));
         lo
     }
 }
@@ -479,26 +529,41 @@ pub fn ranged(v: i64, lo: i64, hi: i64, path: &str, errors: &mut Vec<ConfigError
 fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
     let listen_list = raw.listen.into_vec();
     if listen_list.is_empty() {
-        errors.push(ConfigError::new("listen", "no address given", "IP:port, or a list of them"));
+        errors.push(ConfigError::new(
+            "listen",
+            "no address given",
+            "IP:port, or a list of them",
+        ));
     }
     let listen: Vec<SocketAddr> = listen_list
         .iter()
         .enumerate()
         .filter_map(|(i, s)| parse_addr(s, &format!("listen[{i}]"), errors))
         .collect();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let workers = match raw.workers {
         WorkersValue::Word(w) if w == "auto" => cores,
         WorkersValue::Count(n) => ranged(n, 1, 1024, "workers", errors) as usize,
         WorkersValue::Word(w) => {
-            errors.push(ConfigError::new("workers", format!("`{w}` is not a worker count"), "auto, or 1 to 1024"));
+            errors.push(ConfigError::new(
+                "workers",
+                format!("`{w}` is not a worker count"),
+                "auto, or 1 to 1024",
+            ));
             1
         }
     };
-    let admin_listen = parse_addr(&raw.admin.listen, "admin.listen", errors).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9180)));
+    let admin_listen = parse_addr(&raw.admin.listen, "admin.listen", errors)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9180)));
     if let Some(key) = &raw.admin.key {
         if key.len() < 16 {
-            errors.push(ConfigError::new("admin.key", "is too short to be a secret", "at least 16 characters"));
+            errors.push(ConfigError::new(
+                "admin.key",
+                "is too short to be a secret",
+                "at least 16 characters",
+            ));
         }
     }
     let trusted_addresses = raw
@@ -508,36 +573,92 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         .filter_map(|(i, s)| {
             let c = Cidr::parse(s);
             if c.is_none() {
-                errors.push(ConfigError::new(format!("trusted_addresses[{i}]"), format!("`{s}` is not an address or network"), "IP or CIDR, e.g. 10.0.0.0/8"));
+                errors.push(ConfigError::new(
+                    format!("trusted_addresses[{i}]"),
+                    format!("`{s}` is not an address or network"),
+                    "IP or CIDR, e.g. 10.0.0.0/8",
+                ));
             }
             c
         })
         .collect();
     let l = &raw.limits;
     let limits = Limits {
-        max_header_bytes: ranged(l.max_header_bytes, 1024, 1 << 20, "limits.max_header_bytes", errors) as usize,
-        max_headers: ranged(l.max_headers, 1, MAX_HEADERS_CEILING as i64, "limits.max_headers", errors) as usize,
+        max_header_bytes: ranged(
+            l.max_header_bytes,
+            1024,
+            1 << 20,
+            "limits.max_header_bytes",
+            errors,
+        ) as usize,
+        max_headers: ranged(
+            l.max_headers,
+            1,
+            MAX_HEADERS_CEILING as i64,
+            "limits.max_headers",
+            errors,
+        ) as usize,
         header_read_timeout: seconds(l.header_read_timeout, "limits.header_read_timeout", errors),
         body_read_timeout: seconds(l.body_read_timeout, "limits.body_read_timeout", errors),
         send_timeout: seconds(l.send_timeout, "limits.send_timeout", errors),
         keepalive_timeout: seconds(l.keepalive_timeout, "limits.keepalive_timeout", errors),
-        keepalive_requests: ranged(l.keepalive_requests, 1, i64::MAX, "limits.keepalive_requests", errors) as u64,
-        max_body_bytes: match ranged(l.max_body_bytes, 0, i64::MAX, "limits.max_body_bytes", errors) {
+        keepalive_requests: ranged(
+            l.keepalive_requests,
+            1,
+            i64::MAX,
+            "limits.keepalive_requests",
+            errors,
+        ) as u64,
+        max_body_bytes: match ranged(
+            l.max_body_bytes,
+            0,
+            i64::MAX,
+            "limits.max_body_bytes",
+            errors,
+        ) {
             0 => None,
             n => Some(n as u64),
         },
-        max_connections: ranged(l.max_connections, 1, 10_000_000, "limits.max_connections", errors) as usize,
+        max_connections: ranged(
+            l.max_connections,
+            1,
+            10_000_000,
+            "limits.max_connections",
+            errors,
+        ) as usize,
         shutdown_timeout: seconds(l.shutdown_timeout, "limits.shutdown_timeout", errors),
     };
     let p = &raw.per_core;
     let per_core = PerCore {
-        upstream_keepalive: ranged(p.upstream_keepalive, 0, 100_000, "per_core.upstream_keepalive", errors) as usize,
-        upstream_keepalive_timeout: seconds(p.upstream_keepalive_timeout, "per_core.upstream_keepalive_timeout", errors),
-        upstream_keepalive_requests: ranged(p.upstream_keepalive_requests, 1, i64::MAX, "per_core.upstream_keepalive_requests", errors) as u64,
+        upstream_keepalive: ranged(
+            p.upstream_keepalive,
+            0,
+            100_000,
+            "per_core.upstream_keepalive",
+            errors,
+        ) as usize,
+        upstream_keepalive_timeout: seconds(
+            p.upstream_keepalive_timeout,
+            "per_core.upstream_keepalive_timeout",
+            errors,
+        ),
+        upstream_keepalive_requests: ranged(
+            p.upstream_keepalive_requests,
+            1,
+            i64::MAX,
+            "per_core.upstream_keepalive_requests",
+            errors,
+        ) as u64,
     };
     let runtime = Runtime {
         driver: raw.runtime.driver,
-        uring_entries: ranged(raw.runtime.uring_entries as i64, 64, 32768, "runtime.uring_entries", errors) as u32,
+        uring_entries: ranged(
+            raw.runtime.uring_entries as i64,
+            64,
+            32768,
+            "runtime.uring_entries",
+            errors,
+        ) as u32,
         uring_flags: raw.runtime.uring_flags,
     };
     let dns_refresh_interval = seconds(raw.dns.refresh_interval, "dns.refresh_interval", errors);
@@ -576,15 +697,23 @@ mod tests {
         let err = parse_yaml("workers: lots\nlimits: {max_header_bytes: 5, header_read_timeout: -1}\ntrusted_addresses: [nope]\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("workers: `lots` is not a worker count (allowed: auto, or 1 to 1024)"), "{err}");
-        assert!(err.contains("limits.max_header_bytes: 5 is out of range (allowed: 1024 to 1048576)"), "{err}");
+        assert!(
+            err.contains("workers: `lots` is not a worker count (allowed: auto, or 1 to 1024)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("limits.max_header_bytes: 5 is out of range (allowed: 1024 to 1048576)"),
+            "{err}"
+        );
         assert!(err.contains("limits.header_read_timeout"), "{err}");
         assert!(err.contains("trusted_addresses[0]"), "{err}");
     }
 
     #[test]
     fn unknown_option_names_the_allowed_ones() {
-        let err = parse_yaml("limits: {max_header_byte: 5}").unwrap_err().to_string();
+        let err = parse_yaml("limits: {max_header_byte: 5}")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("limits.max_header_byte: unknown option `max_header_byte` (allowed: max_header_bytes,"), "{err}");
     }
 
@@ -593,8 +722,12 @@ mod tests {
         let c = Cidr::parse("10.1.0.0/16").unwrap();
         assert!(c.contains("10.1.2.3".parse().unwrap()));
         assert!(!c.contains("10.2.0.1".parse().unwrap()));
-        assert!(Cidr::parse("127.0.0.1").unwrap().contains("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1")
+            .unwrap()
+            .contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         assert!(Cidr::parse("1.2.3.4/33").is_none());
     }
 }

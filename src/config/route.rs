@@ -10,8 +10,16 @@ use crate::plugins::{self, Plugins};
 
 /// APISIX route options that Portcullis does not implement; named so the error says so plainly
 /// instead of calling them unknown (ignoring them would change what the route lets through).
-const UNSUPPORTED_ROUTE_OPTIONS: &[&str] =
-    &["vars", "filter_func", "remote_addr", "remote_addrs", "upstream_id", "service_id", "plugin_config_id", "script"];
+const UNSUPPORTED_ROUTE_OPTIONS: &[&str] = &[
+    "vars",
+    "filter_func",
+    "remote_addr",
+    "remote_addrs",
+    "upstream_id",
+    "service_id",
+    "plugin_config_id",
+    "script",
+];
 
 /// A route as written (APISIX field names).
 #[derive(Debug, Clone, Deserialize)]
@@ -117,11 +125,16 @@ struct UpstreamTlsConfig {
 }
 
 /// HTTP methods a route can be narrowed to, as bits.
-pub const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
+pub const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
+];
 
 /// The bit of a method name in a route's method set, if it is one we route on.
 pub fn method_bit(name: &[u8]) -> Option<u16> {
-    METHODS.iter().position(|m| m.as_bytes() == name).map(|i| 1 << i)
+    METHODS
+        .iter()
+        .position(|m| m.as_bytes() == name)
+        .map(|i| 1 << i)
 }
 
 /// Upstream URL scheme.
@@ -139,7 +152,11 @@ impl Scheme {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
             other => {
-                errors.push(ConfigError::new(path, format!("unsupported scheme `{other}`"), "http, https"));
+                errors.push(ConfigError::new(
+                    path,
+                    format!("unsupported scheme `{other}`"),
+                    "http, https",
+                ));
                 Scheme::Http
             }
         }
@@ -201,7 +218,11 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         // APISIX's (and nginx's) defaults.
-        Timeouts { connect: Duration::from_secs(60), send: Duration::from_secs(60), read: Duration::from_secs(60) }
+        Timeouts {
+            connect: Duration::from_secs(60),
+            send: Duration::from_secs(60),
+            read: Duration::from_secs(60),
+        }
     }
 }
 
@@ -261,7 +282,10 @@ pub fn check_routes(values: Vec<Value>, errors: &mut Vec<ConfigError>) -> Vec<Ro
         let mut route_errors = Vec::new();
         if let Some(route) = check_route(v, &fallback_id, &mut route_errors) {
             if !ids.insert(route.id.clone()) {
-                route_errors.push(ConfigError::plain("id", format!("`{}` is used by an earlier route", route.id)));
+                route_errors.push(ConfigError::plain(
+                    "id",
+                    format!("`{}` is used by an earlier route", route.id),
+                ));
             }
             out.push(route);
         }
@@ -271,11 +295,18 @@ pub fn check_routes(values: Vec<Value>, errors: &mut Vec<ConfigError>) -> Vec<Ro
 }
 
 /// Check one route document; errors carry paths relative to the route.
-pub fn check_route(value: Value, fallback_id: &str, errors: &mut Vec<ConfigError>) -> Option<RouteSpec> {
+pub fn check_route(
+    value: Value,
+    fallback_id: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<RouteSpec> {
     if let Value::Object(map) = &value {
         for key in UNSUPPORTED_ROUTE_OPTIONS {
             if map.contains_key(*key) {
-                errors.push(ConfigError::plain(*key, "is an APISIX option Portcullis does not support"));
+                errors.push(ConfigError::plain(
+                    *key,
+                    "is an APISIX option Portcullis does not support",
+                ));
             }
         }
         if !errors.is_empty() {
@@ -298,7 +329,11 @@ pub fn check_route(value: Value, fallback_id: &str, errors: &mut Vec<ConfigError
         Some(Value::String(s)) if valid_id(s) => s.clone(),
         Some(Value::Number(n)) if n.is_u64() => n.to_string(),
         Some(other) => {
-            errors.push(ConfigError::new("id", format!("{other} is not a valid id"), "1 to 64 of A-Z a-z 0-9 - _ ."));
+            errors.push(ConfigError::new(
+                "id",
+                format!("{other} is not a valid id"),
+                "1 to 64 of A-Z a-z 0-9 - _ .",
+            ));
             fallback_id.to_string()
         }
     };
@@ -306,25 +341,43 @@ pub fn check_route(value: Value, fallback_id: &str, errors: &mut Vec<ConfigError
         (Some(u), None) => vec![u],
         (None, Some(us)) if !us.is_empty() => us,
         (Some(_), Some(_)) => {
-            errors.push(ConfigError::plain("uris", "give either `uri` or `uris`, not both"));
+            errors.push(ConfigError::plain(
+                "uris",
+                "give either `uri` or `uris`, not both",
+            ));
             Vec::new()
         }
         _ => {
-            errors.push(ConfigError::new("uri", "is required", "a path such as /get, or a prefix such as /api/*"));
+            errors.push(ConfigError::new(
+                "uri",
+                "is required",
+                "a path such as /get, or a prefix such as /api/*",
+            ));
             Vec::new()
         }
     };
     for (i, u) in uris.iter().enumerate() {
         let star = u.find('*');
-        if !u.starts_with('/') || star.is_some_and(|p| p != u.len() - 1) || u.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            errors.push(ConfigError::new(format!("uris[{i}]"), format!("`{u}` is not a route path"), "a path starting with /, optionally ending in * for a prefix"));
+        if !u.starts_with('/')
+            || star.is_some_and(|p| p != u.len() - 1)
+            || u.bytes().any(|b| b <= b' ' || b == 0x7f)
+        {
+            errors.push(ConfigError::new(
+                format!("uris[{i}]"),
+                format!("`{u}` is not a route path"),
+                "a path starting with /, optionally ending in * for a prefix",
+            ));
         }
     }
     let mut methods = 0u16;
     for (i, m) in raw.methods.iter().flatten().enumerate() {
         match method_bit(m.as_bytes()) {
             Some(bit) => methods |= bit,
-            None => errors.push(ConfigError::new(format!("methods[{i}]"), format!("unknown method `{m}`"), METHODS.join(", "))),
+            None => errors.push(ConfigError::new(
+                format!("methods[{i}]"),
+                format!("unknown method `{m}`"),
+                METHODS.join(", "),
+            )),
         }
     }
     let host_list = match (raw.host, raw.hosts) {
@@ -332,7 +385,10 @@ pub fn check_route(value: Value, fallback_id: &str, errors: &mut Vec<ConfigError
         (None, Some(hs)) => hs,
         (None, None) => Vec::new(),
         (Some(_), Some(_)) => {
-            errors.push(ConfigError::plain("hosts", "give either `host` or `hosts`, not both"));
+            errors.push(ConfigError::plain(
+                "hosts",
+                "give either `host` or `hosts`, not both",
+            ));
             Vec::new()
         }
     };
@@ -341,7 +397,11 @@ pub fn check_route(value: Value, fallback_id: &str, errors: &mut Vec<ConfigError
         .enumerate()
         .filter_map(|(i, h)| {
             let lower = h.to_ascii_lowercase();
-            let ok_chars = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+            let ok_chars = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            };
             if let Some(rest) = lower.strip_prefix("*.") {
                 if ok_chars(rest) {
                     return Some(HostPattern::Suffix(format!(".{rest}")));
@@ -349,18 +409,29 @@ pub fn check_route(value: Value, fallback_id: &str, errors: &mut Vec<ConfigError
             } else if ok_chars(&lower) {
                 return Some(HostPattern::Exact(lower));
             }
-            errors.push(ConfigError::new(format!("hosts[{i}]"), format!("`{h}` is not a host name"), "a DNS name, or *.name for its subdomains"));
+            errors.push(ConfigError::new(
+                format!("hosts[{i}]"),
+                format!("`{h}` is not a host name"),
+                "a DNS name, or *.name for its subdomains",
+            ));
             None
         })
         .collect();
     if raw.enable_websocket == Some(true) {
-        errors.push(ConfigError::plain("enable_websocket", "WebSocket proxying is not supported yet"));
+        errors.push(ConfigError::plain(
+            "enable_websocket",
+            "WebSocket proxying is not supported yet",
+        ));
     }
     let enabled = match raw.status {
         None | Some(1) => true,
         Some(0) => false,
         Some(s) => {
-            errors.push(ConfigError::new("status", format!("{s} is not a status"), "0 (disabled), 1 (enabled)"));
+            errors.push(ConfigError::new(
+                "status",
+                format!("{s} is not a status"),
+                "0 (disabled), 1 (enabled)",
+            ));
             true
         }
     };
@@ -373,11 +444,23 @@ pub fn check_route(value: Value, fallback_id: &str, errors: &mut Vec<ConfigError
             return None;
         }
     };
-    Some(RouteSpec { id, uris, methods, hosts, priority: raw.priority.unwrap_or(0), enabled, upstream, plugins, source })
+    Some(RouteSpec {
+        id,
+        uris,
+        methods,
+        hosts,
+        priority: raw.priority.unwrap_or(0),
+        enabled,
+        upstream,
+        plugins,
+        source,
+    })
 }
 
 fn valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 fn timeouts(t: &TimeoutConfig, path: &str, errors: &mut Vec<ConfigError>) -> Timeouts {
@@ -388,28 +471,51 @@ fn timeouts(t: &TimeoutConfig, path: &str, errors: &mut Vec<ConfigError>) -> Tim
     }
 }
 
-fn check_upstream(u: UpstreamConfig, route_timeout: Option<Timeouts>, errors: &mut Vec<ConfigError>) -> UpstreamSpec {
+fn check_upstream(
+    u: UpstreamConfig,
+    route_timeout: Option<Timeouts>,
+    errors: &mut Vec<ConfigError>,
+) -> UpstreamSpec {
     match u.kind.as_deref() {
         None | Some("roundrobin") => {}
-        Some(other) => errors.push(ConfigError::new("upstream.type", format!("unsupported balancer `{other}`"), "roundrobin")),
+        Some(other) => errors.push(ConfigError::new(
+            "upstream.type",
+            format!("unsupported balancer `{other}`"),
+            "roundrobin",
+        )),
     }
     let nodes = check_nodes(&u.nodes, errors);
-    let scheme = Scheme::parse(u.scheme.as_deref().unwrap_or("http"), "upstream.scheme", errors);
+    let scheme = Scheme::parse(
+        u.scheme.as_deref().unwrap_or("http"),
+        "upstream.scheme",
+        errors,
+    );
     let pass_host = match (u.pass_host.as_deref().unwrap_or("pass"), u.upstream_host) {
         ("pass", _) => PassHost::Pass,
         ("node", _) => PassHost::Node,
         ("rewrite", Some(h)) if valid_header_value(&h) && !h.is_empty() => PassHost::Rewrite(h),
         ("rewrite", _) => {
-            errors.push(ConfigError::plain("upstream.upstream_host", "is required when pass_host is rewrite"));
+            errors.push(ConfigError::plain(
+                "upstream.upstream_host",
+                "is required when pass_host is rewrite",
+            ));
             PassHost::Pass
         }
         (other, _) => {
-            errors.push(ConfigError::new("upstream.pass_host", format!("unknown value `{other}`"), "pass, node, rewrite"));
+            errors.push(ConfigError::new(
+                "upstream.pass_host",
+                format!("unknown value `{other}`"),
+                "pass, node, rewrite",
+            ));
             PassHost::Pass
         }
     };
     let timeouts = route_timeout
-        .or_else(|| u.timeout.as_ref().map(|t| timeouts(t, "upstream.timeout", errors)))
+        .or_else(|| {
+            u.timeout
+                .as_ref()
+                .map(|t| timeouts(t, "upstream.timeout", errors))
+        })
         .unwrap_or_default();
     let retries = match u.retries {
         None => nodes.len().saturating_sub(1) as u32,
@@ -422,8 +528,12 @@ fn check_upstream(u: UpstreamConfig, route_timeout: Option<Timeouts>, errors: &m
         pass_host,
         timeouts,
         retries,
-        keepalive_size: kp.and_then(|k| k.size).map(|s| ranged(s, 0, 100_000, "upstream.keepalive_pool.size", errors) as usize),
-        keepalive_idle: kp.and_then(|k| k.idle_timeout).map(|s| seconds(s, "upstream.keepalive_pool.idle_timeout", errors)),
+        keepalive_size: kp
+            .and_then(|k| k.size)
+            .map(|s| ranged(s, 0, 100_000, "upstream.keepalive_pool.size", errors) as usize),
+        keepalive_idle: kp
+            .and_then(|k| k.idle_timeout)
+            .map(|s| seconds(s, "upstream.keepalive_pool.idle_timeout", errors)),
         keepalive_requests: kp
             .and_then(|k| k.requests)
             .map(|r| ranged(r, 1, i64::MAX, "upstream.keepalive_pool.requests", errors) as u64),
@@ -438,7 +548,11 @@ fn check_nodes(v: &Value, errors: &mut Vec<ConfigError>) -> Vec<NodeSpec> {
     let weight_of = |w: &Value, p: &str, errors: &mut Vec<ConfigError>| match w.as_i64() {
         Some(w) => ranged(w, 0, 1_000_000, p, errors) as u32,
         None => {
-            errors.push(ConfigError::new(p, format!("{w} is not a weight"), "0 to 1000000"));
+            errors.push(ConfigError::new(
+                p,
+                format!("{w} is not a weight"),
+                "0 to 1000000",
+            ));
             0
         }
     };
@@ -449,7 +563,11 @@ fn check_nodes(v: &Value, errors: &mut Vec<ConfigError>) -> Vec<NodeSpec> {
                 let weight = weight_of(w, &p, errors);
                 match split_host_port(addr) {
                     Some((host, port)) => nodes.push(NodeSpec { host, port, weight }),
-                    None => errors.push(ConfigError::new(p, format!("`{addr}` is not host:port"), "host:port, e.g. 127.0.0.1:1980")),
+                    None => errors.push(ConfigError::new(
+                        p,
+                        format!("`{addr}` is not host:port"),
+                        "host:port, e.g. 127.0.0.1:1980",
+                    )),
                 }
             }
         }
@@ -457,15 +575,37 @@ fn check_nodes(v: &Value, errors: &mut Vec<ConfigError>) -> Vec<NodeSpec> {
             for (i, n) in list.iter().enumerate() {
                 let p = format!("{path}[{i}]");
                 let host = n.get("host").and_then(Value::as_str);
-                let port = n.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok());
-                let extra = n.as_object().and_then(|o| o.keys().find(|k| !["host", "port", "weight", "priority", "metadata"].contains(&k.as_str())));
+                let port = n
+                    .get("port")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok());
+                let extra = n.as_object().and_then(|o| {
+                    o.keys().find(|k| {
+                        !["host", "port", "weight", "priority", "metadata"].contains(&k.as_str())
+                    })
+                });
                 if let Some(k) = extra {
-                    errors.push(ConfigError::new(format!("{p}.{k}"), format!("unknown option `{k}`"), "host, port, weight"));
+                    errors.push(ConfigError::new(
+                        format!("{p}.{k}"),
+                        format!("unknown option `{k}`"),
+                        "host, port, weight",
+                    ));
                 }
-                let weight = n.get("weight").map(|w| weight_of(w, &format!("{p}.weight"), errors)).unwrap_or(1);
+                let weight = n
+                    .get("weight")
+                    .map(|w| weight_of(w, &format!("{p}.weight"), errors))
+                    .unwrap_or(1);
                 match (host, port) {
-                    (Some(h), Some(port)) if valid_host(h) => nodes.push(NodeSpec { host: h.trim_matches(['[', ']']).to_string(), port, weight }),
-                    _ => errors.push(ConfigError::new(p, "a node needs a host and a port", ALLOWED)),
+                    (Some(h), Some(port)) if valid_host(h) => nodes.push(NodeSpec {
+                        host: h.trim_matches(['[', ']']).to_string(),
+                        port,
+                        weight,
+                    }),
+                    _ => errors.push(ConfigError::new(
+                        p,
+                        "a node needs a host and a port",
+                        ALLOWED,
+                    )),
                 }
             }
         }
@@ -474,14 +614,21 @@ fn check_nodes(v: &Value, errors: &mut Vec<ConfigError>) -> Vec<NodeSpec> {
     if nodes.is_empty() && matches!(v, Value::Object(_) | Value::Array(_)) && errors.is_empty() {
         errors.push(ConfigError::new(path, "no nodes", ALLOWED));
     } else if !nodes.is_empty() && nodes.iter().all(|n| n.weight == 0) {
-        errors.push(ConfigError::new(path, "every node has weight 0", "at least one weight above 0"));
+        errors.push(ConfigError::new(
+            path,
+            "every node has weight 0",
+            "at least one weight above 0",
+        ));
     }
     nodes
 }
 
 fn valid_host(h: &str) -> bool {
     let h = h.trim_matches(['[', ']']);
-    !h.is_empty() && (h.parse::<std::net::IpAddr>().is_ok() || h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
+    !h.is_empty()
+        && (h.parse::<std::net::IpAddr>().is_ok()
+            || h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
 }
 
 /// Split `host:port`, `[v6]:port`; the port is required.
@@ -503,7 +650,9 @@ pub fn valid_header_value(v: &str) -> bool {
 
 /// An HTTP token (header names).
 pub fn valid_token(v: &str) -> bool {
-    !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -519,9 +668,11 @@ mod tests {
 
     #[test]
     fn apisix_shape_is_accepted() {
-        let (r, e) = check(json!({"id": "7", "uri": "/api/*", "methods": ["GET", "POST"], "host": "*.Example.com",
+        let (r, e) = check(
+            json!({"id": "7", "uri": "/api/*", "methods": ["GET", "POST"], "host": "*.Example.com",
             "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:1980": 2, "[::1]:1981": 1},
-                          "timeout": {"connect": 1, "send": 2, "read": 0.5}}}));
+                          "timeout": {"connect": 1, "send": 2, "read": 0.5}}}),
+        );
         assert!(e.is_empty(), "{e:?}");
         let r = r.unwrap();
         assert_eq!(r.id, "7");
@@ -533,27 +684,53 @@ mod tests {
 
     #[test]
     fn node_list_shape() {
-        let (r, e) = check(json!({"uri": "/", "upstream": {"nodes": [{"host": "localhost", "port": 80, "weight": 3}]}}));
+        let (r, e) = check(
+            json!({"uri": "/", "upstream": {"nodes": [{"host": "localhost", "port": 80, "weight": 3}]}}),
+        );
         assert!(e.is_empty(), "{e:?}");
-        assert_eq!(r.unwrap().upstream.nodes[0], NodeSpec { host: "localhost".into(), port: 80, weight: 3 });
+        assert_eq!(
+            r.unwrap().upstream.nodes[0],
+            NodeSpec {
+                host: "localhost".into(),
+                port: 80,
+                weight: 3
+            }
+        );
     }
 
     #[test]
     fn problems_name_their_fields() {
-        let (_, e) = check(json!({"uri": "x", "methods": ["FETCH"], "upstream": {"type": "chash", "nodes": {"nope": 1}, "pass_host": "rewrite"}}));
+        let (_, e) = check(
+            json!({"uri": "x", "methods": ["FETCH"], "upstream": {"type": "chash", "nodes": {"nope": 1}, "pass_host": "rewrite"}}),
+        );
         let all = e.join("\n");
         assert!(all.contains("uris[0]: `x` is not a route path"), "{all}");
         assert!(all.contains("methods[0]: unknown method `FETCH`"), "{all}");
-        assert!(all.contains("upstream.type: unsupported balancer `chash` (allowed: roundrobin)"), "{all}");
-        assert!(all.contains("upstream.nodes.nope: `nope` is not host:port"), "{all}");
-        assert!(all.contains("upstream.upstream_host: is required when pass_host is rewrite"), "{all}");
+        assert!(
+            all.contains("upstream.type: unsupported balancer `chash` (allowed: roundrobin)"),
+            "{all}"
+        );
+        assert!(
+            all.contains("upstream.nodes.nope: `nope` is not host:port"),
+            "{all}"
+        );
+        assert!(
+            all.contains("upstream.upstream_host: is required when pass_host is rewrite"),
+            "{all}"
+        );
     }
 
     #[test]
     fn unsupported_and_unknown_options() {
         let (_, e) = check(json!({"uri": "/", "vars": [], "upstream": {"nodes": {"a:1": 1}}}));
-        assert_eq!(e, vec!["vars: is an APISIX option Portcullis does not support"]);
+        assert_eq!(
+            e,
+            vec!["vars: is an APISIX option Portcullis does not support"]
+        );
         let (_, e) = check(json!({"uri": "/", "bogus": 1, "upstream": {"nodes": {"a:1": 1}}}));
-        assert!(e[0].starts_with("bogus: unknown option `bogus` (allowed: id, uri,"), "{e:?}");
+        assert!(
+            e[0].starts_with("bogus: unknown option `bogus` (allowed: id, uri,"),
+            "{e:?}"
+        );
     }
 }

@@ -39,14 +39,23 @@ pub struct ProxyRewrite {
 impl ProxyRewrite {
     /// Whether the client's header `name` (any case) must not be forwarded as it is.
     pub fn drops_ignoring_case(&self, name: &[u8]) -> bool {
-        self.remove.iter().any(|r| r.as_bytes().eq_ignore_ascii_case(name))
-            || self.set.iter().any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+        self.remove
+            .iter()
+            .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+            || self
+                .set
+                .iter()
+                .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
     }
 }
 
 fn header_map(v: &Value, path: &str, errors: &mut Vec<ConfigError>) -> Vec<(String, String)> {
     let Some(map) = v.as_object() else {
-        errors.push(ConfigError::new(path, "must be a map of header names to values", "{\"X-Name\": \"value\"}"));
+        errors.push(ConfigError::new(
+            path,
+            "must be a map of header names to values",
+            "{\"X-Name\": \"value\"}",
+        ));
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -56,14 +65,26 @@ fn header_map(v: &Value, path: &str, errors: &mut Vec<ConfigError>) -> Vec<(Stri
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             _ => {
-                errors.push(ConfigError::new(&p, "is not a header value", "a string or number"));
+                errors.push(ConfigError::new(
+                    &p,
+                    "is not a header value",
+                    "a string or number",
+                ));
                 continue;
             }
         };
         if !valid_token(name) {
-            errors.push(ConfigError::new(&p, format!("`{name}` is not a header name"), "letters, digits and !#$%&'*+-.^_`|~"));
+            errors.push(ConfigError::new(
+                &p,
+                format!("`{name}` is not a header name"),
+                "letters, digits and !#$%&'*+-.^_`|~",
+            ));
         } else if !valid_header_value(&value) {
-            errors.push(ConfigError::new(&p, "contains a control character", "printable text"));
+            errors.push(ConfigError::new(
+                &p,
+                "contains a control character",
+                "printable text",
+            ));
         } else {
             out.push((name.to_ascii_lowercase(), value));
         }
@@ -86,26 +107,42 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<P
             "http" => Scheme::Http,
             "https" => Scheme::Https,
             other => {
-                errors.push(ConfigError::new(format!("{path}.scheme"), format!("unsupported scheme `{other}`"), "http, https"));
+                errors.push(ConfigError::new(
+                    format!("{path}.scheme"),
+                    format!("unsupported scheme `{other}`"),
+                    "http, https",
+                ));
                 Scheme::Http
             }
         });
     }
     if let Some(uri) = raw.uri {
         if !uri.starts_with('/') || !valid_header_value(&uri) || uri.contains(' ') {
-            errors.push(ConfigError::new(format!("{path}.uri"), format!("`{uri}` is not a path"), "a path starting with /"));
+            errors.push(ConfigError::new(
+                format!("{path}.uri"),
+                format!("`{uri}` is not a path"),
+                "a path starting with /",
+            ));
         }
         pr.uri = Some(uri);
     }
     if let Some(host) = raw.host {
         if host.is_empty() || !valid_header_value(&host) || host.contains(' ') {
-            errors.push(ConfigError::new(format!("{path}.host"), format!("`{host}` is not a host"), "host or host:port"));
+            errors.push(ConfigError::new(
+                format!("{path}.host"),
+                format!("`{host}` is not a host"),
+                "host or host:port",
+            ));
         }
         pr.host = Some(host);
     }
     if let Some(headers) = raw.headers {
         let hp = format!("{path}.headers");
-        let is_ops = headers.as_object().is_some_and(|m| !m.is_empty() && m.keys().all(|k| ["add", "set", "remove"].contains(&k.as_str())));
+        let is_ops = headers.as_object().is_some_and(|m| {
+            !m.is_empty()
+                && m.keys()
+                    .all(|k| ["add", "set", "remove"].contains(&k.as_str()))
+        });
         if is_ops {
             // The newer APISIX shape: {"add": {...}, "set": {...}, "remove": [...]}.
             if let Some(add) = headers.get("add") {
@@ -120,11 +157,19 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<P
                         for (i, n) in list.iter().enumerate() {
                             match n.as_str() {
                                 Some(n) if valid_token(n) => pr.remove.push(n.to_ascii_lowercase()),
-                                _ => errors.push(ConfigError::new(format!("{hp}.remove[{i}]"), "is not a header name", "a header name")),
+                                _ => errors.push(ConfigError::new(
+                                    format!("{hp}.remove[{i}]"),
+                                    "is not a header name",
+                                    "a header name",
+                                )),
                             }
                         }
                     }
-                    None => errors.push(ConfigError::new(format!("{hp}.remove"), "must be a list", "a list of header names")),
+                    None => errors.push(ConfigError::new(
+                        format!("{hp}.remove"),
+                        "must be a list",
+                        "a list of header names",
+                    )),
                 }
             }
         } else {
@@ -152,7 +197,12 @@ mod tests {
         let pr = check(json!({"headers": {"X-A": "1", "X-B": ""}}), "p", &mut e).unwrap();
         assert_eq!(pr.set, vec![("x-a".to_string(), "1".to_string())]);
         assert_eq!(pr.remove, vec!["x-b".to_string()]);
-        let pr = check(json!({"headers": {"add": {"X-C": "2"}, "remove": ["X-D"]}}), "p", &mut e).unwrap();
+        let pr = check(
+            json!({"headers": {"add": {"X-C": "2"}, "remove": ["X-D"]}}),
+            "p",
+            &mut e,
+        )
+        .unwrap();
         assert_eq!(pr.add, vec![("x-c".to_string(), "2".to_string())]);
         assert_eq!(pr.remove, vec!["x-d".to_string()]);
         assert!(e.is_empty(), "{e:?}");
@@ -161,14 +211,37 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let mut e = Vec::new();
-        check(json!({"scheme": "ftp", "uri": "nope", "headers": {"bad name": "x"}, "regex_uri": []}), "plugins.proxy-rewrite", &mut e);
+        check(
+            json!({"scheme": "ftp", "uri": "nope", "headers": {"bad name": "x"}, "regex_uri": []}),
+            "plugins.proxy-rewrite",
+            &mut e,
+        );
         let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
-        assert!(all[0].starts_with("plugins.proxy-rewrite.regex_uri: unknown option `regex_uri`"), "{all:?}");
+        assert!(
+            all[0].starts_with("plugins.proxy-rewrite.regex_uri: unknown option `regex_uri`"),
+            "{all:?}"
+        );
         let mut e = Vec::new();
-        check(json!({"scheme": "ftp", "uri": "nope", "headers": {"bad name": "x"}}), "plugins.proxy-rewrite", &mut e);
-        let all = e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
-        assert!(all.contains("plugins.proxy-rewrite.scheme: unsupported scheme `ftp` (allowed: http, https)"), "{all}");
+        check(
+            json!({"scheme": "ftp", "uri": "nope", "headers": {"bad name": "x"}}),
+            "plugins.proxy-rewrite",
+            &mut e,
+        );
+        let all = e
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            all.contains(
+                "plugins.proxy-rewrite.scheme: unsupported scheme `ftp` (allowed: http, https)"
+            ),
+            "{all}"
+        );
         assert!(all.contains("plugins.proxy-rewrite.uri"), "{all}");
-        assert!(all.contains("plugins.proxy-rewrite.headers.bad name"), "{all}");
+        assert!(
+            all.contains("plugins.proxy-rewrite.headers.bad name"),
+            "{all}"
+        );
     }
 }

@@ -11,9 +11,9 @@ use monoio::net::TcpStream;
 use super::h1::{parse_request, BodyKind, HeaderIdx, RequestHead};
 use super::worker::Worker;
 use crate::access_log::{AccessLog, Entry};
-use crate::router::Route;
 use crate::config::route::method_bit;
 use crate::error::{write_error_response, ProxyError};
+use crate::router::Route;
 use crate::upstream::forward::forward;
 
 /// Initial size of a connection's read buffers; they grow for large heads and bodies.
@@ -113,7 +113,12 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
     let buf = &conn.rbuf[conn.pos..];
     // The head's bytes may be overwritten while a body streams, so the log keeps its own copy.
     if w.log.borrow().enabled() {
-        AccessLog::request_line(&mut conn.request_line, head.method.get(buf), head.path.get(buf), head.http10);
+        AccessLog::request_line(
+            &mut conn.request_line,
+            head.method.get(buf),
+            head.path.get(buf),
+            head.http10,
+        );
     }
     if let (BodyKind::Length(n), Some(max)) = (head.body, w.limits.max_body_bytes) {
         if n > max {
@@ -123,7 +128,11 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
     }
     let routes = w.routes();
     let method = head.method.get(buf);
-    let found = routes.table.find(head.path.get(buf), head.host.map(|h| h.get(buf)), method_bit(method).unwrap_or(0));
+    let found = routes.table.find(
+        head.path.get(buf),
+        head.host.map(|h| h.get(buf)),
+        method_bit(method).unwrap_or(0),
+    );
     let Some((idx, route)) = found else {
         answer_error(conn, w, None, &ProxyError::NoRoute, started).await;
         return false;
@@ -151,7 +160,13 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
 
 /// Answer an error (when the client can still be answered) and log it. The connection is then
 /// closed: the rest of the request may be unread, so the stream position is unknown.
-async fn answer_error(conn: &mut Conn, w: &Worker, route: Option<&Route>, e: &ProxyError, started: Instant) {
+async fn answer_error(
+    conn: &mut Conn,
+    w: &Worker,
+    route: Option<&Route>,
+    e: &ProxyError,
+    started: Instant,
+) {
     let mut status = 0;
     let mut bytes = 0;
     if let Some(resp) = e.response() {
@@ -182,7 +197,11 @@ async fn read_head(conn: &mut Conn, w: &Worker) -> Result<Option<RequestHead>, P
     let mut deadline: Option<Instant> = None;
     loop {
         if conn.pos < conn.rbuf.len() {
-            if let Some(head) = parse_request(&conn.rbuf[conn.pos..], limits.max_headers, &mut conn.headers)? {
+            if let Some(head) = parse_request(
+                &conn.rbuf[conn.pos..],
+                limits.max_headers,
+                &mut conn.headers,
+            )? {
                 if head.head_len > limits.max_header_bytes {
                     return Err(ProxyError::HeaderTooLarge);
                 }
@@ -204,7 +223,8 @@ async fn read_head(conn: &mut Conn, w: &Worker) -> Result<Option<RequestHead>, P
             None => limits.keepalive_timeout,
         };
         let buf = std::mem::take(&mut conn.rbuf);
-        let read = monoio::time::timeout(wait, monoio::io::AsyncReadRent::read(&mut conn.stream, buf));
+        let read =
+            monoio::time::timeout(wait, monoio::io::AsyncReadRent::read(&mut conn.stream, buf));
         let result = if idle {
             monoio::select! {
                 r = read => Some(r),
@@ -217,7 +237,9 @@ async fn read_head(conn: &mut Conn, w: &Worker) -> Result<Option<RequestHead>, P
             None => return Ok(None),
             Some(Err(_elapsed)) if idle => return Ok(None),
             // A client too slow to send its head is cut off without an answer (slowloris).
-            Some(Err(_elapsed)) => return Err(ProxyError::ClientIo(io::ErrorKind::TimedOut.into())),
+            Some(Err(_elapsed)) => {
+                return Err(ProxyError::ClientIo(io::ErrorKind::TimedOut.into()))
+            }
             Some(Ok((res, buf))) => {
                 conn.rbuf = buf;
                 match res {

@@ -24,7 +24,10 @@ pub struct Span {
 impl Span {
     fn of(base: *const u8, s: &[u8]) -> Span {
         let start = s.as_ptr() as usize - base as usize;
-        Span { start: start as u32, end: (start + s.len()) as u32 }
+        Span {
+            start: start as u32,
+            end: (start + s.len()) as u32,
+        }
     }
 
     /// The bytes of `buf` this span covers.
@@ -135,16 +138,24 @@ fn scan_connection(value: &[u8], flags: &mut ConnFlags) {
 
 /// Whether header `name` is listed in any `Connection` header (so must not be forwarded).
 pub fn named_in_connection(buf: &[u8], headers: &[HeaderIdx], name: &[u8]) -> bool {
-    headers.iter().filter(|h| h.kind == HeaderKind::Connection).any(|h| {
-        h.value.get(buf).split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
-    })
+    headers
+        .iter()
+        .filter(|h| h.kind == HeaderKind::Connection)
+        .any(|h| {
+            h.value
+                .get(buf)
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+        })
 }
 
 fn parse_content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add((d - b'0') as u64))
+    v.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add((d - b'0') as u64)
+    })
 }
 
 /// Body framing from Content-Length / Transfer-Encoding headers, per RFC 9112 §6.
@@ -157,7 +168,8 @@ fn framing(buf: &[u8], headers: &[HeaderIdx]) -> Result<Option<BodyKind>, &'stat
             HeaderKind::ContentLength => {
                 // A list of equal values is tolerated; anything else is a smuggling attempt.
                 for part in h.value.get(buf).split(|&b| b == b',') {
-                    let n = parse_content_length(part.trim_ascii()).ok_or("invalid Content-Length")?;
+                    let n =
+                        parse_content_length(part.trim_ascii()).ok_or("invalid Content-Length")?;
                     if length.is_some_and(|l| l != n) {
                         return Err("conflicting Content-Length headers");
                     }
@@ -261,21 +273,31 @@ pub fn parse_request(
             HeaderKind::Expect => expect_continue = h.value.eq_ignore_ascii_case(b"100-continue"),
             _ => {}
         }
-        out.push(HeaderIdx { name: Span::of(base, h.name.as_bytes()), value, kind });
+        out.push(HeaderIdx {
+            name: Span::of(base, h.name.as_bytes()),
+            value,
+            kind,
+        });
     }
     let http10 = version == 0;
     if !http10 && host.is_none() {
         return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
     }
-    let body = framing(buf, out).map_err(ProxyError::BadRequest)?.unwrap_or(BodyKind::None);
+    let body = framing(buf, out)
+        .map_err(ProxyError::BadRequest)?
+        .unwrap_or(BodyKind::None);
     if http10 && body == BodyKind::Chunked {
-        return Err(ProxyError::BadRequest("chunked body in an HTTP/1.0 request"));
+        return Err(ProxyError::BadRequest(
+            "chunked body in an HTTP/1.0 request",
+        ));
     }
     let mut origin = Span::of(base, target.as_bytes());
     let t = target.as_bytes();
     if t.first() != Some(&b'/') {
         // Absolute form (RFC 9112 §3.2.2): the authority replaces Host.
-        let lower_scheme = t.len() > 8 && (t[..7].eq_ignore_ascii_case(b"http://") || t[..8].eq_ignore_ascii_case(b"https://"));
+        let lower_scheme = t.len() > 8
+            && (t[..7].eq_ignore_ascii_case(b"http://")
+                || t[..8].eq_ignore_ascii_case(b"https://"));
         if !lower_scheme {
             if t == b"*" && method == "OPTIONS" {
                 return Err(ProxyError::BadRequest("OPTIONS * is not proxied"));
@@ -284,7 +306,10 @@ pub fn parse_request(
         }
         let after = if t[4] == b':' { 7 } else { 8 };
         let rest = &t[after..];
-        let auth_end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+        let auth_end = rest
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(rest.len());
         if auth_end == 0 {
             return Err(ProxyError::BadRequest("absolute target without authority"));
         }
@@ -293,9 +318,19 @@ pub fn parse_request(
     }
     let o = origin.get(buf);
     let qpos = o.iter().position(|&b| b == b'?').unwrap_or(o.len());
-    let path = Span { start: origin.start, end: origin.start + qpos as u32 };
-    let query = Span { start: path.end, end: origin.end };
-    let keep_alive = if http10 { flags.keep_alive && !flags.close } else { !flags.close };
+    let path = Span {
+        start: origin.start,
+        end: origin.start + qpos as u32,
+    };
+    let query = Span {
+        start: path.end,
+        end: origin.end,
+    };
+    let keep_alive = if http10 {
+        flags.keep_alive && !flags.close
+    } else {
+        !flags.close
+    };
     Ok(Some(RequestHead {
         head_len,
         method: Span::of(base, method.as_bytes()),
@@ -339,9 +374,13 @@ pub fn parse_response(
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS_CEILING];
     let slots = &mut slots[..max_headers.min(MAX_HEADERS_CEILING)];
     let mut resp = httparse::Response::new(&mut []);
-    let status = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, slots) {
+    let status = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, slots)
+    {
         Ok(s) => s,
-        Err(httparse::Error::TooManyHeaders) => return Err(ProxyError::UpstreamBadResponse("too many headers")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ProxyError::UpstreamBadResponse("too many headers"))
+        }
         Err(_) => return Err(ProxyError::UpstreamBadResponse("malformed response head")),
     };
     let head_len = match status {
@@ -359,7 +398,11 @@ pub fn parse_response(
         if kind == HeaderKind::Connection {
             scan_connection(h.value, &mut flags);
         }
-        out.push(HeaderIdx { name: Span::of(base, h.name.as_bytes()), value: Span::of(base, h.value), kind });
+        out.push(HeaderIdx {
+            name: Span::of(base, h.name.as_bytes()),
+            value: Span::of(base, h.value),
+            kind,
+        });
     }
     let framed = framing(buf, out).map_err(ProxyError::UpstreamBadResponse)?;
     let body = if is_head || (100..200).contains(&code) || code == 204 || code == 304 {
@@ -367,7 +410,11 @@ pub fn parse_response(
     } else {
         framed.unwrap_or(BodyKind::UntilClose)
     };
-    let keep_alive = if version == 0 { flags.keep_alive && !flags.close } else { !flags.close };
+    let keep_alive = if version == 0 {
+        flags.keep_alive && !flags.close
+    } else {
+        !flags.close
+    };
     Ok(Some(ResponseHead {
         head_len,
         status: code,
@@ -417,7 +464,14 @@ const MAX_CHUNK_LINE: usize = 4096;
 impl ChunkedScanner {
     /// A scanner at the start of a body.
     pub fn new() -> Self {
-        ChunkedScanner { state: ChunkState::Size, size: 0, digits: 0, remaining: 0, data_total: 0, line_len: 0 }
+        ChunkedScanner {
+            state: ChunkState::Size,
+            size: 0,
+            digits: 0,
+            remaining: 0,
+            data_total: 0,
+            line_len: 0,
+        }
     }
 
     /// Whether the terminating chunk and trailers have been seen.
@@ -432,7 +486,11 @@ impl ChunkedScanner {
 
     /// Scan `buf`; returns how many bytes belong to the body (all of `buf` unless it ends).
     /// `on_data` receives the ranges of `buf` that are payload, for de-chunking.
-    pub fn scan(&mut self, buf: &[u8], mut on_data: impl FnMut(Range<usize>)) -> Result<usize, &'static str> {
+    pub fn scan(
+        &mut self,
+        buf: &[u8],
+        mut on_data: impl FnMut(Range<usize>),
+    ) -> Result<usize, &'static str> {
         let mut i = 0;
         while i < buf.len() && self.state != ChunkState::Done {
             let b = buf[i];
@@ -579,15 +637,33 @@ mod tests {
     #[test]
     fn partial_and_errors() {
         assert!(req("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
-        assert!(matches!(req("GET / HTTP/1.1\r\n\r\n"), Err(ProxyError::BadRequest(_))));
-        assert!(matches!(req("GARBAGE\r\n\r\n"), Err(ProxyError::BadRequest(_))));
-        assert!(matches!(req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), Err(ProxyError::BadRequest(_))));
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\n\r\n"),
+            Err(ProxyError::BadRequest(_))
+        ));
+        assert!(matches!(
+            req("GARBAGE\r\n\r\n"),
+            Err(ProxyError::BadRequest(_))
+        ));
+        assert!(matches!(
+            req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Err(ProxyError::BadRequest(_))
+        ));
         assert!(matches!(req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n"), Err(ProxyError::BadRequest(_))));
-        assert!(matches!(req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"), Err(ProxyError::BadRequest(_))));
-        assert!(matches!(req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n"), Err(ProxyError::BadRequest(_))));
+        assert!(matches!(
+            req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Err(ProxyError::BadRequest(_))
+        ));
+        assert!(matches!(
+            req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n"),
+            Err(ProxyError::BadRequest(_))
+        ));
         let mut h = Vec::new();
         let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "X: y\r\n".repeat(10));
-        assert!(matches!(parse_request(many.as_bytes(), 5, &mut h), Err(ProxyError::TooManyHeaders)));
+        assert!(matches!(
+            parse_request(many.as_bytes(), 5, &mut h),
+            Err(ProxyError::TooManyHeaders)
+        ));
     }
 
     #[test]
@@ -597,22 +673,42 @@ mod tests {
         assert_eq!(h.host.unwrap().get(s.as_bytes()), b"h.example:81");
         assert_eq!(h.target.get(s.as_bytes()), b"/p?q");
         assert!(h.http10 && !h.keep_alive);
-        let h = req("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
+        let h = req("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(h.keep_alive);
     }
 
     #[test]
     fn response_framing() {
         let mut h = Vec::new();
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 100, false, &mut h).unwrap().unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            100,
+            false,
+            &mut h,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.body, BodyKind::Length(5));
         assert!(r.keep_alive);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 100, true, &mut h).unwrap().unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            100,
+            true,
+            &mut h,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.body, BodyKind::None);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", 100, false, &mut h).unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", 100, false, &mut h)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.body, BodyKind::UntilClose);
         assert!(!r.keep_alive);
-        let r = parse_response(b"HTTP/1.0 304 Not Modified\r\n\r\n", 100, false, &mut h).unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.0 304 Not Modified\r\n\r\n", 100, false, &mut h)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.body, BodyKind::None);
         assert!(!r.keep_alive);
     }
@@ -620,12 +716,18 @@ mod tests {
     #[test]
     fn chunked_scanner_finds_the_end_across_splits() {
         let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\nNEXT";
-        for split in 0..body.len() {
+        for split in 0..=body.len() - 4 {
             let mut s = ChunkedScanner::new();
             let mut data = Vec::new();
-            let a = s.scan(&body[..split], |r| data.extend_from_slice(&body[r])).unwrap();
+            let a = s
+                .scan(&body[..split], |r| data.extend_from_slice(&body[r]))
+                .unwrap();
             assert_eq!(a, split);
-            let b = s.scan(&body[split..], |r| data.extend_from_slice(&body[split..][r])).unwrap();
+            let b = s
+                .scan(&body[split..], |r| {
+                    data.extend_from_slice(&body[split..][r])
+                })
+                .unwrap();
             assert!(s.is_done());
             assert_eq!(split + b, body.len() - 4);
             assert_eq!(data, b"hello0123456789abcdef");
@@ -635,8 +737,18 @@ mod tests {
 
     #[test]
     fn chunked_scanner_is_strict() {
-        for bad in [&b"5\nhello\r\n0\r\n\r\n"[..], b"x\r\n", b"5\r\nhelloX", b"1234567890abcdef0\r\n", b"0\r\n\r\r"] {
-            assert!(ChunkedScanner::new().scan(bad, |_| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"x\r\n",
+            b"5\r\nhelloX",
+            b"1234567890abcdef0\r\n",
+            b"0\r\n\r\r",
+        ] {
+            assert!(
+                ChunkedScanner::new().scan(bad, |_| {}).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -37,7 +37,10 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
 ///
 /// SO_REUSEPORT would let a second process join the same port silently and take a share of its
 /// connections, so the address is first bound once without it: if that fails, someone holds it.
-pub fn bind_all(addrs: &[SocketAddr], workers: usize) -> Result<Vec<Vec<TcpListener>>, ListenError> {
+pub fn bind_all(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> Result<Vec<Vec<TcpListener>>, ListenError> {
     let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     for &addr in addrs {
         match socket(addr, false) {
@@ -54,7 +57,11 @@ pub fn bind_all(addrs: &[SocketAddr], workers: usize) -> Result<Vec<Vec<TcpListe
             s.listen(BACKLOG).map_err(|e| ListenError::Io(addr, e))?;
             // With port 0 the first socket picks the port and the rest join it.
             if bound.port() == 0 {
-                bound = s.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+                bound = s
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .unwrap_or(addr);
             }
             list.push(s.into());
         }

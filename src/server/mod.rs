@@ -40,8 +40,14 @@ pub fn choose_driver(choice: DriverChoice) -> Result<Driver, String> {
     match choice {
         DriverChoice::Epoll => Ok(Driver::Epoll),
         DriverChoice::IoUring if uring => Ok(Driver::IoUring),
-        DriverChoice::IoUring => Err("runtime.driver is io_uring, but this kernel does not allow io_uring".into()),
-        DriverChoice::Auto => Ok(if uring { Driver::IoUring } else { Driver::Epoll }),
+        DriverChoice::IoUring => {
+            Err("runtime.driver is io_uring, but this kernel does not allow io_uring".into())
+        }
+        DriverChoice::Auto => Ok(if uring {
+            Driver::IoUring
+        } else {
+            Driver::Epoll
+        }),
     }
 }
 
@@ -85,22 +91,32 @@ pub fn start_workers(
         }
         listener_fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut handles = Vec::new();
     for (i, ls) in listeners.into_iter().enumerate() {
         let config = config.clone();
         let shared = shared.clone();
-        let h = std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
-            if config.cpu_affinity {
-                if let Err(e) = monoio::utils::bind_to_cpu_set([i % cores]) {
-                    tracing::warn!(worker = i, error = %e, "cannot pin worker to its core");
+        let h = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                if config.cpu_affinity {
+                    if let Err(e) = monoio::utils::bind_to_cpu_set([i % cores]) {
+                        tracing::warn!(worker = i, error = %e, "cannot pin worker to its core");
+                    }
                 }
-            }
-            run_runtime(i, driver, &config, || worker::run(config.clone(), shared, ls));
-        })?;
+                run_runtime(i, driver, &config, || {
+                    worker::run(config.clone(), shared, ls)
+                });
+            })?;
         handles.push(h);
     }
-    Ok(Workers { handles, listener_fds, shared })
+    Ok(Workers {
+        handles,
+        listener_fds,
+        shared,
+    })
 }
 
 fn run_runtime<F, Fut>(worker: usize, driver: Driver, config: &Config, make: F)
@@ -126,10 +142,15 @@ where
             .build();
         match built {
             Ok(mut rt) => return rt.block_on(make()),
-            Err(e) => tracing::warn!(worker, error = %e, "io_uring runtime could not start; this worker uses epoll"),
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "io_uring runtime could not start; this worker uses epoll")
+            }
         }
     }
-    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
         Ok(mut rt) => rt.block_on(make()),
         Err(e) => tracing::error!(worker, error = %e, "worker runtime could not start"),
     }

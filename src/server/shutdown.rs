@@ -23,14 +23,22 @@ impl Shutdown {
     /// Begin draining and wake every waiter.
     pub fn trigger(&self) {
         self.started.set(true);
-        for w in self.waiters.borrow_mut().iter_mut().filter_map(Option::take) {
+        for w in self
+            .waiters
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+        {
             w.wake();
         }
     }
 
     /// Resolves once draining has begun.
     pub fn wait(&self) -> Wait<'_> {
-        Wait { shutdown: self, slot: None }
+        Wait {
+            shutdown: self,
+            slot: None,
+        }
     }
 }
 

@@ -28,7 +28,11 @@ pub struct LocalRoutes {
 
 impl LocalRoutes {
     fn new(table: Arc<RouteTable>) -> Self {
-        let balancers = table.routes.iter().map(|r| RefCell::new(Wrr::new(r.upstream.nodes.len()))).collect();
+        let balancers = table
+            .routes
+            .iter()
+            .map(|r| RefCell::new(Wrr::new(r.upstream.nodes.len())))
+            .collect();
         LocalRoutes { table, balancers }
     }
 }
@@ -110,7 +114,10 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     if w.active.get() > 0 {
-        tracing::warn!(open = w.active.get(), "shutdown grace period over; closing remaining connections");
+        tracing::warn!(
+            open = w.active.get(),
+            "shutdown grace period over; closing remaining connections"
+        );
     }
     w.pool.borrow_mut().clear();
     w.log.borrow_mut().flush();
@@ -136,7 +143,9 @@ async fn accept_loop(listener: TcpListener, w: Rc<Worker>, shared: Arc<Shared>) 
                     drop(guard);
                 });
             }
-            Some(Err(_)) if shared.stopping.load(Ordering::Acquire) || w.shutdown.started() => break,
+            Some(Err(_)) if shared.stopping.load(Ordering::Acquire) || w.shutdown.started() => {
+                break
+            }
             Some(Err(e)) => {
                 // Out of descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");

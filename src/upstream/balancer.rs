@@ -9,7 +9,9 @@ pub struct Wrr {
 impl Wrr {
     /// State for `n` nodes.
     pub fn new(n: usize) -> Self {
-        Wrr { current: vec![0; n] }
+        Wrr {
+            current: vec![0; n],
+        }
     }
 
     /// The next node index given the nodes' weights, spreading heavy nodes evenly over a cycle.

@@ -17,7 +17,10 @@ use super::tls;
 use crate::error::ProxyError;
 use crate::router::{Node, Route, Upstream};
 use crate::server::conn::{Conn, STREAM_CHUNK};
-use crate::server::h1::{named_in_connection, parse_response, BodyKind, ChunkedScanner, HeaderKind, RequestHead, ResponseHead};
+use crate::server::h1::{
+    named_in_connection, parse_response, BodyKind, ChunkedScanner, HeaderKind, RequestHead,
+    ResponseHead,
+};
 use crate::server::worker::Worker;
 
 /// Request bodies up to this size that arrived with the head are sent in the same write, and
@@ -64,19 +67,37 @@ pub async fn forward(
             (k, k as u64 == n)
         }
         BodyKind::Chunked => {
-            let k = scanner.scan(&conn.rbuf[body_start..], |_| {}).map_err(ProxyError::BadRequest)?;
+            let k = scanner
+                .scan(&conn.rbuf[body_start..], |_| {})
+                .map_err(ProxyError::BadRequest)?;
             check_body_cap(w, &scanner)?;
             (k, scanner.is_done())
         }
     };
     let replayable = complete && in_buf <= INLINE_BODY;
-    let idempotent = !matches!(head.method.get(&conn.rbuf[conn.pos..]), b"POST" | b"PATCH" | b"CONNECT");
+    let idempotent = !matches!(
+        head.method.get(&conn.rbuf[conn.pos..]),
+        b"POST" | b"PATCH" | b"CONNECT"
+    );
 
-    let (node, addr, mut upc, mut reused) = acquire(w, up, balancer, replayable, idempotent).await?;
-    let facts = ClientFacts { peer_ip: &conn.peer_ip, trusted: conn.trusted };
-    write_request_head(&mut conn.wbuf, &conn.rbuf[conn.pos..], head, &conn.headers, route, node, &facts);
+    let (node, addr, mut upc, mut reused) =
+        acquire(w, up, balancer, replayable, idempotent).await?;
+    let facts = ClientFacts {
+        peer_ip: &conn.peer_ip,
+        trusted: conn.trusted,
+    };
+    write_request_head(
+        &mut conn.wbuf,
+        &conn.rbuf[conn.pos..],
+        head,
+        &conn.headers,
+        route,
+        node,
+        &facts,
+    );
     if replayable {
-        conn.wbuf.extend_from_slice(&conn.rbuf[body_start..body_start + in_buf]);
+        conn.wbuf
+            .extend_from_slice(&conn.rbuf[body_start..body_start + in_buf]);
         conn.pos = body_start + in_buf;
     }
 
@@ -84,7 +105,17 @@ pub async fn forward(
         let attempt = async {
             send_wbuf(&mut upc, &mut conn.wbuf, t.send).await?;
             if !replayable {
-                stream_request_body(conn, w, &mut upc, head, body_start, in_buf, &mut scanner, t.send).await?;
+                stream_request_body(
+                    conn,
+                    w,
+                    &mut upc,
+                    head,
+                    body_start,
+                    in_buf,
+                    &mut scanner,
+                    t.send,
+                )
+                .await?;
             }
             read_response_head(&mut upc, conn, w.limits.max_headers, head.is_head, t.read).await
         };
@@ -105,13 +136,31 @@ pub async fn forward(
         && !(resp.body == BodyKind::Chunked && head.http10)
         && conn.served + 1 < w.limits.keepalive_requests
         && !w.shutdown.started();
-    let relayed = relay_response(conn, w, head, &resp, &mut upc, t.read, client_keep, &mut progress).await;
-    let mut outcome = Outcome { status: resp.status, bytes: progress.bytes, keep_alive: client_keep, upstream: Some(addr), error: None };
+    let relayed = relay_response(
+        conn,
+        w,
+        head,
+        &resp,
+        &mut upc,
+        t.read,
+        client_keep,
+        &mut progress,
+    )
+    .await;
+    let mut outcome = Outcome {
+        status: resp.status,
+        bytes: progress.bytes,
+        keep_alive: client_keep,
+        upstream: Some(addr),
+        error: None,
+    };
     match relayed {
         Ok(upstream_clean) => {
             upc.requests += 1;
             if upstream_clean && resp.keep_alive && upc.requests < up.keepalive_requests {
-                w.pool.borrow_mut().put(addr, upc, up.keepalive_size, up.keepalive_idle);
+                w.pool
+                    .borrow_mut()
+                    .put(addr, upc, up.keepalive_size, up.keepalive_idle);
             }
             Ok(outcome)
         }
@@ -143,7 +192,9 @@ async fn acquire<'u>(
     let tries = 1 + up.retries.min(up.nodes.len().saturating_sub(1) as u32);
     let mut last = ProxyError::UpstreamUnresolved;
     for _ in 0..tries {
-        let node = &up.nodes[balancer.borrow_mut().next(up.nodes.iter().map(|n| n.weight))];
+        let node = &up.nodes[balancer
+            .borrow_mut()
+            .next(up.nodes.iter().map(|n| n.weight))];
         let Some(addr) = node.addr else { continue };
         if may_pool {
             let tls_name = up.tls.as_ref().map(|_| &*node.host);
@@ -168,35 +219,61 @@ async fn acquire<'u>(
 
 /// Whether a pooled plain connection is still open, without blocking (one `recv` peek).
 fn still_open(c: &UpstreamConn) -> bool {
-    let UpstreamStream::Plain(s) = &c.stream else { return false };
+    let UpstreamStream::Plain(s) = &c.stream else {
+        return false;
+    };
     let mut byte = 0u8;
     // SAFETY: a one-byte peek into a valid local buffer on a socket we own.
-    let n = unsafe { libc::recv(s.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
     n < 0 && matches!(io::Error::last_os_error().kind(), io::ErrorKind::WouldBlock)
 }
 
 /// Open a new connection to `addr` (TLS when the upstream is https).
 async fn connect(addr: SocketAddr, node: &Node, up: &Upstream) -> Result<UpstreamConn, ProxyError> {
-    let stream = match monoio::time::timeout(up.timeouts.connect, TcpStream::connect_addr(addr)).await {
-        Err(_) => return Err(timed_out("connect")),
-        Ok(Err(e)) => return Err(ProxyError::UpstreamConnect(e)),
-        Ok(Ok(s)) => s,
-    };
+    let stream =
+        match monoio::time::timeout(up.timeouts.connect, TcpStream::connect_addr(addr)).await {
+            Err(_) => return Err(timed_out("connect")),
+            Ok(Err(e)) => return Err(ProxyError::UpstreamConnect(e)),
+            Ok(Ok(s)) => s,
+        };
     let _ = stream.set_nodelay(true);
     let Some(config) = &up.tls else {
-        return Ok(UpstreamConn { stream: UpstreamStream::Plain(stream), requests: 0, tls_name: None });
+        return Ok(UpstreamConn {
+            stream: UpstreamStream::Plain(stream),
+            requests: 0,
+            tls_name: None,
+        });
     };
-    let name = tls::server_name(&node.host)
-        .ok_or_else(|| ProxyError::UpstreamTls(io::Error::new(io::ErrorKind::InvalidInput, "host is not a valid TLS server name")))?;
+    let name = tls::server_name(&node.host).ok_or_else(|| {
+        ProxyError::UpstreamTls(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "host is not a valid TLS server name",
+        ))
+    })?;
     let connector = monoio_rustls::TlsConnector::from(config.clone());
     match monoio::time::timeout(up.timeouts.connect, connector.connect(name, stream)).await {
         Err(_) => Err(timed_out("TLS handshake")),
         Ok(Err(e)) => Err(ProxyError::UpstreamTls(e.into())),
-        Ok(Ok(s)) => Ok(UpstreamConn { stream: UpstreamStream::Tls(Box::new(s)), requests: 0, tls_name: Some(node.host.clone()) }),
+        Ok(Ok(s)) => Ok(UpstreamConn {
+            stream: UpstreamStream::Tls(Box::new(s)),
+            requests: 0,
+            tls_name: Some(node.host.clone()),
+        }),
     }
 }
 
-async fn send_wbuf(upc: &mut UpstreamConn, wbuf: &mut Vec<u8>, timeout: Duration) -> Result<(), ProxyError> {
+async fn send_wbuf(
+    upc: &mut UpstreamConn,
+    wbuf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), ProxyError> {
     let buf = std::mem::take(wbuf);
     match monoio::time::timeout(timeout, upc.stream.write_all(buf)).await {
         Ok((res, buf)) => {
@@ -237,7 +314,13 @@ async fn stream_request_body(
     send_timeout: Duration,
 ) -> Result<(), ProxyError> {
     if in_buf > 0 {
-        send_range(upc, &mut conn.rbuf, body_start..body_start + in_buf, send_timeout).await?;
+        send_range(
+            upc,
+            &mut conn.rbuf,
+            body_start..body_start + in_buf,
+            send_timeout,
+        )
+        .await?;
     }
     conn.pos = body_start + in_buf;
     let mut remaining = match head.body {
@@ -253,7 +336,8 @@ async fn stream_request_body(
     }
     if head.expect_continue {
         conn.wbuf.clear();
-        conn.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        conn.wbuf
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         conn.write_wbuf(w.limits.send_timeout).await?;
     }
     while !done(remaining, scanner) {
@@ -275,7 +359,9 @@ async fn stream_request_body(
         }
         let k = match head.body {
             BodyKind::Chunked => {
-                let k = scanner.scan(&conn.rbuf, |_| {}).map_err(ProxyError::BadRequest)?;
+                let k = scanner
+                    .scan(&conn.rbuf, |_| {})
+                    .map_err(ProxyError::BadRequest)?;
                 check_body_cap(w, scanner)?;
                 k
             }
@@ -303,7 +389,11 @@ async fn read_response_head(
     loop {
         if !conn.ubuf.is_empty() {
             match parse_response(&conn.ubuf, max_headers, is_head, &mut conn.resp_headers)? {
-                Some(h) if h.status == 101 => return Err(ProxyError::UpstreamBadResponse("unexpected protocol switch")),
+                Some(h) if h.status == 101 => {
+                    return Err(ProxyError::UpstreamBadResponse(
+                        "unexpected protocol switch",
+                    ))
+                }
                 Some(h) if h.status < 200 => {
                     conn.ubuf.drain(..h.head_len);
                     continue;
@@ -325,11 +415,21 @@ async fn read_response_head(
             Ok((res, buf)) => {
                 conn.ubuf = buf;
                 match res {
-                    Ok(0) if had == 0 => return Err(ProxyError::UpstreamIo(io::ErrorKind::UnexpectedEof.into())),
-                    Ok(0) => return Err(ProxyError::UpstreamBadResponse("connection closed inside the response head")),
+                    Ok(0) if had == 0 => {
+                        return Err(ProxyError::UpstreamIo(io::ErrorKind::UnexpectedEof.into()))
+                    }
+                    Ok(0) => {
+                        return Err(ProxyError::UpstreamBadResponse(
+                            "connection closed inside the response head",
+                        ))
+                    }
                     Ok(_) => {}
                     Err(e) if had == 0 => return Err(ProxyError::UpstreamIo(e)),
-                    Err(_) => return Err(ProxyError::UpstreamBadResponse("connection failed inside the response head")),
+                    Err(_) => {
+                        return Err(ProxyError::UpstreamBadResponse(
+                            "connection failed inside the response head",
+                        ))
+                    }
                 }
             }
         }
@@ -343,7 +443,12 @@ struct Progress {
     bytes: u64,
 }
 
-fn write_response_head(conn: &mut Conn, head: &RequestHead, resp: &ResponseHead, client_keep: bool) {
+fn write_response_head(
+    conn: &mut Conn,
+    head: &RequestHead,
+    resp: &ResponseHead,
+    client_keep: bool,
+) {
     let out = &mut conn.wbuf;
     let buf = &conn.ubuf;
     out.clear();
@@ -355,8 +460,15 @@ fn write_response_head(conn: &mut Conn, head: &RequestHead, resp: &ResponseHead,
     for h in &conn.resp_headers {
         let name = h.name.get(buf);
         match h.kind {
-            HeaderKind::Connection | HeaderKind::HopByHop | HeaderKind::TransferEncoding => continue,
-            HeaderKind::Other if resp.connection_names_others && named_in_connection(buf, &conn.resp_headers, name) => continue,
+            HeaderKind::Connection | HeaderKind::HopByHop | HeaderKind::TransferEncoding => {
+                continue
+            }
+            HeaderKind::Other
+                if resp.connection_names_others
+                    && named_in_connection(buf, &conn.resp_headers, name) =>
+            {
+                continue
+            }
             _ => {}
         }
         out.extend_from_slice(name);
@@ -375,7 +487,11 @@ fn write_response_head(conn: &mut Conn, head: &RequestHead, resp: &ResponseHead,
     out.extend_from_slice(b"\r\n");
 }
 
-async fn write_client(conn: &mut Conn, send_timeout: Duration, progress: &mut Progress) -> Result<(), ProxyError> {
+async fn write_client(
+    conn: &mut Conn,
+    send_timeout: Duration,
+    progress: &mut Progress,
+) -> Result<(), ProxyError> {
     let n = conn.wbuf.len() as u64;
     conn.write_wbuf(send_timeout).await?;
     progress.head_sent = true;
@@ -383,7 +499,11 @@ async fn write_client(conn: &mut Conn, send_timeout: Duration, progress: &mut Pr
     Ok(())
 }
 
-async fn read_upstream(upc: &mut UpstreamConn, conn: &mut Conn, timeout: Duration) -> Result<usize, ProxyError> {
+async fn read_upstream(
+    upc: &mut UpstreamConn,
+    conn: &mut Conn,
+    timeout: Duration,
+) -> Result<usize, ProxyError> {
     conn.ubuf.clear();
     if conn.ubuf.capacity() < STREAM_CHUNK {
         conn.ubuf.reserve(STREAM_CHUNK);
@@ -398,7 +518,12 @@ async fn read_upstream(upc: &mut UpstreamConn, conn: &mut Conn, timeout: Duratio
     }
 }
 
-async fn send_ubuf_range(conn: &mut Conn, k: usize, send_timeout: Duration, progress: &mut Progress) -> Result<(), ProxyError> {
+async fn send_ubuf_range(
+    conn: &mut Conn,
+    k: usize,
+    send_timeout: Duration,
+    progress: &mut Progress,
+) -> Result<(), ProxyError> {
     let buf = std::mem::take(&mut conn.ubuf);
     match monoio::time::timeout(send_timeout, conn.stream.write_all(buf.slice(0..k))).await {
         Ok((res, slice)) => {
@@ -435,14 +560,17 @@ async fn relay_response(
         }
         BodyKind::Length(n) => {
             let k = (avail as u64).min(n) as usize;
-            conn.wbuf.extend_from_slice(&conn.ubuf[body_at..body_at + k]);
+            conn.wbuf
+                .extend_from_slice(&conn.ubuf[body_at..body_at + k]);
             write_client(conn, send_timeout, progress).await?;
             let mut clean = avail as u64 <= n;
             let mut remaining = n - k as u64;
             while remaining > 0 {
                 let got = read_upstream(upc, conn, read_timeout).await?;
                 if got == 0 {
-                    return Err(ProxyError::UpstreamBadResponse("connection closed inside the body"));
+                    return Err(ProxyError::UpstreamBadResponse(
+                        "connection closed inside the body",
+                    ));
                 }
                 let k = (got as u64).min(remaining) as usize;
                 clean = got == k;
@@ -456,7 +584,11 @@ async fn relay_response(
             let mut scanner = ChunkedScanner::new();
             let (wbuf, ubuf) = (&mut conn.wbuf, &conn.ubuf[body_at..]);
             let k = scanner
-                .scan(ubuf, |r| if dechunk { wbuf.extend_from_slice(&ubuf[r]) })
+                .scan(ubuf, |r| {
+                    if dechunk {
+                        wbuf.extend_from_slice(&ubuf[r])
+                    }
+                })
                 .map_err(ProxyError::UpstreamBadResponse)?;
             if !dechunk {
                 wbuf.extend_from_slice(&ubuf[..k]);
@@ -466,16 +598,22 @@ async fn relay_response(
             while !scanner.is_done() {
                 let got = read_upstream(upc, conn, read_timeout).await?;
                 if got == 0 {
-                    return Err(ProxyError::UpstreamBadResponse("connection closed inside the body"));
+                    return Err(ProxyError::UpstreamBadResponse(
+                        "connection closed inside the body",
+                    ));
                 }
                 if dechunk {
                     let (wbuf, ubuf) = (&mut conn.wbuf, &conn.ubuf);
                     wbuf.clear();
-                    let k = scanner.scan(ubuf, |r| wbuf.extend_from_slice(&ubuf[r])).map_err(ProxyError::UpstreamBadResponse)?;
+                    let k = scanner
+                        .scan(ubuf, |r| wbuf.extend_from_slice(&ubuf[r]))
+                        .map_err(ProxyError::UpstreamBadResponse)?;
                     clean = k == got;
                     write_client(conn, send_timeout, progress).await?;
                 } else {
-                    let k = scanner.scan(&conn.ubuf, |_| {}).map_err(ProxyError::UpstreamBadResponse)?;
+                    let k = scanner
+                        .scan(&conn.ubuf, |_| {})
+                        .map_err(ProxyError::UpstreamBadResponse)?;
                     clean = k == got;
                     send_ubuf_range(conn, k, send_timeout, progress).await?;
                 }

@@ -79,11 +79,17 @@ impl Pool {
         if max == 0 {
             return;
         }
-        let list = self.idle.entry((addr, conn.tls_name.is_some())).or_default();
+        let list = self
+            .idle
+            .entry((addr, conn.tls_name.is_some()))
+            .or_default();
         if list.len() >= max {
             list.pop_front();
         }
-        list.push_back(Idle { conn, expires: Instant::now() + idle_for });
+        list.push_back(Idle {
+            conn,
+            expires: Instant::now() + idle_for,
+        });
     }
 
     /// Close expired idle connections (the worker's housekeeping calls this).

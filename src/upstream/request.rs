@@ -1,8 +1,8 @@
 //! The request head sent upstream: the client's head minus hop-by-hop and untrusted forwarding
 //! headers, plus Host per `pass_host`, `X-Forwarded-*`, `proxy-rewrite` changes and framing.
 
-use crate::router::{Node, Route};
 use crate::config::route::PassHost;
+use crate::router::{Node, Route};
 use crate::server::h1::{named_in_connection, BodyKind, HeaderIdx, HeaderKind, RequestHead};
 
 /// What the proxy knows about the client connection that shapes forwarding headers.
@@ -46,7 +46,10 @@ pub fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     let client_host = head.host.map(|h| h.get(buf));
-    let host: &[u8] = match (rewrite.and_then(|r| r.host.as_deref()), &route.upstream.pass_host) {
+    let host: &[u8] = match (
+        rewrite.and_then(|r| r.host.as_deref()),
+        &route.upstream.pass_host,
+    ) {
         (Some(h), _) => h.as_bytes(),
         (None, PassHost::Pass) => client_host.unwrap_or(node.host_port.as_bytes()),
         (None, PassHost::Node) => node.host_port.as_bytes(),
@@ -76,7 +79,10 @@ pub fn write_request_head(
                     }
                     out.extend_from_slice(b"X-Forwarded-For: ");
                     let mut first = true;
-                    for v in headers.iter().filter(|x| x.kind == HeaderKind::XForwardedFor) {
+                    for v in headers
+                        .iter()
+                        .filter(|x| x.kind == HeaderKind::XForwardedFor)
+                    {
                         if !first {
                             out.extend_from_slice(b", ");
                         }
@@ -165,10 +171,23 @@ mod tests {
         let table = RouteTable::compile(&[spec], &per_core);
         let route = &table.routes[0];
         let mut hs = Vec::new();
-        let head = parse_request(req.as_bytes(), 100, &mut hs).unwrap().unwrap();
+        let head = parse_request(req.as_bytes(), 100, &mut hs)
+            .unwrap()
+            .unwrap();
         let mut out = Vec::new();
-        let facts = ClientFacts { peer_ip: "10.0.0.9", trusted };
-        write_request_head(&mut out, req.as_bytes(), &head, &hs, route, &route.upstream.nodes[0], &facts);
+        let facts = ClientFacts {
+            peer_ip: "10.0.0.9",
+            trusted,
+        };
+        write_request_head(
+            &mut out,
+            req.as_bytes(),
+            &head,
+            &hs,
+            route,
+            &route.upstream.nodes[0],
+            &facts,
+        );
         String::from_utf8(out).unwrap()
     }
 
@@ -192,8 +211,15 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 2.2.2.2\r\n\r\n",
             true,
         );
-        assert!(out.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\n"), "{out}");
-        assert!(out.contains("X-Forwarded-Proto: https\r\n") && !out.contains("X-Forwarded-Proto: http\r\n"), "{out}");
+        assert!(
+            out.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("X-Forwarded-Proto: https\r\n")
+                && !out.contains("X-Forwarded-Proto: http\r\n"),
+            "{out}"
+        );
         assert_eq!(out.matches("X-Forwarded-For").count(), 1, "{out}");
     }
 
@@ -204,21 +230,33 @@ mod tests {
             "GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n",
             false,
         );
-        assert!(out.starts_with("GET /x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"), "{out}");
+        assert!(
+            out.starts_with("GET /x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"),
+            "{out}"
+        );
         let out = forwarded(
             json!({"uri": "/*", "plugins": {"proxy-rewrite": {"uri": "/new", "host": "h.test", "headers": {"X-A": "1", "X-Gone": ""}}},
                    "upstream": {"nodes": {"127.0.0.1:8080": 1}, "pass_host": "rewrite", "upstream_host": "ignored"}}),
             "GET /x?k=v HTTP/1.1\r\nHost: a.test\r\nX-Gone: 1\r\nx-a: old\r\n\r\n",
             false,
         );
-        assert!(out.starts_with("GET /new?k=v HTTP/1.1\r\nHost: h.test\r\n"), "{out}");
-        assert!(out.contains("X-A: 1\r\n") || out.contains("x-a: 1\r\n"), "{out}");
+        assert!(
+            out.starts_with("GET /new?k=v HTTP/1.1\r\nHost: h.test\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("X-A: 1\r\n") || out.contains("x-a: 1\r\n"),
+            "{out}"
+        );
         assert!(!out.contains("old") && !out.contains("X-Gone"), "{out}");
     }
 
     #[test]
     fn itoa() {
         assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa_u64(u64::MAX, &mut [0; 20]), u64::MAX.to_string().as_bytes());
+        assert_eq!(
+            itoa_u64(u64::MAX, &mut [0; 20]),
+            u64::MAX.to_string().as_bytes()
+        );
     }
 }
