@@ -71,6 +71,25 @@ fn no_matching_route_is_404_json() {
 }
 
 #[test]
+fn keepalive_survives_a_404() {
+    // A 404 for a request without a body leaves nothing unread: the connection stays usable,
+    // as with nginx/APISIX (closing it would cost clients a reconnect per unknown path).
+    let up = Upstream::start("A");
+    let p = Proxy::start(base_config(vec![route("1", "/get", &[&up])]));
+    let mut c = p.client();
+    let r = c.get("/nothing");
+    r.assert_json_error(404);
+    assert!(
+        !r.header("connection")
+            .unwrap_or("")
+            .eq_ignore_ascii_case("close"),
+        "404 closes the keep-alive connection: {:?}",
+        r.headers
+    );
+    assert_eq!(c.get("/get").echo().path, "/get");
+}
+
+#[test]
 fn routing_exact_prefix_and_longest_prefix() {
     let a = Upstream::start("A");
     let b = Upstream::start("B");
@@ -103,7 +122,7 @@ fn routing_exact_prefix_and_longest_prefix() {
         assert_eq!(r.echo().path, path, "request target forwarded unchanged");
     }
     for path in ["/u1/x", "/u3", "/apix", "/ap"] {
-        assert_eq!(cl.get(path).status, 404, "{path} must not match");
+        assert_eq!(p.get(path).status, 404, "{path} must not match");
     }
 }
 
@@ -143,9 +162,11 @@ fn routing_by_host_and_method() {
     assert_eq!(r.upstream_id(), Some("M"));
     let r = cl.request("PUT", "/m", &[], b"x");
     assert_eq!(r.upstream_id(), Some("M"));
-    let r = cl.request("GET", "/m", &[], b"");
+    let r = p.client().request("GET", "/m", &[], b"");
     r.assert_json_error(404);
-    let r = cl.request("GET", "/only", &[("Host", "other.example")], b"");
+    let r = p
+        .client()
+        .request("GET", "/only", &[("Host", "other.example")], b"");
     r.assert_json_error(404);
     let r = cl.request("GET", "/only", &[("Host", "only.example")], b"");
     assert_eq!(r.upstream_id(), Some("M"));
@@ -291,6 +312,45 @@ fn client_and_upstream_keepalive() {
 }
 
 #[test]
+fn upstream_keepalive_settings_are_honoured() {
+    // upstream_keepalive: 0 keeps no idle upstream connection: one connection per request.
+    let up = Upstream::start("A");
+    let mut cfg = base_config(vec![route("1", "/*", &[&up])]);
+    cfg["per_core"] = json!({"upstream_keepalive": 0});
+    let p = Proxy::start(cfg);
+    let mut c = p.client();
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/nopool/{i}")).status, 200);
+    }
+    assert_eq!(
+        up.conns(),
+        5,
+        "upstream_keepalive 0 must not reuse upstream connections"
+    );
+
+    // upstream_keepalive_timeout: 1 drops a pooled connection after 1 s idle.
+    let up = Upstream::start("B");
+    let mut cfg = base_config(vec![route("1", "/*", &[&up])]);
+    cfg["per_core"] = json!({"upstream_keepalive": 8, "upstream_keepalive_timeout": 1});
+    let p = Proxy::start(cfg);
+    let mut c = p.client();
+    assert_eq!(c.get("/a").status, 200);
+    assert_eq!(c.get("/b").status, 200);
+    assert_eq!(
+        up.conns(),
+        1,
+        "two quick requests share one upstream connection"
+    );
+    thread::sleep(Duration::from_millis(2200));
+    assert_eq!(c.get("/c").status, 200);
+    assert_eq!(
+        up.conns(),
+        2,
+        "after 2.2 s idle with upstream_keepalive_timeout 1 a new upstream connection is used"
+    );
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let up = Upstream::start("A");
     let p = Proxy::start(base_config(vec![route("1", "/*", &[&up])]));
@@ -400,7 +460,7 @@ fn upstream_answering_garbage_is_502() {
     let up = Upstream::start("A");
     let p = Proxy::start(base_config(vec![route("1", "/*", &[&up])]));
     p.get("/garbage").assert_json_error(502);
-    assert_eq!(p.get("/fine").status, 200);
+    assert_eq!(p.get("/fine").echo().path, "/fine");
 }
 
 #[test]
@@ -420,7 +480,13 @@ fn upstream_slower_than_read_timeout_is_504_json() {
         "504 after {took:?}, want about 1 s"
     );
     // A fast request on the same route still works.
-    assert_eq!(p.get("/sleep/10").status, 200);
+    // (and the timed-out upstream connection is not reused: its late answer must not leak)
+    for i in 0..3 {
+        let path = format!("/sleep/{}", 10 + i);
+        assert_eq!(p.get(&path).echo().path, path);
+    }
+    thread::sleep(Duration::from_millis(2300));
+    assert_eq!(p.get("/late").echo().path, "/late");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,6 +568,32 @@ fn default_limits_accept_98_headers() {
 }
 
 #[test]
+fn default_max_header_bytes_admits_long_lines_under_32k() {
+    // max_header_bytes (default 32768) is the only cap on the head: one long header line or a
+    // long request line under it passes (large cookies and long query strings are common).
+    let up = Upstream::start("A");
+    let p = Proxy::start(base_config(vec![route("1", "/*", &[&up])]));
+    let big = "z".repeat(30_000);
+    let r = p.client().request("GET", "/x", &[("X-Big", &big)], b"");
+    assert_eq!(
+        r.status,
+        200,
+        "a 30000-byte header under the default 32768: {:?}",
+        r.text()
+    );
+    assert_eq!(r.echo().header("x-big").map(str::len), Some(30_000));
+    let target = format!("/x?q={}", "q".repeat(20_000));
+    let r = p.client().request("GET", &target, &[], b"");
+    assert_eq!(
+        r.status,
+        200,
+        "a 20 KB request line under the default 32768: {:?}",
+        r.text()
+    );
+    assert_eq!(r.echo().path, target);
+}
+
+#[test]
 fn malformed_requests_get_400_and_the_server_keeps_serving() {
     let up = Upstream::start("A");
     let p = Proxy::start(base_config(vec![route("1", "/*", &[&up])]));
@@ -567,6 +659,17 @@ fn chunked_body_over_max_body_bytes_is_413() {
     cfg["limits"] = json!({"max_body_bytes": 1000});
     let p = Proxy::start(cfg);
     let mut c = p.client();
+    let mut req = Client::build("POST", "/b", &[("Transfer-Encoding", "chunked")], b"");
+    req.extend_from_slice(b"384\r\n");
+    req.extend_from_slice(&[b'y'; 900]);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    c.write(&req);
+    let e = c.read_response_for("POST").echo();
+    assert_eq!(
+        e.body_sha256,
+        sha256_hex(&[b'y'; 900]),
+        "900 chunked bytes are under the cap"
+    );
     let mut req = Client::build("POST", "/b", &[("Transfer-Encoding", "chunked")], b"");
     for _ in 0..3 {
         req.extend_from_slice(b"1f4\r\n");

@@ -47,6 +47,8 @@ pub struct Conn {
     pub request_line: Vec<u8>,
     /// Requests answered so far.
     pub served: u64,
+    /// Whether the current request's body has been read completely.
+    pub body_consumed: bool,
 }
 
 impl Conn {
@@ -87,6 +89,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
         resp_headers: Vec::with_capacity(32),
         request_line: Vec::new(),
         served: 0,
+        body_consumed: false,
     };
     loop {
         let head = match read_head(&mut conn, &w).await {
@@ -95,7 +98,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
             Err(e) => {
                 conn.request_line.clear();
                 conn.request_line.push(b'-');
-                answer_error(&mut conn, &w, None, &e, Instant::now()).await;
+                answer_error(&mut conn, &w, None, &e, Instant::now(), false).await;
                 break;
             }
         };
@@ -122,8 +125,7 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
     }
     if let (BodyKind::Length(n), Some(max)) = (head.body, w.limits.max_body_bytes) {
         if n > max {
-            answer_error(conn, w, None, &ProxyError::BodyTooLarge, started).await;
-            return false;
+            return answer_error(conn, w, None, &ProxyError::BodyTooLarge, started, false).await;
         }
     }
     let routes = w.routes();
@@ -134,9 +136,12 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
         method_bit(method).unwrap_or(0),
     );
     let Some((idx, route)) = found else {
-        answer_error(conn, w, None, &ProxyError::NoRoute, started).await;
-        return false;
+        // Without a body the request is fully read, so the connection can stay open.
+        let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
+        conn.pos += head.head_len;
+        return answer_error(conn, w, None, &ProxyError::NoRoute, started, keep).await;
     };
+    conn.body_consumed = false;
     match forward(conn, w, head, route, &routes.balancers[idx]).await {
         Ok(o) => {
             w.log.borrow_mut().record(&Entry {
@@ -152,29 +157,36 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
             o.keep_alive
         }
         Err(e) => {
-            answer_error(conn, w, Some(route), &e, started).await;
-            false
+            // An upstream failure after the whole request was read leaves the client's stream
+            // in step, so the client keeps its connection (as with nginx).
+            let keep = conn.body_consumed && head.keep_alive && !head.http10;
+            answer_error(conn, w, Some(route), &e, started, keep).await
         }
     }
 }
 
-/// Answer an error (when the client can still be answered) and log it. The connection is then
-/// closed: the rest of the request may be unread, so the stream position is unknown.
+/// Answer an error (when the client can still be answered) and log it. Returns whether the
+/// connection stays open: only when `keep` says the request was read completely, and the
+/// answer went out.
 async fn answer_error(
     conn: &mut Conn,
     w: &Worker,
     route: Option<&Route>,
     e: &ProxyError,
     started: Instant,
-) {
+    keep: bool,
+) -> bool {
     let mut status = 0;
     let mut bytes = 0;
+    let keep = keep && !w.shutdown.started();
+    let mut answered = false;
     if let Some(resp) = e.response() {
         status = resp.status;
         conn.wbuf.clear();
-        write_error_response(&mut conn.wbuf, &resp, true);
+        write_error_response(&mut conn.wbuf, &resp, !keep);
         bytes = conn.wbuf.len() as u64;
-        if conn.write_wbuf(w.limits.send_timeout).await.is_err() {
+        answered = conn.write_wbuf(w.limits.send_timeout).await.is_ok();
+        if !answered {
             bytes = 0;
         }
     }
@@ -188,6 +200,7 @@ async fn answer_error(
         upstream: None,
         error: Some(e.label()),
     });
+    keep && answered
 }
 
 /// Read until a whole request head is buffered. `Ok(None)`: the client closed cleanly, stayed

@@ -332,6 +332,7 @@ async fn stream_request_body(
         _ => remaining == 0,
     };
     if done(remaining, scanner) {
+        conn.body_consumed = true;
         return Ok(());
     }
     if head.expect_continue {
@@ -374,6 +375,7 @@ async fn stream_request_body(
         send_range(upc, &mut conn.rbuf, 0..k, send_timeout).await?;
         conn.pos = k;
     }
+    conn.body_consumed = true;
     Ok(())
 }
 

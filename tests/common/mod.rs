@@ -1091,6 +1091,8 @@ struct UpstreamState {
 /// * `/sleep/MS`: wait MS milliseconds (after reading the body), then echo;
 /// * `/close`: echo with `Connection: close`, then close;
 /// * `/garbage`: answer with bytes that are not HTTP and close;
+/// * `/truncate/N`: promise N bytes (Content-Length), send N/2, close;
+/// * `/truncchunked/N`: chunked, about N/2 bytes, close without the last chunk;
 /// * `/hop`: echo plus hop-by-hop response headers (`Connection: X-Hop-Resp`, `X-Hop-Resp`,
 ///   `Keep-Alive`, `Proxy-Connection`, `Upgrade`, `Trailer`) and `X-End-To-End: kept`;
 /// * anything else: the echo, a JSON object (see [`Echo`]).
@@ -1420,6 +1422,33 @@ fn serve_http<S: Read + Write>(io: &mut ServerIo<S>, st: &UpstreamState) -> io::
 
         if path_has(&path, "garbage") {
             io.s.write_all(b"THIS IS NOT HTTP\r\n\r\n")?;
+            io.s.flush()?;
+            return Ok(());
+        }
+        if let Some(n) = path_number(&path, "truncate") {
+            // Promise n bytes, send half, then close.
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n{id_hdr}Content-Length: {n}\r\n\r\n"
+            );
+            io.s.write_all(head.as_bytes())?;
+            let s = &mut io.s;
+            pattern.for_each_chunk(n / 2, &[Pattern::BLOCK], |c| s.write_all(c))?;
+            io.s.flush()?;
+            return Ok(());
+        }
+        if let Some(n) = path_number(&path, "truncchunked") {
+            // A chunked answer that stops (connection closed) after about half of n bytes,
+            // without the last chunk.
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n{id_hdr}Transfer-Encoding: chunked\r\n\r\n"
+            );
+            io.s.write_all(head.as_bytes())?;
+            let s = &mut io.s;
+            pattern.for_each_chunk(n / 2, &[4096], |c| {
+                s.write_all(format!("{:x}\r\n", c.len()).as_bytes())?;
+                s.write_all(c)?;
+                s.write_all(b"\r\n")
+            })?;
             io.s.flush()?;
             return Ok(());
         }
