@@ -468,3 +468,45 @@ routes:
     );
     assert!(!can_connect(port));
 }
+
+#[test]
+fn every_problem_line_follows_the_spec_format() {
+    // `<field path>: <what is wrong> (allowed: …)`
+    let route = |extra: &str| {
+        format!(
+            "routes:\n  - id: \"1\"\n    uri: /x\n    upstream:\n      nodes: {{ \"127.0.0.1:1980\": 1 }}\n{extra}"
+        )
+    };
+    let cases = [
+        (
+            "limits:\n  max_header_bytes: lots\n".to_string(),
+            "limits.max_header_bytes",
+        ),
+        (
+            "limits:\n  header_read_timeout: soon\n".to_string(),
+            "limits.header_read_timeout",
+        ),
+        ("workers: many\n".to_string(), "workers"),
+        ("runtime:\n  driver: turbo\n".to_string(), "runtime.driver"),
+        ("log:\n  access: maybe\n".to_string(), "log.access"),
+        ("listn: 1\n".to_string(), "listn"),
+        (
+            route("      pass_host: sideways\n"),
+            "routes[0].upstream.pass_host",
+        ),
+        (route("      scheme: gopher\n"), "routes[0].upstream.scheme"),
+    ];
+    let mut bad = Vec::new();
+    for (yaml, path) in cases {
+        let out = check_fails(&yaml);
+        let l = line_with(&out, path);
+        if !(l.starts_with(path) && l.contains(": ") && l.contains("(allowed: ")) {
+            bad.push(l.to_string());
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "problem lines should read `<field path>: <what is wrong> (allowed: …)`; these do not:\n{}",
+        bad.join("\n")
+    );
+}

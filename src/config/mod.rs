@@ -102,6 +102,36 @@ pub fn deserialize_at<T: DeserializeOwned>(
     })
 }
 
+/// Deserialize an optional nested object at `path`; a problem is recorded and gives `None`.
+pub fn section<T: DeserializeOwned>(
+    value: Option<serde_json::Value>,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match deserialize_at(value?, "") {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(e.under(path));
+            None
+        }
+    }
+}
+
+/// Serde's names for what it expected, in the words of the config reference.
+fn expected_words(expected: &str) -> String {
+    let e = expected.trim();
+    match e {
+        "i64" | "u64" | "i32" | "u32" | "u16" | "usize" | "u8" => "an integer".into(),
+        "f64" | "f32" => "a number".into(),
+        "a boolean" => "true, false".into(),
+        "a sequence" => "a list".into(),
+        "a map" => "a mapping".into(),
+        _ if e.starts_with("struct ") => "a mapping of options".into(),
+        _ if e.starts_with("a ") || e.starts_with("an ") => e.into(),
+        _ => e.to_string(),
+    }
+}
+
 /// Rewrite serde's wording ("unknown field `x`, expected one of `a`, `b`") into ours.
 fn serde_message(path: &str, msg: &str) -> ConfigError {
     let listed = |tail: &str| {
@@ -122,6 +152,26 @@ fn serde_message(path: &str, msg: &str) -> ConfigError {
                 .map(listed)
                 .unwrap_or_else(|| "none".into());
             return ConfigError::new(path, format!("{what} `{name}`"), allowed);
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            let path = if path.is_empty() { "." } else { path };
+            return ConfigError::new(
+                path,
+                format!("{found} is not allowed here"),
+                expected_words(expected),
+            );
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("invalid value: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            let path = if path.is_empty() { "." } else { path };
+            return ConfigError::new(
+                path,
+                format!("{found} is not allowed here"),
+                expected_words(expected),
+            );
         }
     }
     if let Some(name) = msg.strip_prefix("missing field `") {
@@ -182,8 +232,7 @@ enum WorkersValue {
     Word(String),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug)]
 struct RawConfig {
     listen: OneOrMany,
     workers: WorkersValue,
@@ -474,14 +523,71 @@ pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
             "the document must be a mapping of options",
         )]));
     }
-    let raw: RawConfig = deserialize_at(doc, "").map_err(|e| ConfigErrors(vec![e]))?;
     let mut errors = Vec::new();
+    let raw = raw_sections(doc, &mut errors);
     let config = validate(raw, &mut errors);
     if errors.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Top-level keys, in the order the reference documents them.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "workers",
+    "cpu_affinity",
+    "data_dir",
+    "admin",
+    "trusted_addresses",
+    "runtime",
+    "limits",
+    "per_core",
+    "log",
+    "dns",
+    "routes",
+];
+
+/// Each top-level key is read on its own, so one wrong value does not hide the others' problems.
+fn raw_sections(doc: serde_json::Value, errors: &mut Vec<ConfigError>) -> RawConfig {
+    let serde_json::Value::Object(mut map) = doc else {
+        return RawConfig::default();
+    };
+    for key in map.keys() {
+        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            errors.push(ConfigError::new(
+                key.as_str(),
+                format!("unknown option `{key}`"),
+                TOP_LEVEL_KEYS.join(", "),
+            ));
+        }
+    }
+    let mut raw = RawConfig::default();
+    macro_rules! take {
+        ($($field:ident),*) => {$(
+            // `key:` with no value in YAML means "the default".
+            let value = map.remove(stringify!($field)).filter(|v| !v.is_null());
+            if let Some(v) = section(value, stringify!($field), errors) {
+                raw.$field = v;
+            }
+        )*};
+    }
+    take!(
+        listen,
+        workers,
+        cpu_affinity,
+        data_dir,
+        admin,
+        trusted_addresses,
+        runtime,
+        limits,
+        per_core,
+        log,
+        dns,
+        routes
+    );
+    raw
 }
 
 fn parse_addr(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> Option<SocketAddr> {

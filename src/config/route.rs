@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{deserialize_at, ranged, seconds, ConfigError};
+use super::{deserialize_at, ranged, seconds, section, ConfigError};
 use crate::plugins::{self, Plugins};
 
 /// APISIX route options that Portcullis does not implement; named so the error says so plainly
@@ -41,12 +41,14 @@ pub struct RouteConfig {
     priority: Option<i64>,
     #[serde(default)]
     status: Option<i64>,
+    // Nested objects stay raw here and are checked on their own, so that one wrong value in
+    // them does not hide the problems elsewhere in the route.
     #[serde(default)]
-    plugins: Option<serde_json::Map<String, Value>>,
+    plugins: Option<Value>,
     #[serde(default)]
-    upstream: Option<UpstreamConfig>,
+    upstream: Option<Value>,
     #[serde(default)]
-    timeout: Option<TimeoutConfig>,
+    timeout: Option<Value>,
     #[serde(default)]
     enable_websocket: Option<bool>,
     // Descriptive fields APISIX keeps: type-checked, carried in `source`, never interpreted.
@@ -80,13 +82,13 @@ struct UpstreamConfig {
     #[serde(default)]
     upstream_host: Option<String>,
     #[serde(default)]
-    timeout: Option<TimeoutConfig>,
+    timeout: Option<Value>,
     #[serde(default)]
     retries: Option<i64>,
     #[serde(default)]
-    keepalive_pool: Option<KeepalivePoolConfig>,
+    keepalive_pool: Option<Value>,
     #[serde(default)]
-    tls: Option<UpstreamTlsConfig>,
+    tls: Option<Value>,
     #[serde(default)]
     #[allow(dead_code)]
     name: Option<String>,
@@ -435,10 +437,22 @@ pub fn check_route(
             true
         }
     };
-    let plugins = plugins::check(raw.plugins.unwrap_or_default(), errors);
-    let route_timeout = raw.timeout.map(|t| timeouts(&t, "timeout", errors));
+    let plugins = match raw.plugins {
+        None => Plugins::default(),
+        Some(Value::Object(map)) => plugins::check(map, errors),
+        Some(_) => {
+            errors.push(ConfigError::new(
+                "plugins",
+                "must be a map",
+                "{\"plugin-name\": {…}}",
+            ));
+            Plugins::default()
+        }
+    };
+    let route_timeout = section::<TimeoutConfig>(raw.timeout, "timeout", errors)
+        .map(|t| timeouts(&t, "timeout", errors));
     let upstream = match raw.upstream {
-        Some(u) => check_upstream(u, route_timeout, errors),
+        Some(u) => check_upstream(u, route_timeout, errors)?,
         None => {
             errors.push(ConfigError::plain("upstream", "is required"));
             return None;
@@ -472,10 +486,11 @@ fn timeouts(t: &TimeoutConfig, path: &str, errors: &mut Vec<ConfigError>) -> Tim
 }
 
 fn check_upstream(
-    u: UpstreamConfig,
+    value: Value,
     route_timeout: Option<Timeouts>,
     errors: &mut Vec<ConfigError>,
-) -> UpstreamSpec {
+) -> Option<UpstreamSpec> {
+    let u: UpstreamConfig = section(Some(value), "upstream", errors)?;
     match u.kind.as_deref() {
         None | Some("roundrobin") => {}
         Some(other) => errors.push(ConfigError::new(
@@ -510,19 +525,17 @@ fn check_upstream(
             PassHost::Pass
         }
     };
-    let timeouts = route_timeout
-        .or_else(|| {
-            u.timeout
-                .as_ref()
-                .map(|t| timeouts(t, "upstream.timeout", errors))
-        })
-        .unwrap_or_default();
+    let upstream_timeout = section::<TimeoutConfig>(u.timeout, "upstream.timeout", errors)
+        .map(|t| timeouts(&t, "upstream.timeout", errors));
+    let timeouts = route_timeout.or(upstream_timeout).unwrap_or_default();
     let retries = match u.retries {
         None => nodes.len().saturating_sub(1) as u32,
         Some(r) => ranged(r, 0, 100, "upstream.retries", errors) as u32,
     };
-    let kp = u.keepalive_pool.as_ref();
-    UpstreamSpec {
+    let kp = section::<KeepalivePoolConfig>(u.keepalive_pool, "upstream.keepalive_pool", errors);
+    let kp = kp.as_ref();
+    let tls = section::<UpstreamTlsConfig>(u.tls, "upstream.tls", errors);
+    Some(UpstreamSpec {
         nodes,
         scheme,
         pass_host,
@@ -537,8 +550,8 @@ fn check_upstream(
         keepalive_requests: kp
             .and_then(|k| k.requests)
             .map(|r| ranged(r, 1, i64::MAX, "upstream.keepalive_pool.requests", errors) as u64),
-        tls_verify: u.tls.map(|t| t.verify).unwrap_or(false),
-    }
+        tls_verify: tls.is_some_and(|t| t.verify),
+    })
 }
 
 fn check_nodes(v: &Value, errors: &mut Vec<ConfigError>) -> Vec<NodeSpec> {

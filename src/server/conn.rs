@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRentExt;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::h1::{parse_request, BodyKind, HeaderIdx, RequestHead};
@@ -71,6 +72,17 @@ impl Conn {
             Err(_) => Err(ProxyError::ClientIo(io::ErrorKind::TimedOut.into())),
         }
     }
+}
+
+/// Read into the spare capacity of `buf`, after its current contents. (monoio's `Vec` reads
+/// start at offset 0; a slice from `len` appends.) The caller makes sure there is spare room.
+pub async fn read_append<S: AsyncReadRent>(
+    stream: &mut S,
+    buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
+    let len = buf.len();
+    let (res, slice) = stream.read(buf.slice_mut(len..)).await;
+    (res, slice.into_inner())
 }
 
 /// Serve one accepted connection until it closes.
@@ -210,11 +222,12 @@ async fn read_head(conn: &mut Conn, w: &Worker) -> Result<Option<RequestHead>, P
     let mut deadline: Option<Instant> = None;
     loop {
         if conn.pos < conn.rbuf.len() {
-            if let Some(head) = parse_request(
+            let parsed = parse_request(
                 &conn.rbuf[conn.pos..],
                 limits.max_headers,
                 &mut conn.headers,
-            )? {
+            );
+            if let Some(head) = parsed? {
                 if head.head_len > limits.max_header_bytes {
                     return Err(ProxyError::HeaderTooLarge);
                 }
@@ -236,8 +249,7 @@ async fn read_head(conn: &mut Conn, w: &Worker) -> Result<Option<RequestHead>, P
             None => limits.keepalive_timeout,
         };
         let buf = std::mem::take(&mut conn.rbuf);
-        let read =
-            monoio::time::timeout(wait, monoio::io::AsyncReadRent::read(&mut conn.stream, buf));
+        let read = monoio::time::timeout(wait, read_append(&mut conn.stream, buf));
         let result = if idle {
             monoio::select! {
                 r = read => Some(r),

@@ -65,6 +65,8 @@ pub enum HeaderKind {
     XForwardedHost,
     /// `Forwarded`.
     Forwarded,
+    /// Any other `X-Forwarded-*` (Port, Prefix, …): believed only from trusted peers.
+    XForwardedOther,
     /// Anything else.
     Other,
 }
@@ -86,6 +88,9 @@ fn kind_of(name: &[u8]) -> HeaderKind {
         16 if eq("x-forwarded-host") => HeaderKind::XForwardedHost,
         17 if eq("transfer-encoding") => HeaderKind::TransferEncoding,
         17 if eq("x-forwarded-proto") => HeaderKind::XForwardedProto,
+        n if n > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") => {
+            HeaderKind::XForwardedOther
+        }
         _ => HeaderKind::Other,
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use monoio::buf::IoBuf;
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
@@ -16,7 +16,7 @@ use super::request::{itoa_u64, write_request_head, ClientFacts};
 use super::tls;
 use crate::error::ProxyError;
 use crate::router::{Node, Route, Upstream};
-use crate::server::conn::{Conn, STREAM_CHUNK};
+use crate::server::conn::{read_append, Conn, STREAM_CHUNK};
 use crate::server::h1::{
     named_in_connection, parse_response, BodyKind, ChunkedScanner, HeaderKind, RequestHead,
     ResponseHead,
@@ -217,16 +217,14 @@ async fn acquire<'u>(
     Err(last)
 }
 
-/// Whether a pooled plain connection is still open, without blocking (one `recv` peek).
+/// Whether a pooled connection is still open, without blocking (one `recv` peek on the TCP
+/// socket; for TLS a pending close_notify shows as readable bytes, which also rules it out).
 fn still_open(c: &UpstreamConn) -> bool {
-    let UpstreamStream::Plain(s) = &c.stream else {
-        return false;
-    };
     let mut byte = 0u8;
-    // SAFETY: a one-byte peek into a valid local buffer on a socket we own.
+    // SAFETY: a one-byte peek into a valid local buffer on a socket `c` owns.
     let n = unsafe {
         libc::recv(
-            s.as_raw_fd(),
+            c.fd,
             (&mut byte as *mut u8).cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -244,11 +242,13 @@ async fn connect(addr: SocketAddr, node: &Node, up: &Upstream) -> Result<Upstrea
             Ok(Ok(s)) => s,
         };
     let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
     let Some(config) = &up.tls else {
         return Ok(UpstreamConn {
             stream: UpstreamStream::Plain(stream),
             requests: 0,
             tls_name: None,
+            fd,
         });
     };
     let name = tls::server_name(&node.host).ok_or_else(|| {
@@ -265,6 +265,7 @@ async fn connect(addr: SocketAddr, node: &Node, up: &Upstream) -> Result<Upstrea
             stream: UpstreamStream::Tls(Box::new(s)),
             requests: 0,
             tls_name: Some(node.host.clone()),
+            fd,
         }),
     }
 }
@@ -347,7 +348,7 @@ async fn stream_request_body(
             conn.rbuf.reserve(STREAM_CHUNK);
         }
         let buf = std::mem::take(&mut conn.rbuf);
-        let read = monoio::io::AsyncReadRent::read(&mut conn.stream, buf);
+        let read = read_append(&mut conn.stream, buf);
         let n = match monoio::time::timeout(w.limits.body_read_timeout, read).await {
             Err(_) => return Err(ProxyError::ClientIo(io::ErrorKind::TimedOut.into())),
             Ok((res, buf)) => {
@@ -412,10 +413,10 @@ async fn read_response_head(
         }
         let had = conn.ubuf.len();
         let buf = std::mem::take(&mut conn.ubuf);
-        match monoio::time::timeout(timeout, upc.stream.read(buf)).await {
+        match monoio::time::timeout(timeout, upc.stream.read(buf.slice_mut(had..))).await {
             Err(_) => return Err(timed_out("read")),
-            Ok((res, buf)) => {
-                conn.ubuf = buf;
+            Ok((res, slice)) => {
+                conn.ubuf = slice.into_inner();
                 match res {
                     Ok(0) if had == 0 => {
                         return Err(ProxyError::UpstreamIo(io::ErrorKind::UnexpectedEof.into()))

@@ -43,6 +43,8 @@ pub struct UpstreamConn {
     pub requests: u64,
     /// TLS server name it was opened with (a pooled TLS connection is reused only for the same).
     pub tls_name: Option<std::sync::Arc<str>>,
+    /// The TCP socket underneath, for liveness peeks (valid as long as `stream` lives).
+    pub fd: std::os::fd::RawFd,
 }
 
 struct Idle {

@@ -95,7 +95,10 @@ pub fn write_request_head(
                 }
                 continue;
             }
-            HeaderKind::XForwardedProto | HeaderKind::XForwardedHost | HeaderKind::Forwarded => {
+            HeaderKind::XForwardedProto
+            | HeaderKind::XForwardedHost
+            | HeaderKind::Forwarded
+            | HeaderKind::XForwardedOther => {
                 if !client.trusted {
                     continue;
                 }
