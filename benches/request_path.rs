@@ -26,7 +26,11 @@ fn table(n: usize) -> RouteTable {
     }
     yaml.push_str("  - {id: api, uri: \"/api/v1/*\", host: shop.example.com, upstream: {nodes: {\"127.0.0.1:1980\": 1}}}\n");
     let c = config::parse_yaml(&yaml).expect("bench config is valid");
-    RouteTable::compile(&c.routes, &c.per_core)
+    RouteTable::compile(
+        &c.routes,
+        &c.per_core,
+        &portcullis::idp::Idp::start().expect("IdP thread starts"),
+    )
 }
 
 fn parse(c: &mut Criterion) {
@@ -105,6 +109,7 @@ fn upstream_head(c: &mut Criterion) {
     let facts = ClientFacts {
         peer_ip: "192.0.2.10",
         trusted: false,
+        identity: None,
     };
     let mut out = Vec::with_capacity(1024);
     c.bench_function("write_request_head/browser_get", |b| {

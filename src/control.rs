@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{self, Config, RouteSpec};
+use crate::idp::Idp;
 use crate::router::RouteTable;
 use crate::server::Shared;
 
@@ -15,6 +16,7 @@ pub struct Control {
     config: Arc<Config>,
     routes: Mutex<Vec<RouteSpec>>,
     shared: Arc<Shared>,
+    idp: Idp,
 }
 
 /// Signals the process handles; blocked in every thread and taken by [`Control::wait_for_stop`].
@@ -39,12 +41,18 @@ pub fn block_signals() {
 
 impl Control {
     /// The control plane for a running config.
-    pub fn new(config_path: PathBuf, config: Arc<Config>, shared: Arc<Shared>) -> Arc<Control> {
+    pub fn new(
+        config_path: PathBuf,
+        config: Arc<Config>,
+        shared: Arc<Shared>,
+        idp: Idp,
+    ) -> Arc<Control> {
         Arc::new(Control {
             config_path,
             routes: Mutex::new(config.routes.clone()),
             config,
             shared,
+            idp,
         })
     }
 
@@ -80,7 +88,7 @@ impl Control {
                         "reload applies routes only; restart to change listen addresses or workers"
                     );
                 }
-                let table = RouteTable::compile(&new.routes, &self.config.per_core);
+                let table = RouteTable::compile(&new.routes, &self.config.per_core, &self.idp);
                 let n = table.routes.len();
                 *self.routes.lock().unwrap_or_else(|p| p.into_inner()) = new.routes;
                 self.shared.routes.store(Arc::new(table));
@@ -113,7 +121,7 @@ impl Control {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
-                let table = RouteTable::compile(&specs, &this.config.per_core);
+                let table = RouteTable::compile(&specs, &this.config.per_core, &this.idp);
                 if table.addresses() != this.shared.routes.load().addresses() {
                     tracing::info!("upstream addresses changed; new route table published");
                     this.shared.routes.store(Arc::new(table));

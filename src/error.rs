@@ -1,5 +1,6 @@
 //! The data plane's one error type, and the one place it becomes an HTTP answer.
 
+use std::borrow::Cow;
 use std::io;
 
 /// Why a request could not be proxied normally.
@@ -38,6 +39,9 @@ pub enum ProxyError {
     /// The upstream connection failed or closed early.
     #[error("upstream connection failed: {0}")]
     UpstreamIo(io::Error),
+    /// Authentication refused the request.
+    #[error("{0}")]
+    Auth(#[from] crate::oidc::AuthError),
     /// The client connection failed, closed or stalled; nothing can be answered.
     #[error("client connection: {0}")]
     ClientIo(io::Error),
@@ -50,17 +54,20 @@ pub struct ErrorResponse {
     /// Reason phrase.
     pub reason: &'static str,
     /// A short JSON body.
-    pub body: &'static str,
+    pub body: Cow<'static, str>,
+    /// `WWW-Authenticate` challenge, for 401s.
+    pub challenge: Option<String>,
 }
 
 impl ProxyError {
     /// The answer this error gets, or `None` when the client is gone and only closing is left.
     pub fn response(&self) -> Option<ErrorResponse> {
-        let r = |status, reason, body| {
+        let r = |status, reason, body: &'static str| {
             Some(ErrorResponse {
                 status,
                 reason,
-                body,
+                body: Cow::Borrowed(body),
+                challenge: None,
             })
         };
         match self {
@@ -101,6 +108,20 @@ impl ProxyError {
                 r#"{"error_msg":"504 Gateway Timeout"}"#,
             ),
             ProxyError::ClientIo(_) => None,
+            ProxyError::Auth(e) => {
+                let (status, challenge, body) = e.answer();
+                let reason = match status {
+                    400 => "Bad Request",
+                    401 => "Unauthorized",
+                    _ => "Forbidden",
+                };
+                Some(ErrorResponse {
+                    status,
+                    reason,
+                    body: Cow::Owned(body),
+                    challenge,
+                })
+            }
         }
     }
 
@@ -119,6 +140,9 @@ impl ProxyError {
             ProxyError::UpstreamBadResponse(why) => why,
             ProxyError::UpstreamIo(_) => "upstream_io",
             ProxyError::ClientIo(_) => "client_io",
+            ProxyError::Auth(crate::oidc::AuthError::Missing { .. }) => "no_token",
+            ProxyError::Auth(crate::oidc::AuthError::MalformedHeader) => "bad_authorization",
+            ProxyError::Auth(crate::oidc::AuthError::Invalid { .. }) => "invalid_token",
         }
     }
 }
@@ -128,11 +152,17 @@ pub fn write_error_response(out: &mut Vec<u8>, e: &ErrorResponse, close: bool) {
     use std::io::Write;
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\nServer: portcullis\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{}",
+        "HTTP/1.1 {} {}\r\nServer: portcullis\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         e.status,
         e.reason,
         e.body.len(),
-        if close { "Connection: close\r\n" } else { "" },
-        e.body
     );
+    if let Some(c) = &e.challenge {
+        let _ = write!(out, "WWW-Authenticate: {c}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(e.body.as_bytes());
 }

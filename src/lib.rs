@@ -7,6 +7,8 @@ pub mod access_log;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod idp;
+pub mod oidc;
 pub mod plugins;
 pub mod router;
 pub mod server;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use portcullis::config;
 use portcullis::control::{self, Control};
+use portcullis::idp::Idp;
 use portcullis::router::RouteTable;
 use portcullis::server::{self, listener, Shared};
 
@@ -75,9 +76,12 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    // One crypto provider for every TLS client in the process (upstreams and IdPs).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let driver = server::choose_driver(config.runtime.driver)?;
     let listeners = listener::bind_all(&config.listen, config.workers)?;
-    let table = RouteTable::compile(&config.routes, &config.per_core);
+    let idp = Idp::start()?;
+    let table = RouteTable::compile(&config.routes, &config.per_core, &idp);
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(table)),
         stopping: AtomicBool::new(false),
@@ -94,7 +98,7 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
         version = env!("CARGO_PKG_VERSION"),
         "portcullis ready"
     );
-    let control = Control::new(path, config, shared);
+    let control = Control::new(path, config, shared, idp);
     control.spawn_dns_refresher();
     control.wait_for_stop();
     workers.stop();

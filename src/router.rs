@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use crate::config::route::{HostPattern, PassHost, RouteSpec, Scheme, Timeouts};
 use crate::config::PerCore;
+use crate::idp::Idp;
+use crate::oidc::OidcPlugin;
 use crate::plugins::ProxyRewrite;
 use crate::upstream::tls;
 
@@ -55,6 +57,8 @@ pub struct Route {
     pub upstream: Upstream,
     /// `proxy-rewrite`, when configured.
     pub rewrite: Option<ProxyRewrite>,
+    /// `openid-connect`, when configured.
+    pub oidc: Option<OidcPlugin>,
 }
 
 /// The route table snapshot workers match against.
@@ -76,11 +80,11 @@ const MAX_HOST: usize = 255;
 
 impl RouteTable {
     /// Build a table from checked routes, resolving node host names (blocking: control plane only).
-    pub fn compile(specs: &[RouteSpec], per_core: &PerCore) -> RouteTable {
+    pub fn compile(specs: &[RouteSpec], per_core: &PerCore, idp: &Idp) -> RouteTable {
         let mut table = RouteTable::default();
         for spec in specs.iter().filter(|s| s.enabled) {
             let idx = table.routes.len() as u32;
-            let route = compile_route(spec, per_core, &mut table.has_dns_names);
+            let route = compile_route(spec, per_core, idp, &mut table.has_dns_names);
             table.uses_hosts |= !route.hosts.is_empty();
             table.routes.push(route);
             for uri in &spec.uris {
@@ -171,7 +175,12 @@ fn strip_port(h: &[u8]) -> &[u8] {
     }
 }
 
-fn compile_route(spec: &RouteSpec, per_core: &PerCore, has_dns_names: &mut bool) -> Route {
+fn compile_route(
+    spec: &RouteSpec,
+    per_core: &PerCore,
+    idp: &Idp,
+    has_dns_names: &mut bool,
+) -> Route {
     let u = &spec.upstream;
     let rewrite = spec.plugins.proxy_rewrite.clone();
     let scheme = rewrite.as_ref().and_then(|r| r.scheme).unwrap_or(u.scheme);
@@ -219,6 +228,11 @@ fn compile_route(spec: &RouteSpec, per_core: &PerCore, has_dns_names: &mut bool)
                 .unwrap_or(per_core.upstream_keepalive_requests),
         },
         rewrite,
+        oidc: spec
+            .plugins
+            .openid_connect
+            .clone()
+            .map(|c| OidcPlugin::new(c, idp)),
     }
 }
 
@@ -253,7 +267,7 @@ mod tests {
             .collect();
         assert!(errors.is_empty(), "{errors:?}");
         let per_core = crate::config::parse_yaml("").unwrap().per_core;
-        RouteTable::compile(&specs, &per_core)
+        RouteTable::compile(&specs, &per_core, &crate::idp::Idp::start().unwrap())
     }
 
     fn id<'a>(t: &'a RouteTable, path: &str, host: Option<&str>, method: &str) -> Option<&'a str> {

@@ -97,7 +97,10 @@ pub fn deserialize_at<T: DeserializeOwned>(
     prefix: &str,
 ) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
-        let path = e.path().to_string();
+        let path = match e.path().to_string() {
+            p if p == "." => String::new(),
+            p => p,
+        };
         serde_message(&path, &e.inner().to_string()).under(prefix)
     })
 }
@@ -336,6 +339,7 @@ impl Default for RawLimits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawPerCore {
+    token_cache_entries: i64,
     upstream_keepalive: i64,
     upstream_keepalive_timeout: f64,
     upstream_keepalive_requests: i64,
@@ -344,6 +348,7 @@ struct RawPerCore {
 impl Default for RawPerCore {
     fn default() -> Self {
         Self {
+            token_cache_entries: 100_000,
             upstream_keepalive: 64,
             upstream_keepalive_timeout: 60.0,
             upstream_keepalive_requests: 1000,
@@ -408,6 +413,8 @@ pub struct Limits {
 /// Per-core tuning: each worker keeps its own copy of these resources.
 #[derive(Debug, Clone)]
 pub struct PerCore {
+    /// Verified bearer tokens cached (and introspection answers, each cache its own).
+    pub token_cache_entries: usize,
     /// Idle keep-alive connections kept per upstream address.
     pub upstream_keepalive: usize,
     /// How long an idle upstream connection is kept.
@@ -736,6 +743,13 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
     };
     let p = &raw.per_core;
     let per_core = PerCore {
+        token_cache_entries: ranged(
+            p.token_cache_entries,
+            0,
+            10_000_000,
+            "per_core.token_cache_entries",
+            errors,
+        ) as usize,
         upstream_keepalive: ranged(
             p.upstream_keepalive,
             0,

@@ -14,6 +14,7 @@ use super::worker::Worker;
 use crate::access_log::{AccessLog, Entry};
 use crate::config::route::method_bit;
 use crate::error::{write_error_response, ProxyError};
+use crate::oidc;
 use crate::router::Route;
 use crate::upstream::forward::forward;
 
@@ -154,7 +155,29 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
         return answer_error(conn, w, None, &ProxyError::NoRoute, started, keep).await;
     };
     conn.body_consumed = false;
-    match forward(conn, w, head, route, &routes.balancers[idx]).await {
+    let identity = match &route.oidc {
+        None => None,
+        Some(plugin) => {
+            match oidc::authenticate(plugin, w, &conn.rbuf[conn.pos..], &conn.headers).await {
+                Ok(identity) => identity,
+                Err(e) => {
+                    let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
+                    conn.pos += head.head_len;
+                    return answer_error(conn, w, Some(route), &e, started, keep).await;
+                }
+            }
+        }
+    };
+    match forward(
+        conn,
+        w,
+        head,
+        route,
+        &routes.balancers[idx],
+        identity.as_ref(),
+    )
+    .await
+    {
         Ok(o) => {
             w.log.borrow_mut().record(&Entry {
                 peer: conn.peer,

@@ -67,6 +67,11 @@ pub enum HeaderKind {
     Forwarded,
     /// Any other `X-Forwarded-*` (Port, Prefix, …): believed only from trusted peers.
     XForwardedOther,
+    /// `Authorization`.
+    Authorization,
+    /// `X-Access-Token`, `X-ID-Token`, `X-Userinfo`, `X-Refresh-Token`: identity claims only the
+    /// proxy may make on routes that authenticate.
+    Identity,
     /// Anything else.
     Other,
 }
@@ -82,6 +87,10 @@ fn kind_of(name: &[u8]) -> HeaderKind {
         9 if eq("forwarded") => HeaderKind::Forwarded,
         10 if eq("connection") => HeaderKind::Connection,
         10 if eq("keep-alive") => HeaderKind::HopByHop,
+        10 if eq("x-userinfo") || eq("x-id-token") => HeaderKind::Identity,
+        13 if eq("authorization") => HeaderKind::Authorization,
+        14 if eq("x-access-token") => HeaderKind::Identity,
+        15 if eq("x-refresh-token") => HeaderKind::Identity,
         14 if eq("content-length") => HeaderKind::ContentLength,
         15 if eq("x-forwarded-for") => HeaderKind::XForwardedFor,
         16 if eq("proxy-connection") => HeaderKind::HopByHop,

@@ -14,6 +14,7 @@ use super::shutdown::Shutdown;
 use super::Shared;
 use crate::access_log::AccessLog;
 use crate::config::{Cidr, Config, Limits};
+use crate::oidc::cache::TokenCache;
 use crate::router::RouteTable;
 use crate::upstream::balancer::Wrr;
 use crate::upstream::pool::Pool;
@@ -49,6 +50,8 @@ pub struct Worker {
     pub pool: RefCell<Pool>,
     /// Access log buffer.
     pub log: RefCell<AccessLog>,
+    /// Verified bearer tokens.
+    pub tokens: RefCell<TokenCache>,
     /// Draining signal.
     pub shutdown: Shutdown,
     active: Cell<usize>,
@@ -87,6 +90,7 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
         local: RefCell::new(Rc::new(LocalRoutes::new(first))),
         pool: RefCell::new(Pool::default()),
         log: RefCell::new(AccessLog::new(config.access_log)),
+        tokens: RefCell::new(TokenCache::new(config.per_core.token_cache_entries)),
         shutdown: Shutdown::default(),
         active: Cell::new(0),
     });
@@ -106,6 +110,10 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
         if ticks % 20 == 0 {
             w.log.borrow_mut().flush();
             w.pool.borrow_mut().sweep();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            w.tokens.borrow_mut().sweep(now, 1024);
         }
     }
     w.shutdown.trigger();

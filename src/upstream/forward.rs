@@ -15,6 +15,7 @@ use super::pool::{UpstreamConn, UpstreamStream};
 use super::request::{itoa_u64, write_request_head, ClientFacts};
 use super::tls;
 use crate::error::ProxyError;
+use crate::oidc::Identity;
 use crate::router::{Node, Route, Upstream};
 use crate::server::conn::{read_append, Conn, STREAM_CHUNK};
 use crate::server::h1::{
@@ -54,6 +55,7 @@ pub async fn forward(
     head: &RequestHead,
     route: &Route,
     balancer: &RefCell<Wrr>,
+    identity: Option<&Identity>,
 ) -> Result<Outcome, ProxyError> {
     let up = &route.upstream;
     let t = up.timeouts;
@@ -85,6 +87,7 @@ pub async fn forward(
     let facts = ClientFacts {
         peer_ip: &conn.peer_ip,
         trusted: conn.trusted,
+        identity,
     };
     write_request_head(
         &mut conn.wbuf,

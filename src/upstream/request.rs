@@ -2,6 +2,7 @@
 //! headers, plus Host per `pass_host`, `X-Forwarded-*`, `proxy-rewrite` changes and framing.
 
 use crate::config::route::PassHost;
+use crate::oidc::Identity;
 use crate::router::{Node, Route};
 use crate::server::h1::{named_in_connection, BodyKind, HeaderIdx, HeaderKind, RequestHead};
 
@@ -11,6 +12,8 @@ pub struct ClientFacts<'a> {
     pub peer_ip: &'a str,
     /// Whether the peer's own forwarding headers are believed.
     pub trusted: bool,
+    /// The identity authentication established, if the route authenticates.
+    pub identity: Option<&'a Identity>,
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -105,6 +108,15 @@ pub fn write_request_head(
                 saw_proto |= h.kind == HeaderKind::XForwardedProto;
                 saw_fwd_host |= h.kind == HeaderKind::XForwardedHost;
             }
+            HeaderKind::Identity if route.oidc.is_some() => continue,
+            HeaderKind::Authorization
+                if client
+                    .identity
+                    .is_some_and(|i| i.set_access_token && i.in_authorization) =>
+            {
+                continue
+            }
+            HeaderKind::Identity | HeaderKind::Authorization => {}
             HeaderKind::Other => {
                 if head.connection_names_others && named_in_connection(buf, headers, name) {
                     continue;
@@ -125,6 +137,19 @@ pub fn write_request_head(
     if !saw_fwd_host {
         if let Some(h) = client_host {
             header(out, b"X-Forwarded-Host", h);
+        }
+    }
+    if let Some(id) = client.identity {
+        let token = id.token.get(buf);
+        if id.set_access_token && id.in_authorization {
+            out.extend_from_slice(b"Authorization: Bearer ");
+            out.extend_from_slice(token);
+            out.extend_from_slice(b"\r\n");
+        } else if id.set_access_token {
+            header(out, b"X-Access-Token", token);
+        }
+        if let Some(u) = &id.userinfo {
+            header(out, b"X-Userinfo", u.as_bytes());
         }
     }
     if let Some(r) = rewrite {
@@ -171,7 +196,7 @@ mod tests {
         let spec = check_route(route, "1", &mut errors).unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         let per_core = crate::config::parse_yaml("").unwrap().per_core;
-        let table = RouteTable::compile(&[spec], &per_core);
+        let table = RouteTable::compile(&[spec], &per_core, &crate::idp::Idp::start().unwrap());
         let route = &table.routes[0];
         let mut hs = Vec::new();
         let head = parse_request(req.as_bytes(), 100, &mut hs)
@@ -181,6 +206,7 @@ mod tests {
         let facts = ClientFacts {
             peer_ip: "10.0.0.9",
             trusted,
+            identity: None,
         };
         write_request_head(
             &mut out,

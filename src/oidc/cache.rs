@@ -1,0 +1,153 @@
+//! The per-core cache of verified tokens: keyed by a digest of (plugin instance, token), never
+//! the token itself; bounded; entries die at the token's `exp`. Every operation is O(1).
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+/// What a cached token allows: the headers it produces, and until when.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Unix time (seconds) after which the entry is dead.
+    pub expires_at: f64,
+    /// `X-Userinfo` value: base64 of the claims JSON.
+    pub userinfo: Rc<str>,
+}
+
+/// A digest identifying (plugin instance, token).
+pub type TokenKey = [u8; 16];
+
+/// Digest of a token for one plugin instance. SHA-256, truncated: a collision would hand one
+/// token's identity to another, so the key must not be forgeable.
+pub fn token_key(instance: u64, token: &[u8]) -> TokenKey {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&instance.to_le_bytes());
+    ctx.update(token);
+    let d = ctx.finish();
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&d.as_ref()[..16]);
+    k
+}
+
+/// A bounded map with FIFO eviction: when full, the oldest insertion goes first.
+pub struct TokenCache {
+    map: HashMap<TokenKey, Verified>,
+    order: VecDeque<TokenKey>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    /// A cache holding at most `capacity` tokens (0 disables it).
+    pub fn new(capacity: usize) -> Self {
+        TokenCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// The entry for `key` if it is still alive at `now`; a dead one is dropped.
+    pub fn get(&mut self, key: &TokenKey, now: f64) -> Option<&Verified> {
+        match self.map.get(key) {
+            Some(v) if v.expires_at > now => self.map.get(key),
+            Some(_) => {
+                self.map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remember a verified token.
+    pub fn insert(&mut self, key: TokenKey, v: Verified) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.insert(key, v).is_none() {
+            self.order.push_back(key);
+        }
+        while self.map.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        // The queue keeps keys that expired out of the map; compact it now and then
+        // (amortised O(1): it has grown by `capacity` since the last time).
+        if self.order.len() > 2 * self.capacity.max(16) {
+            let map = &self.map;
+            self.order.retain(|k| map.contains_key(k));
+        }
+    }
+
+    /// Drop up to `budget` expired entries from the oldest end (housekeeping, bounded work).
+    pub fn sweep(&mut self, now: f64, budget: usize) {
+        for _ in 0..budget {
+            let Some(k) = self.order.front().copied() else {
+                break;
+            };
+            match self.map.get(&k) {
+                Some(v) if v.expires_at > now => {
+                    // Live and oldest: rotate it back so later entries get looked at next time.
+                    self.order.pop_front();
+                    self.order.push_back(k);
+                }
+                _ => {
+                    self.order.pop_front();
+                    self.map.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(exp: f64) -> Verified {
+        Verified {
+            expires_at: exp,
+            userinfo: Rc::from("e30="),
+        }
+    }
+
+    #[test]
+    fn entries_die_at_exp_and_capacity_holds() {
+        let mut c = TokenCache::new(3);
+        for i in 0..10u8 {
+            c.insert(token_key(1, &[i]), v(100.0));
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get(&token_key(1, &[9]), 50.0).is_some());
+        assert!(c.get(&token_key(1, &[0]), 50.0).is_none());
+        assert!(c.get(&token_key(1, &[9]), 100.0).is_none());
+        assert_eq!(c.len(), 2);
+        assert_ne!(token_key(1, b"t"), token_key(2, b"t"));
+    }
+
+    #[test]
+    fn sweep_removes_expired() {
+        let mut c = TokenCache::new(100);
+        for i in 0..50u8 {
+            c.insert(
+                token_key(1, &[i]),
+                v(if i % 2 == 0 { 10.0 } else { 1000.0 }),
+            );
+        }
+        c.sweep(20.0, 200);
+        assert_eq!(c.len(), 25);
+        assert!(c.order.len() <= 50);
+    }
+}

@@ -1,0 +1,266 @@
+//! JWS compact tokens: split, check the header, verify with a ready key, check the claims.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+
+use super::config::OidcConfig;
+use super::keys::{Alg, KeySet, VerifyKey};
+
+/// Why a token was refused. The `Display` text is the `error_description` clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not three base64url parts, or a header/payload that is not JSON.
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    /// `alg: none`.
+    #[error("unsigned tokens (alg none) are not accepted")]
+    AlgNone,
+    /// HS256 and friends: a shared secret is never accepted for these keys.
+    #[error("HMAC-signed tokens are not accepted")]
+    AlgHmac,
+    /// An algorithm we do not verify, or one other than the configured one.
+    #[error("signing algorithm not accepted")]
+    AlgNotAccepted,
+    /// A `crit` header parameter we do not understand (RFC 7515 §4.1.11).
+    #[error("token has critical header parameters")]
+    Critical,
+    /// No key with this id.
+    #[error("unknown key id")]
+    UnknownKid,
+    /// The keys are not available (IdP never answered).
+    #[error("no verification keys available: {0}")]
+    NoKeys(String),
+    /// Signature did not verify.
+    #[error("signature verification failed")]
+    BadSignature,
+    /// `exp` is past.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iat` is in the future.
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    /// `iss` is not accepted.
+    #[error("token issuer is not accepted")]
+    WrongIssuer,
+    /// The issuer cannot be checked because discovery has not answered yet.
+    #[error("issuer cannot be checked: {0}")]
+    IssuerUnknown(String),
+    /// Audience claim missing (403).
+    #[error("audience claim missing")]
+    AudienceMissing,
+    /// Audience does not include the client (403).
+    #[error("audience does not match")]
+    AudienceMismatch,
+    /// A required scope is missing (403).
+    #[error("required scope missing")]
+    ScopeMissing,
+}
+
+impl TokenError {
+    /// Whether this is a 403 (authenticated but not allowed) rather than a 401.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(
+            self,
+            TokenError::AudienceMissing | TokenError::AudienceMismatch | TokenError::ScopeMissing
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    kid: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+/// A token split into its parts, with the header checked but nothing verified yet.
+pub struct Parsed<'t> {
+    /// The signed bytes: `header.payload`.
+    pub signing_input: &'t [u8],
+    /// Decoded signature.
+    pub signature: Vec<u8>,
+    /// Decoded payload (the claims JSON).
+    pub payload: Vec<u8>,
+    /// Algorithm.
+    pub alg: Alg,
+    /// Key id, if any.
+    pub kid: Option<String>,
+}
+
+/// Split and decode a compact JWS and check its header.
+pub fn parse<'t>(token: &'t [u8], expected_alg: Option<&str>) -> Result<Parsed<'t>, TokenError> {
+    let mut dots = token
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'.')
+        .map(|(i, _)| i);
+    let (Some(d1), Some(d2), None) = (dots.next(), dots.next(), dots.next()) else {
+        return Err(TokenError::Malformed);
+    };
+    let decode = |s: &[u8]| URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed);
+    let header_bytes = decode(&token[..d1])?;
+    let header: Header<'_> =
+        serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
+    if header.crit.is_some() {
+        return Err(TokenError::Critical);
+    }
+    let alg_name: &str = &header.alg;
+    if alg_name.eq_ignore_ascii_case("none") {
+        return Err(TokenError::AlgNone);
+    }
+    if alg_name.starts_with("HS") {
+        return Err(TokenError::AlgHmac);
+    }
+    let alg = Alg::parse(alg_name).ok_or(TokenError::AlgNotAccepted)?;
+    if expected_alg.is_some_and(|e| e != alg_name) {
+        return Err(TokenError::AlgNotAccepted);
+    }
+    Ok(Parsed {
+        signing_input: &token[..d2],
+        signature: decode(&token[d2 + 1..])?,
+        payload: decode(&token[d1 + 1..d2])?,
+        alg,
+        kid: header.kid.map(|k| k.into_owned()),
+    })
+}
+
+/// Verify `p`'s signature: with the configured key, else the key its `kid` names, else any
+/// key that fits the algorithm.
+pub fn verify_signature(p: &Parsed<'_>, keys: &KeySet) -> Result<(), TokenError> {
+    let verify = |k: &VerifyKey| {
+        if !k.fits(p.alg) {
+            return Err(TokenError::AlgNotAccepted);
+        }
+        k.verify(p.alg, p.signing_input, &p.signature)
+            .then_some(())
+            .ok_or(TokenError::BadSignature)
+    };
+    if let Some(k) = keys.pinned() {
+        return verify(k);
+    }
+    match &p.kid {
+        Some(kid) => verify(keys.get(kid).ok_or(TokenError::UnknownKid)?),
+        None => {
+            let mut fitting = keys.all.iter().filter(|k| k.fits(p.alg)).peekable();
+            if fitting.peek().is_none() {
+                return Err(if keys.all.is_empty() {
+                    TokenError::UnknownKid
+                } else {
+                    TokenError::AlgNotAccepted
+                });
+            }
+            fitting
+                .any(|k| verify(k).is_ok())
+                .then_some(())
+                .ok_or(TokenError::BadSignature)
+        }
+    }
+}
+
+/// The claims the proxy acts on.
+#[derive(Debug, Default, Deserialize)]
+pub struct Claims {
+    /// Expiry (seconds since the epoch).
+    #[serde(default)]
+    pub exp: Option<f64>,
+    /// Not before.
+    #[serde(default)]
+    pub nbf: Option<f64>,
+    /// Issued at.
+    #[serde(default)]
+    pub iat: Option<f64>,
+    /// Issuer.
+    #[serde(default)]
+    pub iss: Option<String>,
+    /// Space-separated scopes.
+    #[serde(default)]
+    pub scope: Option<serde_json::Value>,
+    /// Scopes as a list (some IdPs).
+    #[serde(default)]
+    pub scp: Option<serde_json::Value>,
+    /// Every other claim, for the audience rule's configurable claim name.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+fn has_scope(claims: &Claims, want: &str) -> bool {
+    let in_value = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.split(' ').any(|s| s == want),
+        serde_json::Value::Array(a) => a.iter().any(|s| s.as_str() == Some(want)),
+        _ => false,
+    };
+    claims.scope.as_ref().is_some_and(in_value) || claims.scp.as_ref().is_some_and(in_value)
+}
+
+/// Check time, issuer, audience and scopes. `issuer` is the discovery issuer, when known.
+pub fn check_claims(
+    c: &Claims,
+    cfg: &OidcConfig,
+    issuer: Result<&str, &str>,
+    now: f64,
+) -> Result<(), TokenError> {
+    let slack = cfg.iat_slack.as_secs_f64();
+    if let Some(exp) = c.exp {
+        if now > exp + slack {
+            return Err(TokenError::Expired);
+        }
+    }
+    if let Some(nbf) = c.nbf {
+        if nbf > now + slack {
+            return Err(TokenError::NotYetValid);
+        }
+    }
+    if let Some(iat) = c.iat {
+        if iat > now + slack {
+            return Err(TokenError::IssuedInFuture);
+        }
+    }
+    let iss = c.iss.as_deref();
+    if !cfg.valid_issuers.is_empty() {
+        if !iss.is_some_and(|i| cfg.valid_issuers.iter().any(|v| v == i)) {
+            return Err(TokenError::WrongIssuer);
+        }
+    } else {
+        match issuer {
+            Ok(expected) if iss == Some(expected) => {}
+            Ok(_) => return Err(TokenError::WrongIssuer),
+            Err(why) => return Err(TokenError::IssuerUnknown(why.to_string())),
+        }
+    }
+    if let Some(rule) = &cfg.audience {
+        let aud = if rule.claim == "aud" {
+            c.rest.get("aud")
+        } else {
+            c.rest.get(&rule.claim)
+        };
+        match aud {
+            None | Some(serde_json::Value::Null) if rule.required || rule.match_with_client_id => {
+                return Err(TokenError::AudienceMissing)
+            }
+            Some(v) if rule.match_with_client_id => {
+                let matches = match v {
+                    serde_json::Value::String(s) => *s == cfg.client_id,
+                    serde_json::Value::Array(a) => {
+                        a.iter().any(|x| x.as_str() == Some(&cfg.client_id))
+                    }
+                    _ => false,
+                };
+                if !matches {
+                    return Err(TokenError::AudienceMismatch);
+                }
+            }
+            _ => {}
+        }
+    }
+    if cfg.required_scopes.iter().any(|s| !has_scope(c, s)) {
+        return Err(TokenError::ScopeMissing);
+    }
+    Ok(())
+}
