@@ -74,6 +74,7 @@ cleanup() {
     local rc=$? i
     set +e
     trap - EXIT INT TERM
+    stop_sampler
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         stop_pid "${PIDS[$i]}" "${PID_NAMES[$i]}"
     done
@@ -293,16 +294,54 @@ run_wrk() {
     W_SOCKERR=$((W_CONNERR + W_READERR + W_WRITEERR + W_TIMEOUT))
 }
 
+# cpu_jiffies CPU — prints "busy total" jiffies of one core from /proc/stat.
+cpu_jiffies() {
+    awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
+}
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# Background work that distorts the numbers (a build or test run on this
+# machine). A sampler runs during each measured run and leaves a flag file.
+BACKGROUND_PATTERN=${BACKGROUND_PATTERN:-cargo|rustc|cc1|cc1plus|ld|ld.lld|rust-lld}
+SAMPLER_PID=""
+start_sampler() {
+    rm -f "$1"
+    (
+        while :; do
+            if pgrep -x "$BACKGROUND_PATTERN" >/dev/null 2>&1; then
+                pgrep -a -x "$BACKGROUND_PATTERN" 2>/dev/null | cut -c1-120 >>"$1"
+            fi
+            sleep 1
+        done
+    ) &
+    SAMPLER_PID=$!
+}
+stop_sampler() {
+    [[ -n $SAMPLER_PID ]] || return 0
+    kill "$SAMPLER_PID" 2>/dev/null || true
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+}
+
 # measure NAME URL [extra wrk args] — one measured run of $DURATION seconds in
-# round $ROUND; appends a row to $RAW.
+# round $ROUND; appends a row to $RAW, with how busy the proxy core was and its
+# CPU time per request.
 ROUND=0
 measure() {
-    local name=$1 url=$2
+    local name=$1 url=$2 b0 t0 b1 t1 busy_pct us_per_req bg=0 flag
     shift 2
+    flag=$WORK/logs/background-r$ROUND-$name.txt
+    start_sampler "$flag"
+    read -r b0 t0 < <(cpu_jiffies "$PROXY_CPU")
     run_wrk "$WORK/logs/wrk-r$ROUND-$name.txt" "$DURATION" "$url" "$@"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$name" "$W_RPS" "$W_P50" "$W_P99" \
-        "$W_REQ" "$W_NON2XX" "$W_CONNERR" "$W_READERR" "$W_WRITEERR" "$W_TIMEOUT" >>"$RAW"
-    log "round $ROUND $(printf '%-18s' "$name") $(printf '%10.0f' "$W_RPS") req/s  p50 ${W_P50} ms  p99 ${W_P99} ms  non-2xx ${W_NON2XX}  socket errors ${W_SOCKERR}"
+    read -r b1 t1 < <(cpu_jiffies "$PROXY_CPU")
+    stop_sampler
+    [[ -s $flag ]] && bg=1
+    busy_pct=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.1f", (t > 0 ? 100 * b / t : 0) }')
+    us_per_req=$(awk -v b=$((b1 - b0)) -v hz="$CLK_TCK" -v r="$W_REQ" 'BEGIN { printf "%.2f", (r > 0 ? b * 1e6 / hz / r : 0) }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$name" "$W_RPS" "$W_P50" "$W_P99" \
+        "$W_REQ" "$W_NON2XX" "$W_CONNERR" "$W_READERR" "$W_WRITEERR" "$W_TIMEOUT" "$busy_pct" "$us_per_req" "$bg" >>"$RAW"
+    log "round $ROUND $(printf '%-18s' "$name") $(printf '%10.0f' "$W_RPS") req/s  p50 ${W_P50} ms  p99 ${W_P99} ms  core $PROXY_CPU ${busy_pct}% ${us_per_req} us/req  non-2xx ${W_NON2XX}  socket errors ${W_SOCKERR}$( ((bg == 0)) || echo "  [background build/test seen]")"
 }
 
 # warm_up NAME URL [extra wrk args] — doubles as a one-shot check: fails if the
@@ -334,7 +373,7 @@ median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if
 col_of() { awk -F'\t' -v n="$1" -v c="$2" '$2 == n { print $c }' "$RAW"; }
 
 report() {
-    local name rps p50 p99 base_rps="" base_p99="" r_rps r_p99 errs non sock cpu_model pc_version git_rev
+    local name rps p50 p99 busy uspr base_rps="" base_p99="" r_rps r_p99 errs non sock cpu_model pc_version git_rev nbg nruns
     cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     [[ -n $cpu_model ]] || cpu_model=$(awk -F': *' '/^(Hardware|cpu model|uarch)/ { print $2; exit }' /proc/cpuinfo)
     git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
@@ -356,14 +395,23 @@ report() {
     echo "- machine: nproc $(nproc), ${cpu_model:-unknown CPU}, kernel $(uname -r)"
     echo "- versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), portcullis ${pc_version} (git: ${git_rev})"
     echo "- method: \`taskset -c $LOAD_CPU wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, $ROUNDS alternating rounds (${WARMUP}s warm-up per target first); proxies pinned to core $PROXY_CPU, upstream nginx and wrk to core $LOAD_CPU; upstream body \`hello world\\n\` (12 bytes), keep-alive everywhere"
-    echo "- values are medians over the rounds; ratios are against \`$BASELINE\` (req/s: higher is better; p99: lower is better); errors = non-2xx/3xx responses + socket errors, summed over all rounds"
+    echo "- load average when measuring started: $LOADAVG_START"
+    echo "- values are medians over the rounds; ratios are against \`$BASELINE\` (req/s: higher is better; p99: lower is better); core $PROXY_CPU busy % and µs/req = CPU time used on the proxy core during the run (divided by the requests served); errors = non-2xx/3xx responses + socket errors, summed over all rounds"
+    nbg=$(awk -F'\t' 'NR > 1 && $14 == 1 { n++ } END { print n + 0 }' "$RAW")
+    nruns=$(awk 'NR > 1 { n++ } END { print n + 0 }' "$RAW")
+    if ((nbg > 0)); then
+        echo
+        echo "**WARNING: a build or test ($BACKGROUND_PATTERN) was running during $nbg of $nruns measured runs (marked * below): these numbers are distorted. Rerun on an idle machine.**"
+    fi
     echo
-    echo "| target | req/s | p50 ms | p99 ms | req/s vs $BASELINE | p99 vs $BASELINE | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 ms | p99 ms | req/s vs $BASELINE | p99 vs $BASELINE | core $PROXY_CPU busy % | core $PROXY_CPU µs/req | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for name in "${SELECTED[@]}"; do
         rps=$(col_of "$name" 3 | median)
         p50=$(col_of "$name" 4 | median)
         p99=$(col_of "$name" 5 | median)
+        busy=$(col_of "$name" 12 | median)
+        uspr=$(col_of "$name" 13 | median)
         non=$(awk -F'\t' -v n="$name" '$2 == n { s += $7 } END { print s + 0 }' "$RAW")
         sock=$(awk -F'\t' -v n="$name" '$2 == n { s += $8 + $9 + $10 + $11 } END { print s + 0 }' "$RAW")
         errs=$((non + sock))
@@ -375,10 +423,10 @@ report() {
             r_p99=n/a
         fi
         if ((errs > 0)); then errs="$errs ($non non-2xx, $sock socket)"; fi
-        printf '| %s | %.0f | %.3f | %.3f | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$r_rps" "$r_p99" "$errs"
+        printf '| %s | %.0f | %.3f | %.3f | %s | %s | %.0f | %.2f | %s |\n' "$name" "$rps" "$p50" "$p99" "$r_rps" "$r_p99" "$busy" "$uspr" "$errs"
     done
     echo
-    echo "<details><summary>every round (req/s, p50 ms, p99 ms)</summary>"
+    echo "<details><summary>every round (req/s, p50 ms, p99 ms, core $PROXY_CPU µs/req; * = background build/test seen)</summary>"
     echo
     printf '| target |'
     for ((r = 1; r <= ROUNDS; r++)); do printf ' round %d |' "$r"; done
@@ -387,7 +435,7 @@ report() {
     printf '\n'
     for name in "${SELECTED[@]}"; do
         printf '| %s |' "$name"
-        awk -F'\t' -v n="$name" '$2 == n { printf " %.0f, %.3f, %.3f |", $3, $4, $5 }' "$RAW"
+        awk -F'\t' -v n="$name" '$2 == n { printf " %.0f, %.3f, %.3f, %.2f%s |", $3, $4, $5, $13, ($14 == 1 ? " *" : "") }' "$RAW"
         printf '\n'
     done
     echo
@@ -425,7 +473,7 @@ main() {
     WORK=$(mktemp -d /tmp/portcullis-perf.XXXXXX)
     mkdir -p "$WORK/logs" "$OUT_DIR"
     RAW=$WORK/raw.tsv
-    printf 'round\ttarget\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tconnect_err\tread_err\twrite_err\ttimeouts\n' >"$RAW"
+    printf 'round\ttarget\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tconnect_err\tread_err\twrite_err\ttimeouts\tproxy_core_busy_pct\tproxy_core_us_per_req\tbackground_seen\n' >"$RAW"
 
     start_upstream
     for name in "${SELECTED[@]}"; do
@@ -439,6 +487,7 @@ main() {
     done
     check_all_alive
 
+    LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
     local est=$(( ${#SELECTED[@]} * ROUNDS * (DURATION + 1) ))
     log "measuring ${#SELECTED[@]} targets x $ROUNDS rounds x ${DURATION}s (about $((est / 60)) min $((est % 60)) s)"
     for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do

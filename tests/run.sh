@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive besides the Rust toolchain, as "command:package". None yet for
-# the proxy core; the identity-provider and browser tests add node and chromium here.
+# Debian packages the tests drive besides the Rust toolchain, as "command:package": node runs the
+# real identity provider (tests/idp).
 need_apt=()
-for pair in; do
+for pair in node:nodejs npm:npm; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -15,6 +15,29 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+
+# The real identity provider of the OpenID Connect tests (tests/idp: node running oidc-provider 9)
+# needs Node.js >= 20. Debian 12's apt has 18, so then a newer one comes from the npm registry's
+# `node` package (its binary ships inside the registry package).
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "== Node.js $(node --version 2>/dev/null) is too old for tests/idp: npm install -g node@22"
+  npm install -g --no-audit --no-fund node@22
+  hash -r
+  node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$node_major" -lt 20 ]; then
+    echo "tests/idp needs Node.js >= 20; \`node\` is still $(node --version) ($(command -v node))" >&2
+    exit 1
+  fi
+fi
+# Its packages, pinned by tests/idp/package-lock.json: (re)installed when missing or older than it.
+if [ ! -f tests/idp/node_modules/.package-lock.json ] \
+  || [ tests/idp/package-lock.json -nt tests/idp/node_modules/.package-lock.json ]; then
+  echo "== npm ci in tests/idp"
+  (cd tests/idp && npm ci --no-audit --no-fund)
+  touch tests/idp/node_modules/.package-lock.json
+fi
+
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     rustup component add "$component"

@@ -92,11 +92,14 @@ enum Command {
     RefreshKeys(Arc<Provider>, oneshot::Sender<()>),
 }
 
+/// Providers by (discovery URL, ssl_verify).
+type Providers = HashMap<(String, bool), Arc<Provider>>;
+
 /// The handle workers and the control plane use to reach the IdP thread.
 #[derive(Clone)]
 pub struct Idp {
     tx: mpsc::UnboundedSender<Command>,
-    providers: Arc<Mutex<HashMap<(String, bool), Arc<Provider>>>>,
+    providers: Arc<Mutex<Providers>>,
 }
 
 impl std::fmt::Debug for Idp {
@@ -341,7 +344,23 @@ fn publish_problem(p: &Provider, old: &ProviderState, problem: &str) {
 async fn watch(clients: Clients, p: Arc<Provider>) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let wait = match refresh(&clients, &p).await {
+        // Requests that need fresh keys meanwhile join this refresh instead of starting one
+        // (and do not spend the unknown-kid allowance).
+        {
+            let mut kr = p.kid_refresh.lock().unwrap_or_else(|e| e.into_inner());
+            kr.waiters.get_or_insert_with(Vec::new);
+        }
+        let result = refresh(&clients, &p).await;
+        let waiters = p
+            .kid_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiters
+            .take();
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(());
+        }
+        let wait = match result {
             Ok(max_age) => {
                 backoff = Duration::from_secs(1);
                 max_age

@@ -369,7 +369,7 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<O
     };
     let timeout = match raw.timeout {
         None => Duration::from_secs(3),
-        Some(t) if t >= 1.0 && t <= 3600.0 => Duration::from_secs_f64(t),
+        Some(t) if (1.0..=3600.0).contains(&t) => Duration::from_secs_f64(t),
         Some(t) => {
             errors.push(ConfigError::new(
                 p("timeout"),

@@ -18,7 +18,7 @@ use crate::error::ProxyError;
 use crate::idp::{Idp, Provider};
 use crate::server::h1::{HeaderIdx, HeaderKind, Span};
 use crate::server::worker::Worker;
-use cache::{token_key, Verified};
+use cache::{token_key, TokenCache, TokenKey, Verified};
 use config::{OidcConfig, UnauthAction};
 use jwt::TokenError;
 use keys::KeySet;
@@ -41,6 +41,7 @@ pub struct OidcPlugin {
     pinned: Option<Arc<KeySet>>,
     /// `Bearer realm="…"`, the challenge for requests without a token.
     challenge: Arc<str>,
+    realm: Arc<str>,
 }
 
 impl OidcPlugin {
@@ -53,12 +54,14 @@ impl OidcPlugin {
             .clone()
             .map(|k| Arc::new(KeySet::pinned_to(k)));
         let challenge = format!("Bearer realm=\"{}\"", quoted(&cfg.realm)).into();
+        let realm = quoted(&cfg.realm).into();
         OidcPlugin {
             instance: NEXT.fetch_add(1, Ordering::Relaxed),
             provider,
             idp: idp.clone(),
             pinned,
             challenge,
+            realm,
             cfg,
         }
     }
@@ -149,13 +152,49 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Authenticate a request. `Ok(None)`: let it through without identity (`unauth_action: pass`).
-pub async fn authenticate(
+/// The synchronous first step of authentication.
+pub enum Lookup {
+    /// No token, and the route lets such requests through without identity.
+    Pass,
+    /// A token this core verified before and whose verdict still holds.
+    Cached(Identity),
+    /// A token to validate.
+    Miss {
+        /// Where the token is.
+        token: Span,
+        /// Its cache key.
+        key: TokenKey,
+        /// The time it is judged at.
+        now: f64,
+    },
+}
+
+impl OidcPlugin {
+    fn identity(&self, token: Span, userinfo: Rc<str>) -> Identity {
+        Identity {
+            token,
+            userinfo: self.cfg.set_userinfo_header.then_some(userinfo),
+            set_access_token: self.cfg.set_access_token_header,
+            in_authorization: self.cfg.access_token_in_authorization_header,
+        }
+    }
+
+    fn invalid(&self, reason: TokenError) -> ProxyError {
+        AuthError::Invalid {
+            realm: self.realm.clone(),
+            reason,
+        }
+        .into()
+    }
+}
+
+/// Find the token and answer from the cache when possible: the whole hot path, no await.
+pub fn lookup(
     p: &OidcPlugin,
-    w: &Worker,
+    cache: &mut TokenCache,
     buf: &[u8],
     headers: &[HeaderIdx],
-) -> Result<Option<Identity>, ProxyError> {
+) -> Result<Lookup, ProxyError> {
     let cfg = &p.cfg;
     let token = if cfg.takes_bearer() {
         bearer_token(buf, headers)?
@@ -164,41 +203,42 @@ pub async fn authenticate(
     };
     let Some(token) = token else {
         return match (cfg.bearer_only, cfg.unauth_action) {
-            (false, UnauthAction::Pass) => Ok(None),
+            (false, UnauthAction::Pass) => Ok(Lookup::Pass),
             _ => Err(AuthError::Missing {
                 challenge: p.challenge.clone(),
             }
             .into()),
         };
     };
-    let raw = token.get(buf);
     let now = now();
-    let key = token_key(p.instance, raw);
-    let cached = w
-        .tokens
-        .borrow_mut()
-        .get(&key, now)
-        .map(|v| v.userinfo.clone());
-    let userinfo = match cached {
-        Some(u) => u,
-        None => {
-            let v = validate(p, raw, now)
+    let key = token_key(p.instance, token.get(buf));
+    Ok(match cache.get(&key, now) {
+        Some(v) => Lookup::Cached(p.identity(token, v.userinfo.clone())),
+        None => Lookup::Miss { token, key, now },
+    })
+}
+
+/// Authenticate a request. `Ok(None)`: let it through without identity (`unauth_action: pass`).
+pub async fn authenticate(
+    p: &OidcPlugin,
+    w: &Worker,
+    buf: &[u8],
+    headers: &[HeaderIdx],
+) -> Result<Option<Identity>, ProxyError> {
+    // Bound first: the cache borrow must end before any await.
+    let step = lookup(p, &mut w.tokens.borrow_mut(), buf, headers)?;
+    match step {
+        Lookup::Pass => Ok(None),
+        Lookup::Cached(identity) => Ok(Some(identity)),
+        Lookup::Miss { token, key, now } => {
+            let verified = validate(p, token.get(buf), now)
                 .await
-                .map_err(|reason| AuthError::Invalid {
-                    realm: Arc::from(cfg.realm.as_str()),
-                    reason,
-                })?;
-            let u = v.userinfo.clone();
-            w.tokens.borrow_mut().insert(key, v);
-            u
+                .map_err(|reason| p.invalid(reason))?;
+            let identity = p.identity(token, verified.userinfo.clone());
+            w.tokens.borrow_mut().insert(key, verified);
+            Ok(Some(identity))
         }
-    };
-    Ok(Some(Identity {
-        token,
-        userinfo: cfg.set_userinfo_header.then_some(userinfo),
-        set_access_token: cfg.set_access_token_header,
-        in_authorization: cfg.access_token_in_authorization_header,
-    }))
+    }
 }
 
 /// The token in `Authorization: Bearer <token>`; `None` when there is no bearer credential.
@@ -226,46 +266,51 @@ fn bearer_token(buf: &[u8], headers: &[HeaderIdx]) -> Result<Option<Span>, Proxy
     }))
 }
 
-/// Full validation of a token not in the cache.
+/// Full validation of a token not in the cache. When the token names a key we do not know (the
+/// IdP may have rotated its keys), or the issuer cannot be checked because discovery has not
+/// answered yet, wait once for a shared refresh (bounded by `timeout`) and look again.
 async fn validate(p: &OidcPlugin, token: &[u8], now: f64) -> Result<Verified, TokenError> {
-    let cfg = &p.cfg;
-    let parsed = jwt::parse(token, cfg.token_signing_alg_values_expected.as_deref())?;
-    let first = match &p.pinned {
-        Some(keys) => jwt::verify_signature(&parsed, keys),
-        None => jwt::verify_signature(&parsed, &p.provider.state.load().keys),
+    let first = verify_now(p, token, now);
+    let wait = match &first {
+        Err(TokenError::UnknownKid) => p.pinned.is_none(),
+        Err(TokenError::IssuerUnknown(_)) => p.provider.state.load().discovery.is_none(),
+        _ => false,
     };
     match first {
-        Err(TokenError::UnknownKid) if p.pinned.is_none() => {
-            // Maybe the IdP rotated its keys: one shared, rate-limited refresh, then look again.
+        Err(_) if wait => {
             let rx = p.idp.refresh_keys(&p.provider);
-            let _ = monoio::time::timeout(cfg.timeout, rx).await;
-            let state = p.provider.state.load_full();
-            match jwt::verify_signature(&parsed, &state.keys) {
-                Err(TokenError::UnknownKid) if state.keys.is_empty() => {
-                    return Err(TokenError::NoKeys(
-                        state
-                            .problem
-                            .clone()
-                            .unwrap_or_else(|| "the JWKS is empty".into()),
-                    ))
+            let _ = monoio::time::timeout(p.cfg.timeout, rx).await;
+            match verify_now(p, token, now) {
+                Err(TokenError::UnknownKid) => {
+                    let state = p.provider.state.load();
+                    Err(match (&state.problem, state.keys.is_empty()) {
+                        (Some(problem), true) => TokenError::NoKeys(problem.clone()),
+                        _ => TokenError::UnknownKid,
+                    })
                 }
-                r => r?,
+                r => r,
             }
         }
-        r => r?,
+        r => r,
     }
+}
+
+/// Validate `token` with the keys at hand: signature, then claims.
+pub fn verify_now(p: &OidcPlugin, token: &[u8], now: f64) -> Result<Verified, TokenError> {
+    let cfg = &p.cfg;
+    let parsed = jwt::parse(token, cfg.token_signing_alg_values_expected.as_deref())?;
+    let state = p.provider.state.load();
+    jwt::verify_signature(&parsed, p.pinned.as_deref().unwrap_or(&state.keys))?;
     let claims: jwt::Claims =
         serde_json::from_slice(&parsed.payload).map_err(|_| TokenError::Malformed)?;
-    let state = p.provider.state.load();
     let issuer = match (&state.discovery, &state.problem) {
         (Some(d), _) => Ok(d.issuer.as_str()),
         (None, Some(problem)) => Err(problem.as_str()),
         (None, None) => Err("discovery has not answered yet"),
     };
     jwt::check_claims(&claims, cfg, issuer, now)?;
-    let expires_at = claims.exp.unwrap_or(now + NO_EXP_TTL);
     Ok(Verified {
-        expires_at,
+        expires_at: claims.exp.unwrap_or(now + NO_EXP_TTL),
         userinfo: STANDARD.encode(&parsed.payload).into(),
     })
 }

@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod fake_idp;
+pub mod jwt;
+pub mod real_idp;
+
 /// Timeout applied to every socket read and write in the tests.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a proxy may take to start accepting connections.

@@ -1,0 +1,131 @@
+//! Bearer-token costs: RS256 verification with the ready ring key against a `jsonwebtoken`
+//! decode (the baseline), the cache-hit path, and the whole per-request auth step on a miss.
+
+use std::hint::black_box;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use criterion::{criterion_group, criterion_main, Criterion};
+use portcullis::idp::Idp;
+use portcullis::oidc::cache::TokenCache;
+use portcullis::oidc::keys::{parse_public_key_pem, KeySet};
+use portcullis::oidc::{self, jwt, Lookup, OidcPlugin};
+use portcullis::server::h1::parse_request;
+use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+
+const ISSUER: &str = "https://idp.example";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("test fixture")
+}
+
+fn sign(key: &RsaKeyPair, sub: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT","kid":"k1"}"#);
+    let claims = serde_json::json!({"iss": ISSUER, "sub": sub, "aud": "api", "exp": exp, "iat": exp - 3600,
+        "scope": "openid read write", "email": "someone@example.com"});
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let input = format!("{header}.{payload}");
+    let mut sig = vec![0; key.public().modulus_len()];
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+fn plugin(pem: &str) -> OidcPlugin {
+    let conf = serde_json::json!({
+        "client_id": "bench", "client_secret": "secret",
+        // Nothing listens there: the IdP thread's fetch fails fast and is not needed.
+        "discovery": "http://127.0.0.1:9/.well-known/openid-configuration",
+        "bearer_only": true, "public_key": pem,
+        "claim_validator": {"issuer": {"valid_issuers": [ISSUER]}}
+    });
+    let mut errors = Vec::new();
+    let cfg =
+        oidc::config::check(conf, "bench", &mut errors).expect("bench plugin config is valid");
+    OidcPlugin::new(cfg, &Idp::start().expect("IdP thread starts"))
+}
+
+fn verify(c: &mut Criterion) {
+    let key = RsaKeyPair::from_pkcs8(&fixture("rsa1.pk8.der")).unwrap();
+    let pem = String::from_utf8(fixture("rsa1.pub.pem")).unwrap();
+    let token = sign(&key, "user-1");
+    let keys = KeySet::pinned_to(parse_public_key_pem(&pem).unwrap());
+    let mut g = c.benchmark_group("rs256_verify");
+    g.bench_function("ring_ready_key", |b| {
+        b.iter(|| {
+            let parsed = jwt::parse(black_box(token.as_bytes()), Some("RS256")).unwrap();
+            jwt::verify_signature(&parsed, &keys).unwrap();
+        })
+    });
+    let decoding = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_issuer(&[ISSUER]);
+    validation.validate_aud = false;
+    g.bench_function("jsonwebtoken_decode_baseline", |b| {
+        b.iter(|| {
+            jsonwebtoken::decode::<serde_json::Value>(black_box(&token), &decoding, &validation)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn auth_step(c: &mut Criterion) {
+    let key = RsaKeyPair::from_pkcs8(&fixture("rsa1.pk8.der")).unwrap();
+    let pem = String::from_utf8(fixture("rsa1.pub.pem")).unwrap();
+    let p = plugin(&pem);
+    let token = sign(&key, "user-1");
+    let req = format!("GET /api HTTP/1.1\r\nHost: api.example\r\nAuthorization: Bearer {token}\r\nAccept: */*\r\n\r\n");
+    let mut headers = Vec::new();
+    parse_request(req.as_bytes(), 100, &mut headers)
+        .unwrap()
+        .unwrap();
+
+    let mut g = c.benchmark_group("auth_step");
+    let mut cache = TokenCache::new(100_000);
+    // Warm the cache once through the miss path.
+    if let Lookup::Miss { key, now, .. } =
+        oidc::lookup(&p, &mut cache, req.as_bytes(), &headers).unwrap()
+    {
+        cache.insert(key, oidc::verify_now(&p, token.as_bytes(), now).unwrap());
+    }
+    g.bench_function("cache_hit", |b| {
+        b.iter(|| {
+            match oidc::lookup(&p, &mut cache, black_box(req.as_bytes()), &headers).unwrap() {
+                Lookup::Cached(id) => id,
+                _ => panic!("expected a cache hit"),
+            }
+        })
+    });
+    let mut no_cache = TokenCache::new(0);
+    g.bench_function("miss_verify_rs256", |b| {
+        b.iter(|| {
+            match oidc::lookup(&p, &mut no_cache, black_box(req.as_bytes()), &headers).unwrap() {
+                Lookup::Miss { key, now, token } => {
+                    let v = oidc::verify_now(&p, token.get(req.as_bytes()), now).unwrap();
+                    no_cache.insert(key, v);
+                }
+                _ => panic!("expected a miss"),
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, verify, auth_step);
+criterion_main!(benches);
