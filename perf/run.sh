@@ -6,6 +6,7 @@
 #   ROUNDS=3 DURATION=5 perf/run.sh
 #   PORTCULLIS_BIN=/path/to/portcullis perf/run.sh   # skip cargo build
 #   PERF_TARGETS="nginx haproxy" perf/run.sh        # only some targets
+#   RSS_STEP=0 perf/run.sh           # skip the memory step (perf/rss.sh) after the rounds
 #
 # See perf/README.md. Output: a Markdown report on stdout and in
 # perf/out/latest.md; raw numbers and every process's log in perf/out/.
@@ -30,11 +31,15 @@ PERF_TARGETS=${PERF_TARGETS:-}      # space-separated subset of targets; empty =
 READY_TIMEOUT=${READY_TIMEOUT:-30}  # seconds a server gets to answer 200
 PORTCULLIS_RUST_LOG=${PORTCULLIS_RUST_LOG:-warn}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-}
+TOKEN_POOL=${TOKEN_POOL:-1000}      # distinct tokens the bearer-token targets rotate over
+RSS_STEP=${RSS_STEP:-1}             # 1: run perf/rss.sh after the rounds (needs a portcullis target)
+NODE=${NODE:-node}                  # mints tokens, runs the fake introspection endpoint
 
-for v in ROUNDS DURATION WARMUP CONNECTIONS THREADS PORT_BASE READY_TIMEOUT; do
+for v in ROUNDS DURATION WARMUP CONNECTIONS THREADS PORT_BASE READY_TIMEOUT TOKEN_POOL RSS_STEP; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "run.sh: $v must be a non-negative integer (got '${!v}')" >&2; exit 2; }
 done
 ((ROUNDS >= 1 && DURATION >= 1)) || { echo "run.sh: ROUNDS and DURATION must be >= 1" >&2; exit 2; }
+((TOKEN_POOL >= 1)) || { echo "run.sh: TOKEN_POOL must be >= 1" >&2; exit 2; }
 
 log() { printf '[perf %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '\n[perf] FATAL: %s\n' "$*" >&2; exit 1; }
@@ -126,7 +131,7 @@ render() {
     for kv in "$@"; do
         key=${kv%%=*}
         val=${kv#*=}
-        content=${content//@$key@/$val}
+        content=${content//"@$key@"/"$val"}  # quoted: no & expansion (bash 5.2)
     done
     [[ $content != *@[A-Z_]*@* ]] || die "unrendered placeholder left in $dst: $(grep -o '@[A-Z_]*@' <<<"$content" | sort -u | tr '\n' ' ')"
     printf '%s\n' "$content" >"$dst"
@@ -158,10 +163,43 @@ wait_ready() {
     die "$name did not answer 200 with the upstream's body at $url within ${READY_TIMEOUT}s (last status: ${code:-none}, body: $(head -c 300 "$WORK/ready-body" 2>/dev/null | tr '\n' ' '))"
 }
 
+# expect_status NAME WHAT URL STATUS [curl args...] — one request must answer STATUS (and, for
+# 200, the upstream's body); fail loudly otherwise. WHAT says what was sent, for the log.
+expect_status() {
+    local name=$1 what=$2 url=$3 want=$4 code body
+    shift 4
+    code=$(curl -sS -o "$WORK/check-body" -w '%{http_code}' --max-time 5 "$@" "$url" 2>"$WORK/check-err") ||
+        code="none (curl: $(head -c 200 "$WORK/check-err"))"
+    body=$(head -c 300 "$WORK/check-body" 2>/dev/null | tr '\n' ' ')
+    [[ $code == "$want" ]] || die "$name answered $code instead of $want to a request with $what at $url (body: $body)"
+    [[ $want != 200 || $body == *"$EXPECTED_BODY"* ]] || die "$name answered 200 without the upstream's body to a request with $what (body: $body)"
+    log "$name answers $want to a request with $what"
+}
+
+# wait_listening NAME PORT PID — poll until something accepts connections on 127.0.0.1:PORT.
+wait_listening() {
+    local name=$1 port=$2 pid=$3 deadline=$((SECONDS + READY_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        is_alive "$pid" || { tail -n 40 "$WORK/logs/$name.log" >&2 || true; die "$name (pid $pid) exited before it listened on port $port (log above)"; }
+        port_busy "$port" && { log "$name listens on 127.0.0.1:$port"; return 0; }
+        sleep 0.2
+    done
+    die "$name did not listen on 127.0.0.1:$port within ${READY_TIMEOUT}s"
+}
+
 # ---------------------------------------------------------------- setup
 ensure_tools() {
     local missing=() pair bin pkg
-    for pair in nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl taskset:util-linux; do
+    local -a tools=(nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl taskset:util-linux)
+    # node mints the token pools and runs the fake introspection endpoint.
+    if needs_node; then
+        if [[ $NODE == node ]]; then
+            tools+=(node:nodejs)
+        else
+            command -v "$NODE" >/dev/null 2>&1 || die "NODE=$NODE not found"
+        fi
+    fi
+    for pair in "${tools[@]}"; do
         bin=${pair%%:*}
         pkg=${pair#*:}
         command -v "$bin" >/dev/null 2>&1 || missing+=("$pkg")
@@ -171,7 +209,7 @@ ensure_tools() {
     apt-get update || die "apt-get update failed"
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" ||
         die "apt-get install -y ${missing[*]} failed"
-    for pair in nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl taskset:util-linux; do
+    for pair in "${tools[@]}"; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || die "${pair%%:*} still missing after installing ${pair#*:}"
     done
 }
@@ -195,7 +233,8 @@ start_upstream() {
 # waits until it answers (wait_ready, which takes curl args such as -H for
 # targets that need credentials), and sets TARGET_URL[NAME].
 ALL_TARGETS=()
-declare -A TARGET_STARTER=() TARGET_WRK=() TARGET_URL=()
+declare -A TARGET_STARTER=() TARGET_WRK=() TARGET_URL=() TARGET_PROBE=() TARGET_NODE=()
+SKIPPED_NOTES=()   # targets left out of the default selection, and why (for the report)
 
 # add_target NAME STARTER [extra wrk args...]
 add_target() {
@@ -204,6 +243,12 @@ add_target() {
     ALL_TARGETS+=("$name")
     TARGET_STARTER[$name]=$starter
     TARGET_WRK[$name]=$( (($# == 0)) || printf '%q ' "$@")
+}
+
+# use_token_pool NAME FILE — wrk sends NAME's requests with `Authorization: Bearer <token>`,
+# rotating over the tokens in FILE (perf/wrk/tokens.lua; the file goes after the URL).
+use_token_pool() {
+    TARGET_WRK[$1]+=$(printf '%q ' -s "$PERF_DIR/wrk/tokens.lua" -- "$2")
 }
 
 start_upstream_direct() {
@@ -222,16 +267,23 @@ start_nginx_proxy() {
     wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID"
 }
 
+# Extra KEY=VALUE placeholders for the next start_haproxy / start_portcullis template; each of
+# them empties it.
+TMPL_VARS=()
+
+# start_haproxy NAME [TEMPLATE [curl args for the readiness check...]]
 start_haproxy() {
-    local name=$1 dir=$WORK/$1
+    local name=$1 tmpl=${2:-$PERF_DIR/conf/haproxy.cfg.tmpl} dir=$WORK/$1
+    shift $(($# < 2 ? $# : 2))
     mkdir -p "$dir"
     alloc_port
-    render "$PERF_DIR/conf/haproxy.cfg.tmpl" "$dir/haproxy.cfg" PORT="$PORT" UPSTREAM="$UPSTREAM_ADDR"
+    render "$tmpl" "$dir/haproxy.cfg" PORT="$PORT" UPSTREAM="$UPSTREAM_ADDR" "${TMPL_VARS[@]}"
+    TMPL_VARS=()
     haproxy -c -q -f "$dir/haproxy.cfg" >"$WORK/logs/$name-config-test.log" 2>&1 ||
         { cat "$WORK/logs/$name-config-test.log" >&2; die "$name config check failed"; }
     start_pinned "$name" "$PROXY_CPU" haproxy -db -f "$dir/haproxy.cfg"
     TARGET_URL[$name]="http://127.0.0.1:$PORT/"
-    wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID"
+    wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID" "$@"
 }
 
 # start_portcullis NAME DRIVER [TEMPLATE [curl args for the readiness check...]]
@@ -243,7 +295,10 @@ start_portcullis() {
     admin_port=$PORT
     alloc_port
     render "$tmpl" "$dir/config.yaml" DIR="$dir" PORT="$PORT" ADMIN_PORT="$admin_port" \
-        DRIVER="$driver" UPSTREAM="$UPSTREAM_ADDR"
+        DRIVER="$driver" UPSTREAM="$UPSTREAM_ADDR" "${TMPL_VARS[@]}"
+    TMPL_VARS=()
+    "$PORTCULLIS_BIN" -c "$dir/config.yaml" check >"$WORK/logs/$name-config-test.log" 2>&1 ||
+        { cat "$WORK/logs/$name-config-test.log" >&2; die "$name: portcullis refuses its config $dir/config.yaml (above)"; }
     start_pinned "$name" "$PROXY_CPU" env RUST_LOG="$PORTCULLIS_RUST_LOG" "$PORTCULLIS_BIN" -c "$dir/config.yaml"
     TARGET_URL[$name]="http://127.0.0.1:$PORT/"
     wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID" "$@"
@@ -251,23 +306,153 @@ start_portcullis() {
 start_portcullis_uring() { start_portcullis "$1" io_uring; }
 start_portcullis_epoll() { start_portcullis "$1" epoll; }
 
+# ---- bearer-token targets
+# Token pools are minted once per run into $WORK/tokens by perf/tools/mint-tokens.js: distinct,
+# valid tokens (exp a day ahead), one per line, plus FILE.tampered (a wrong signature).
+JWT_ISSUER=https://idp.perf
+JWT_PRIVKEY=$REPO/tests/fixtures/rsa1.pk8.der   # RSA-2048, PKCS#8 DER
+JWT_PUBKEY=$REPO/tests/fixtures/rsa1.pub.pem
+JWT_POOL="" JWT_FIRST="" JWT_LAST="" JWT_TAMPERED=""
+OPAQUE_POOL="" OPAQUE_FIRST="" OPAQUE_TAMPERED=""
+
+# mint_pool FILE WHAT [mint-tokens.js args...] — mint $TOKEN_POOL tokens into FILE, check them.
+mint_pool() {
+    local file=$1 what=$2 t0=$SECONDS n
+    shift 2
+    mkdir -p "$WORK/tokens"
+    "$NODE" "$PERF_DIR/tools/mint-tokens.js" --count "$TOKEN_POOL" --out "$file" "$@" >"$WORK/logs/mint-$(basename "$file").log" 2>&1 ||
+        { cat "$WORK/logs/mint-$(basename "$file").log" >&2; die "minting $what failed (above)"; }
+    n=$(sort -u "$file" | wc -l)
+    ((n == TOKEN_POOL)) || die "minted $n distinct $what instead of $TOKEN_POOL"
+    log "minted $TOKEN_POOL $what in $((SECONDS - t0)) s ($(awk '{ s += length($0) } END { printf "%.0f", s / NR }' "$file") characters each on average)"
+}
+
+ensure_jwt_pool() {
+    [[ -z $JWT_POOL ]] || return 0
+    [[ -r $JWT_PRIVKEY && -r $JWT_PUBKEY ]] || die "test keys missing: $JWT_PRIVKEY, $JWT_PUBKEY"
+    JWT_POOL=$WORK/tokens/jwt-rs256.txt
+    mint_pool "$JWT_POOL" "RS256 JWTs" --alg RS256 --key "$JWT_PRIVKEY" --iss "$JWT_ISSUER"
+    JWT_FIRST=$(head -n1 "$JWT_POOL")
+    JWT_LAST=$(tail -n1 "$JWT_POOL")
+    JWT_TAMPERED=$(<"$JWT_POOL.tampered")
+}
+
+ensure_opaque_pool() {
+    [[ -z $OPAQUE_POOL ]] || return 0
+    OPAQUE_POOL=$WORK/tokens/opaque.txt
+    mint_pool "$OPAQUE_POOL" "opaque tokens" --opaque
+    OPAQUE_FIRST=$(head -n1 "$OPAQUE_POOL")
+    OPAQUE_TAMPERED=$(<"$OPAQUE_POOL.tampered")
+}
+
+# yaml_pem FILE — a PEM file as one line with \n escapes, for a YAML double-quoted string.
+yaml_pem() { awk '{ printf "%s\\n", $0 }' "$1"; }
+
+# check_bearer_target NAME GOOD_TOKEN BAD_TOKEN WHAT_BAD — before any load: a second valid token
+# answers 200, a bad one 401, none 401.
+check_bearer_target() {
+    local name=$1 url=${TARGET_URL[$1]}
+    expect_status "$name" "another valid token of the pool" "$url" 200 -H "Authorization: Bearer $2"
+    expect_status "$name" "$4" "$url" 401 -H "Authorization: Bearer $3"
+    expect_status "$name" "no token" "$url" 401
+}
+
+# start_portcullis_jwt NAME PER_CORE_LINE — Portcullis (io_uring) with the public_key route.
+start_portcullis_jwt() {
+    local name=$1
+    ensure_jwt_pool
+    TMPL_VARS=(PUBLIC_KEY="$(yaml_pem "$JWT_PUBKEY")" ALG=RS256 ISSUER="$JWT_ISSUER" PER_CORE="$2")
+    start_portcullis "$name" io_uring "$PERF_DIR/conf/portcullis-jwt.yaml.tmpl" -H "Authorization: Bearer $JWT_FIRST"
+    check_bearer_target "$name" "$JWT_LAST" "$JWT_TAMPERED" "a tampered token (one signature character changed)"
+    use_token_pool "$name" "$JWT_POOL"
+}
+start_portcullis_jwt_pool() {
+    start_portcullis_jwt "$1" "# per_core: the default token cache (100,000 verified tokens per core)"
+}
+start_portcullis_jwt_nocache() {
+    start_portcullis_jwt "$1" "per_core: { token_cache_entries: 0 }   # no cache: every request verifies a signature"
+}
+
+start_haproxy_jwt() {
+    local name=$1 version
+    version=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')
+    awk -v v="$version" 'BEGIN { split(v, a, "."); exit !(a[1] > 2 || (a[1] == 2 && a[2] >= 5)) }' ||
+        die "$name needs HAProxy >= 2.5 for jwt_verify (this is ${version:-unknown})"
+    ensure_jwt_pool
+    mkdir -p "$WORK/$name"
+    cp "$JWT_PUBKEY" "$WORK/$name/pub.pem"
+    TMPL_VARS=(PUBKEY_FILE="$WORK/$name/pub.pem" ALG=RS256 ISSUER="$JWT_ISSUER")
+    start_haproxy "$name" "$PERF_DIR/conf/haproxy-jwt.cfg.tmpl" -H "Authorization: Bearer $JWT_FIRST"
+    check_bearer_target "$name" "$JWT_LAST" "$JWT_TAMPERED" "a tampered token (one signature character changed)"
+    use_token_pool "$name" "$JWT_POOL"
+}
+
+INTROSPECT_ADDR=""
+INTROSPECT_STATS=""   # the fake endpoint's counters after the rounds
+start_fake_introspect() {
+    [[ -z $INTROSPECT_ADDR ]] || return 0
+    ensure_opaque_pool
+    alloc_port
+    INTROSPECT_ADDR=127.0.0.1:$PORT
+    start_pinned fake-introspect "$LOAD_CPU" "$NODE" "$PERF_DIR/tools/fake-introspect.js" "$PORT" "$OPAQUE_POOL"
+    wait_listening fake-introspect "$PORT" "$LAST_PID"
+}
+
+start_portcullis_introspect() {
+    local name=$1
+    start_fake_introspect
+    TMPL_VARS=(INTROSPECT="$INTROSPECT_ADDR")
+    start_portcullis "$name" io_uring "$PERF_DIR/conf/portcullis-introspect.yaml.tmpl" -H "Authorization: Bearer $OPAQUE_FIRST"
+    check_bearer_target "$name" "$(tail -n1 "$OPAQUE_POOL")" "$OPAQUE_TAMPERED" "an unknown opaque token (introspection says inactive)"
+    use_token_pool "$name" "$OPAQUE_POOL"
+}
+
+# A probe decides whether a target joins the default selection (PERF_TARGETS empty); a target
+# named in PERF_TARGETS always runs, and fails loudly if it cannot.
+probe_introspect() {
+    local dir=$WORK/probe-introspect
+    mkdir -p "$dir"
+    render "$PERF_DIR/conf/portcullis-introspect.yaml.tmpl" "$dir/config.yaml" DIR="$dir" PORT=1 ADMIN_PORT=2 \
+        DRIVER=io_uring UPSTREAM=127.0.0.1:3 INTROSPECT=127.0.0.1:4
+    "$PORTCULLIS_BIN" -c "$dir/config.yaml" check >"$WORK/logs/probe-introspect.log" 2>&1 || {
+        PROBE_WHY="this portcullis refuses the introspection config: $(grep -v 'invalid config' "$WORK/logs/probe-introspect.log" | head -n1 | sed 's/^ *//')"
+        return 1
+    }
+}
+
 # The order here is the order within each round and in the table.
-add_target upstream-direct  start_upstream_direct
-add_target nginx            start_nginx_proxy
-add_target haproxy          start_haproxy
-add_target portcullis-uring start_portcullis_uring
-add_target portcullis-epoll start_portcullis_epoll
+add_target upstream-direct        start_upstream_direct
+add_target nginx                  start_nginx_proxy
+add_target haproxy                start_haproxy
+add_target portcullis-uring       start_portcullis_uring
+add_target portcullis-epoll       start_portcullis_epoll
+add_target portcullis-jwt-pool    start_portcullis_jwt_pool
+add_target portcullis-jwt-nocache start_portcullis_jwt_nocache
+add_target haproxy-jwt            start_haproxy_jwt
+add_target portcullis-introspect  start_portcullis_introspect
+TARGET_NODE=([portcullis-jwt-pool]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1)
+TARGET_PROBE=([portcullis-introspect]=probe_introspect)
 
 # ---------------------------------------------------------------- measuring
 RAW=""   # TSV of every measured run
 
-# run_wrk LOGFILE DURATION URL [extra wrk args] — one bounded wrk run; the
-# output goes to LOGFILE, parsed numbers into W_* variables.
+# run_wrk LOGFILE DURATION URL [extra wrk args] [-- script args] — one bounded wrk
+# run; the output goes to LOGFILE, parsed numbers into W_* variables. Args after
+# `--` go after the URL, where wrk hands them to the Lua script's init(args).
 run_wrk() {
     local logfile=$1 dur=$2 url=$3 parsed
+    local -a opts=() script_args=()
     shift 3
+    while (($# > 0)); do
+        if [[ $1 == -- ]]; then
+            script_args=("$@")
+            break
+        fi
+        opts+=("$1")
+        shift
+    done
     timeout --kill-after=5 $((dur + 30)) \
-        taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${dur}s" --latency "$@" "$url" \
+        taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${dur}s" --latency "${opts[@]}" "$url" "${script_args[@]}" \
         >"$logfile" 2>&1 || { cat "$logfile" >&2; die "wrk failed against $url (output above)"; }
     parsed=$(awk '
         function ms(v,   n, u) {
@@ -369,11 +554,37 @@ check_all_alive() {
 }
 
 # ---------------------------------------------------------------- report
+in_selected() { [[ " ${SELECTED[*]} " == *" $1 "* ]]; }
+
+# goal_row A B GOAL — A's median req/s ÷ B's against GOAL (A should reach GOAL × B), with the
+# per-request CPU ratio beside it (B's µs/req ÷ A's: above 1 means A needs less CPU per request).
+goal_row() {
+    local a=$1 b=$2 goal=$3 ra rb ua ub busy_a busy_b missing=() why
+    in_selected "$a" || missing+=("$a")
+    in_selected "$b" || missing+=("$b")
+    if ((${#missing[@]} > 0)); then
+        why="not run: ${missing[*]}"
+        printf '| `%s` vs `%s` | n/a | ≥ %s | n/a (%s) | n/a | n/a |\n' "$a" "$b" "$goal" "$why"
+        return 0
+    fi
+    ra=$(col_of "$a" 3 | median)
+    rb=$(col_of "$b" 3 | median)
+    ua=$(col_of "$a" 13 | median)
+    ub=$(col_of "$b" 13 | median)
+    busy_a=$(col_of "$a" 12 | median)
+    busy_b=$(col_of "$b" 12 | median)
+    awk -v a="$a" -v b="$b" -v ra="$ra" -v rb="$rb" -v ua="$ua" -v ub="$ub" -v g="$goal" -v ba="$busy_a" -v bb="$busy_b" 'BEGIN {
+        r = (rb > 0 ? ra / rb : 0)
+        printf "| `%s` vs `%s` | %.2f | ≥ %s | %s | %s | %.0f / %.0f |\n", a, b, r, g, (r >= g ? "yes" : "**no**"),
+            (ua > 0 ? sprintf("%.2f", ub / ua) : "n/a"), ba, bb
+    }'
+}
+
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 col_of() { awk -F'\t' -v n="$1" -v c="$2" '$2 == n { print $c }' "$RAW"; }
 
 report() {
-    local name rps p50 p99 busy uspr base_rps="" base_p99="" r_rps r_p99 errs non sock cpu_model pc_version git_rev nbg nruns
+    local name rps p50 p99 busy uspr base_rps="" base_p99="" r_rps r_p99 errs non sock cpu_model pc_version git_rev nbg nruns nnon note
     cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     [[ -n $cpu_model ]] || cpu_model=$(awk -F': *' '/^(Hardware|cpu model|uarch)/ { print $2; exit }' /proc/cpuinfo)
     git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
@@ -396,6 +607,12 @@ report() {
     echo "- versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), portcullis ${pc_version} (git: ${git_rev})"
     echo "- method: \`taskset -c $LOAD_CPU wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, $ROUNDS alternating rounds (${WARMUP}s warm-up per target first); proxies pinned to core $PROXY_CPU, upstream nginx and wrk to core $LOAD_CPU; upstream body \`hello world\\n\` (12 bytes), keep-alive everywhere"
     echo "- load average when measuring started: $LOADAVG_START"
+    if in_selected portcullis-jwt-pool || in_selected portcullis-jwt-nocache || in_selected haproxy-jwt; then
+        echo "- bearer JWTs: every request carries \`Authorization: Bearer <token>\`, rotating over $TOKEN_POOL distinct RS256 tokens (RSA-2048, about $(awk '{ s += length($0) } END { printf "%.0f", s / NR }' "$JWT_POOL") characters, ~380-byte claims, iss \`$JWT_ISSUER\`, exp a day ahead) via \`perf/wrk/tokens.lua\`. \`portcullis-jwt-pool\`: public_key route, default token cache (after the warm-up every token is a cache hit); \`portcullis-jwt-nocache\`: \`token_cache_entries: 0\`, so every request verifies an RS256 signature, which stands for **a new token on every request**; \`haproxy-jwt\`: \`jwt_verify\` (no cache in HAProxy, one signature check per request) plus alg, iss and exp checks"
+    fi
+    if in_selected portcullis-introspect; then
+        echo "- introspection: \`portcullis-introspect\` rotates over $TOKEN_POOL opaque tokens, validated by introspection against a fake endpoint (\`perf/tools/fake-introspect.js\`, node, on core $LOAD_CPU); warm cache after the warm-up. Endpoint counters at the end: ${INTROSPECT_STATS:-n/a}"
+    fi
     echo "- values are medians over the rounds; ratios are against \`$BASELINE\` (req/s: higher is better; p99: lower is better); core $PROXY_CPU busy % and µs/req = CPU time used on the proxy core during the run (divided by the requests served); errors = non-2xx/3xx responses + socket errors, summed over all rounds"
     nbg=$(awk -F'\t' 'NR > 1 && $14 == 1 { n++ } END { print n + 0 }' "$RAW")
     nruns=$(awk 'NR > 1 { n++ } END { print n + 0 }' "$RAW")
@@ -425,6 +642,24 @@ report() {
         if ((errs > 0)); then errs="$errs ($non non-2xx, $sock socket)"; fi
         printf '| %s | %.0f | %.3f | %.3f | %s | %s | %.0f | %.2f | %s |\n' "$name" "$rps" "$p50" "$p99" "$r_rps" "$r_p99" "$busy" "$uspr" "$errs"
     done
+    nnon=$(awk -F'\t' 'NR > 1 { s += $7 } END { print s + 0 }' "$RAW")
+    if ((nnon > 0)); then
+        echo
+        echo "**WARNING: $nnon non-2xx/3xx responses in the measured runs (see the errors column): a target refused requests, its numbers are not comparable.**"
+    fi
+    echo
+    echo "Goals (req/s ratio = median req/s of the first ÷ the second; CPU ratio = the second's core $PROXY_CPU µs/req ÷ the first's, above 1 means the first needs less CPU per request; when the first's core $PROXY_CPU is well below 100% busy, core $LOAD_CPU capped it and the CPU ratio is the better guide):"
+    echo
+    echo "| comparison | req/s ratio | goal | met | CPU/req ratio | core $PROXY_CPU busy % (first / second) |"
+    echo "|---|---:|---:|---|---:|---:|"
+    goal_row portcullis-jwt-pool nginx 1.0
+    goal_row portcullis-jwt-pool haproxy-jwt 3
+    goal_row portcullis-jwt-nocache haproxy-jwt 1.5
+    goal_row portcullis-introspect portcullis-uring 0.95
+    if ((${#SKIPPED_NOTES[@]} > 0)); then
+        echo
+        for note in "${SKIPPED_NOTES[@]}"; do echo "- $note"; done
+    fi
     echo
     echo "<details><summary>every round (req/s, p50 ms, p99 ms, core $PROXY_CPU µs/req; * = background build/test seen)</summary>"
     echo
@@ -440,9 +675,38 @@ report() {
     done
     echo
     echo "</details>"
+    if [[ -s $WORK/rss.md ]]; then
+        echo
+        cat "$WORK/rss.md"
+    fi
 }
 
 # ---------------------------------------------------------------- main
+# 0 if a selected target, or the memory step, needs node.
+needs_node() {
+    local name
+    for name in "${SELECTED[@]}"; do
+        [[ -z ${TARGET_NODE[$name]:-} ]] || return 0
+    done
+    ((RSS_STEP)) && [[ " ${SELECTED[*]} " == *" portcullis"* ]]
+}
+
+# run_rss_step — perf/rss.sh against the same upstream, after the rounds; its Markdown section
+# goes to $WORK/rss.md for the report. A failure there is reported, not fatal: the rounds'
+# numbers are worth keeping.
+run_rss_step() {
+    ((RSS_STEP)) && [[ -n $PORTCULLIS_BIN ]] || return 0
+    log "memory step: perf/rss.sh (RSS with distinct tokens cached; RSS_STEP=0 skips it)"
+    if RSS_UPSTREAM=$UPSTREAM_ADDR PORTCULLIS_BIN=$PORTCULLIS_BIN PERF_PORT_BASE=$NEXT_PORT PROXY_CPU=$PROXY_CPU \
+        LOAD_CPU=$LOAD_CPU READY_TIMEOUT=$READY_TIMEOUT NODE=$NODE RSS_LOG_DIR=$WORK/logs/rss \
+        "$PERF_DIR/rss.sh" >"$WORK/rss.md"; then
+        :
+    else
+        log "WARNING: perf/rss.sh failed; see $OUT_DIR/logs/rss/"
+        printf '## Memory\n\n**perf/rss.sh failed** (logs in `perf/out/logs/rss/`); no memory figure in this run.\n' >"$WORK/rss.md"
+    fi
+}
+
 main() {
     local name i
     SELECTED=()
@@ -472,6 +736,22 @@ main() {
 
     WORK=$(mktemp -d /tmp/portcullis-perf.XXXXXX)
     mkdir -p "$WORK/logs" "$OUT_DIR"
+
+    # Targets with a probe join the default selection only when the probe passes.
+    if [[ -z $PERF_TARGETS ]]; then
+        local -a kept=()
+        for name in "${SELECTED[@]}"; do
+            PROBE_WHY=""
+            if [[ -n ${TARGET_PROBE[$name]:-} ]] && ! "${TARGET_PROBE[$name]}"; then
+                log "NOTE: leaving out $name: $PROBE_WHY (name it in PERF_TARGETS to force it)"
+                SKIPPED_NOTES+=("\`$name\` was left out: $PROBE_WHY")
+                continue
+            fi
+            kept+=("$name")
+        done
+        SELECTED=("${kept[@]}")
+    fi
+
     RAW=$WORK/raw.tsv
     printf 'round\ttarget\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tconnect_err\tread_err\twrite_err\ttimeouts\tproxy_core_busy_pct\tproxy_core_us_per_req\tbackground_seen\n' >"$RAW"
 
@@ -494,10 +774,16 @@ main() {
         for name in "${SELECTED[@]}"; do
             eval "extra=(${TARGET_WRK[$name]})"
             measure "$name" "${TARGET_URL[$name]}" "${extra[@]}"
+            ((W_NON2XX == 0)) || log "WARNING: $name answered $W_NON2XX non-2xx/3xx responses in round $ROUND (see $OUT_DIR/logs/wrk-r$ROUND-$name.txt)"
             check_all_alive
             sleep 1
         done
     done
+
+    if [[ -n $INTROSPECT_ADDR ]]; then
+        INTROSPECT_STATS=$(curl -sS --max-time 5 "http://$INTROSPECT_ADDR/stats" 2>/dev/null) || INTROSPECT_STATS=unavailable
+    fi
+    run_rss_step
 
     report >"$WORK/report.md"
     cp "$RAW" "$OUT_DIR/latest-raw.tsv"

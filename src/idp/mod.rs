@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::oidc::config::OidcConfig;
+use crate::oidc::config::{AuthMethod, OidcConfig};
 use crate::oidc::keys::{parse_jwks, KeySet};
 
 /// Unknown-kid refreshes of one provider happen at most this often, whatever the traffic.
@@ -90,6 +90,42 @@ impl std::fmt::Debug for Provider {
 enum Command {
     Watch(Arc<Provider>),
     RefreshKeys(Arc<Provider>, oneshot::Sender<()>),
+    Introspect(
+        IntrospectRequest,
+        oneshot::Sender<Result<IntrospectAnswer, String>>,
+    ),
+}
+
+/// One RFC 7662 introspection call.
+#[derive(Debug, Clone)]
+pub struct IntrospectRequest {
+    /// Endpoint URL.
+    pub endpoint: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: String,
+    /// Where the credentials go.
+    pub method: AuthMethod,
+    /// The token asked about.
+    pub token: String,
+    /// Call timeout.
+    pub timeout: Duration,
+    /// Verify the endpoint's certificate.
+    pub ssl_verify: bool,
+}
+
+/// An introspection answer, checked to be a JSON object with a boolean `active`.
+#[derive(Debug, Clone)]
+pub struct IntrospectAnswer {
+    /// Whether the token is active.
+    pub active: bool,
+    /// `exp`, when given.
+    pub exp: Option<f64>,
+    /// `scope`, when given.
+    pub scope: Option<String>,
+    /// The JSON as received (for `X-Userinfo`).
+    pub body: Vec<u8>,
 }
 
 /// Providers by (discovery URL, ssl_verify).
@@ -146,6 +182,16 @@ impl Idp {
             .clone()
     }
 
+    /// Introspect a token; the receiver gets the answer or why there is none.
+    pub fn introspect(
+        &self,
+        req: IntrospectRequest,
+    ) -> oneshot::Receiver<Result<IntrospectAnswer, String>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Introspect(req, tx));
+        rx
+    }
+
     /// Ask for a JWKS refresh because a token named an unknown key. Refreshes are shared by
     /// every caller and rate-limited; the receiver resolves when the keys are as fresh as they
     /// will get (at once when a refresh was done recently).
@@ -162,6 +208,12 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Command>) {
         match cmd {
             Command::Watch(p) => {
                 tokio::spawn(watch(clients.clone(), p));
+            }
+            Command::Introspect(req, reply) => {
+                let clients = clients.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(introspect(&clients, &req).await);
+                });
             }
             Command::RefreshKeys(p, reply) => {
                 let mut kr = p.kid_refresh.lock().unwrap_or_else(|e| e.into_inner());
@@ -233,6 +285,18 @@ impl Clients {
     }
 }
 
+/// Words for a failed request, fit for an `error_description`.
+fn send_failure(what: &str, e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        format!("{what} timed out")
+    } else if e.is_connect() {
+        format!("{what} unreachable")
+    } else {
+        // Connected, but what came back was not an HTTP answer (garbage, or a close).
+        format!("{what} closed the connection without a valid HTTP answer")
+    }
+}
+
 /// GET a JSON document; returns the body and the Cache-Control max-age, if any.
 async fn get(
     client: &reqwest::Client,
@@ -246,13 +310,7 @@ async fn get(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                format!("{what} request timed out")
-            } else {
-                format!("{what} unreachable")
-            }
-        })?;
+        .map_err(|e| send_failure(what, &e))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("{what} answered HTTP {}", status.as_u16()));
@@ -329,6 +387,98 @@ async fn refresh(clients: &Clients, p: &Provider) -> Result<Option<Duration>, St
             Err(e)
         }
     }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+async fn introspect(
+    clients: &Clients,
+    req: &IntrospectRequest,
+) -> Result<IntrospectAnswer, String> {
+    let client = if req.ssl_verify {
+        &clients.verifying
+    } else {
+        &clients.trusting
+    };
+    let mut body = format!(
+        "token={}&token_type_hint=access_token",
+        form_encode(&req.token)
+    );
+    let mut builder = client
+        .post(&req.endpoint)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Accept", "application/json")
+        .timeout(req.timeout);
+    match req.method {
+        AuthMethod::ClientSecretBasic => {
+            // RFC 6749 §2.3.1: both parts are form-encoded before Basic encoding.
+            use base64::Engine;
+            let pair = format!(
+                "{}:{}",
+                form_encode(&req.client_id),
+                form_encode(&req.client_secret)
+            );
+            let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+            builder = builder.header("Authorization", format!("Basic {basic}"));
+        }
+        AuthMethod::ClientSecretPost => {
+            body.push_str(&format!(
+                "&client_id={}&client_secret={}",
+                form_encode(&req.client_id),
+                form_encode(&req.client_secret)
+            ));
+        }
+    }
+    let resp = builder
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| send_failure("introspection endpoint", &e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!(
+            "introspection endpoint answered HTTP {}",
+            status.as_u16()
+        ));
+    }
+    let bytes = resp.bytes().await.map_err(|e| {
+        if e.is_timeout() {
+            "introspection timed out".to_string()
+        } else {
+            "introspection answer was cut off".to_string()
+        }
+    })?;
+    if bytes.len() > MAX_BODY {
+        return Err("introspection answer is too large".into());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| "introspection answer is not JSON".to_string())?;
+    let active = json
+        .get("active")
+        .and_then(|a| a.as_bool())
+        .ok_or("introspection answer has no boolean `active`")?;
+    Ok(IntrospectAnswer {
+        active,
+        exp: json.get("exp").and_then(|e| e.as_f64()),
+        scope: json
+            .get("scope")
+            .and_then(|s| s.as_str())
+            .map(str::to_string),
+        body: bytes.to_vec(),
+    })
 }
 
 fn publish_problem(p: &Provider, old: &ProviderState, problem: &str) {

@@ -29,13 +29,25 @@ pub fn token_key(instance: u64, token: &[u8]) -> TokenKey {
 }
 
 /// A bounded map with FIFO eviction: when full, the oldest insertion goes first.
-pub struct TokenCache {
-    map: HashMap<TokenKey, Verified>,
+pub struct TokenCache<V = Verified> {
+    map: HashMap<TokenKey, V>,
     order: VecDeque<TokenKey>,
     capacity: usize,
 }
 
-impl TokenCache {
+/// A cached verdict that dies at a point in time.
+pub trait Expiring {
+    /// Unix time (seconds) after which the entry is dead.
+    fn expires_at(&self) -> f64;
+}
+
+impl Expiring for Verified {
+    fn expires_at(&self) -> f64 {
+        self.expires_at
+    }
+}
+
+impl<V: Expiring> TokenCache<V> {
     /// A cache holding at most `capacity` tokens (0 disables it).
     pub fn new(capacity: usize) -> Self {
         TokenCache {
@@ -46,9 +58,9 @@ impl TokenCache {
     }
 
     /// The entry for `key` if it is still alive at `now`; a dead one is dropped.
-    pub fn get(&mut self, key: &TokenKey, now: f64) -> Option<&Verified> {
+    pub fn get(&mut self, key: &TokenKey, now: f64) -> Option<&V> {
         match self.map.get(key) {
-            Some(v) if v.expires_at > now => self.map.get(key),
+            Some(v) if v.expires_at() > now => self.map.get(key),
             Some(_) => {
                 self.map.remove(key);
                 None
@@ -58,7 +70,7 @@ impl TokenCache {
     }
 
     /// Remember a verified token.
-    pub fn insert(&mut self, key: TokenKey, v: Verified) {
+    pub fn insert(&mut self, key: TokenKey, v: V) {
         if self.capacity == 0 {
             return;
         }
@@ -88,7 +100,7 @@ impl TokenCache {
                 break;
             };
             match self.map.get(&k) {
-                Some(v) if v.expires_at > now => {
+                Some(v) if v.expires_at() > now => {
                     // Live and oldest: rotate it back so later entries get looked at next time.
                     self.order.pop_front();
                     self.order.push_back(k);

@@ -58,6 +58,12 @@ pub enum TokenError {
     /// A required scope is missing (403).
     #[error("required scope missing")]
     ScopeMissing,
+    /// Introspection answered `active: false`.
+    #[error("token is not active")]
+    Inactive,
+    /// The IdP could not give an answer (unreachable, timed out, answered garbage).
+    #[error("introspection failed: {0}")]
+    IdpFailed(String),
 }
 
 impl TokenError {

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod introspect;
 pub mod jwt;
 pub mod keys;
 
@@ -42,6 +43,11 @@ pub struct OidcPlugin {
     /// `Bearer realm="…"`, the challenge for requests without a token.
     challenge: Arc<str>,
     realm: Arc<str>,
+    /// Tokens are checked by introspection (no `public_key`, no `use_jwks`).
+    pub introspects: bool,
+    /// Introspection answers are shared by every route asking the same endpoint as the same
+    /// client, so their cache keys are namespaced by that pair, not by route.
+    pub introspection_namespace: u64,
 }
 
 impl OidcPlugin {
@@ -55,6 +61,24 @@ impl OidcPlugin {
             .map(|k| Arc::new(KeySet::pinned_to(k)));
         let challenge = format!("Bearer realm=\"{}\"", quoted(&cfg.realm)).into();
         let realm = quoted(&cfg.realm).into();
+        let introspects = cfg.takes_bearer() && cfg.public_key.is_none() && !cfg.use_jwks;
+        let introspection_namespace = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            // The caching policy is part of the namespace: a route never sees an answer kept
+            // longer than its own rules allow.
+            (
+                cfg.introspection_endpoint
+                    .as_deref()
+                    .unwrap_or(&cfg.discovery),
+                &cfg.client_id,
+                &cfg.client_secret,
+                cfg.introspection_interval,
+                cfg.introspection_negative_ttl,
+            )
+                .hash(&mut h);
+            h.finish()
+        };
         OidcPlugin {
             instance: NEXT.fetch_add(1, Ordering::Relaxed),
             provider,
@@ -62,6 +86,8 @@ impl OidcPlugin {
             pinned,
             challenge,
             realm,
+            introspects,
+            introspection_namespace,
             cfg,
         }
     }
@@ -188,27 +214,38 @@ impl OidcPlugin {
     }
 }
 
-/// Find the token and answer from the cache when possible: the whole hot path, no await.
-pub fn lookup(
+/// The request's bearer token. `Ok(None)`: there is none and the route lets such requests
+/// through without identity; a missing token the route does not allow is an error.
+fn token_or_unauth(
     p: &OidcPlugin,
-    cache: &mut TokenCache,
     buf: &[u8],
     headers: &[HeaderIdx],
-) -> Result<Lookup, ProxyError> {
+) -> Result<Option<Span>, ProxyError> {
     let cfg = &p.cfg;
     let token = if cfg.takes_bearer() {
         bearer_token(buf, headers)?
     } else {
         None
     };
-    let Some(token) = token else {
-        return match (cfg.bearer_only, cfg.unauth_action) {
-            (false, UnauthAction::Pass) => Ok(Lookup::Pass),
-            _ => Err(AuthError::Missing {
-                challenge: p.challenge.clone(),
-            }
-            .into()),
-        };
+    match (token, cfg.bearer_only, cfg.unauth_action) {
+        (Some(t), _, _) => Ok(Some(t)),
+        (None, false, UnauthAction::Pass) => Ok(None),
+        (None, _, _) => Err(AuthError::Missing {
+            challenge: p.challenge.clone(),
+        }
+        .into()),
+    }
+}
+
+/// Find the token and answer from the cache when possible: the whole JWT hot path, no await.
+pub fn lookup(
+    p: &OidcPlugin,
+    cache: &mut TokenCache,
+    buf: &[u8],
+    headers: &[HeaderIdx],
+) -> Result<Lookup, ProxyError> {
+    let Some(token) = token_or_unauth(p, buf, headers)? else {
+        return Ok(Lookup::Pass);
     };
     let now = now();
     let key = token_key(p.instance, token.get(buf));
@@ -225,6 +262,9 @@ pub async fn authenticate(
     buf: &[u8],
     headers: &[HeaderIdx],
 ) -> Result<Option<Identity>, ProxyError> {
+    if p.introspects {
+        return authenticate_by_introspection(p, w, buf, headers).await;
+    }
     // Bound first: the cache borrow must end before any await.
     let step = lookup(p, &mut w.tokens.borrow_mut(), buf, headers)?;
     match step {
@@ -239,6 +279,29 @@ pub async fn authenticate(
             Ok(Some(identity))
         }
     }
+}
+
+async fn authenticate_by_introspection(
+    p: &OidcPlugin,
+    w: &Worker,
+    buf: &[u8],
+    headers: &[HeaderIdx],
+) -> Result<Option<Identity>, ProxyError> {
+    let Some(token) = token_or_unauth(p, buf, headers)? else {
+        return Ok(None);
+    };
+    let raw = token.get(buf);
+    let now = now();
+    let key = token_key(p.introspection_namespace, raw);
+    let cached = w.introspections.borrow_mut().cache.get(&key, now).cloned();
+    let verdict = match cached {
+        Some(v) => v,
+        None => introspect::introspect(p, &w.introspections, raw, key, now)
+            .await
+            .map_err(|r| p.invalid(r))?,
+    };
+    let userinfo = introspect::judge(p, &verdict).map_err(|r| p.invalid(r))?;
+    Ok(Some(p.identity(token, userinfo)))
 }
 
 /// The token in `Authorization: Bearer <token>`; `None` when there is no bearer credential.

@@ -33,8 +33,6 @@ pub fn check(map: serde_json::Map<String, Value>, errors: &mut Vec<ConfigError>)
                     // Refused rather than served unauthenticated: these modes arrive in later work.
                     let missing = if !c.takes_bearer() {
                         Some("the login flow (bearer_only: false without a token validator) is not available yet; use bearer_only with use_jwks or public_key")
-                    } else if c.public_key.is_none() && !c.use_jwks {
-                        Some("token introspection is not available yet; use use_jwks or public_key")
                     } else {
                         None
                     };

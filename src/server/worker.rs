@@ -15,6 +15,7 @@ use super::Shared;
 use crate::access_log::AccessLog;
 use crate::config::{Cidr, Config, Limits};
 use crate::oidc::cache::TokenCache;
+use crate::oidc::introspect::Introspections;
 use crate::router::RouteTable;
 use crate::upstream::balancer::Wrr;
 use crate::upstream::pool::Pool;
@@ -52,6 +53,8 @@ pub struct Worker {
     pub log: RefCell<AccessLog>,
     /// Verified bearer tokens.
     pub tokens: RefCell<TokenCache>,
+    /// Introspection answers and calls in flight.
+    pub introspections: RefCell<Introspections>,
     /// Draining signal.
     pub shutdown: Shutdown,
     active: Cell<usize>,
@@ -91,6 +94,7 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
         pool: RefCell::new(Pool::default()),
         log: RefCell::new(AccessLog::new(config.access_log)),
         tokens: RefCell::new(TokenCache::new(config.per_core.token_cache_entries)),
+        introspections: RefCell::new(Introspections::new(config.per_core.token_cache_entries)),
         shutdown: Shutdown::default(),
         active: Cell::new(0),
     });
@@ -114,6 +118,7 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());
             w.tokens.borrow_mut().sweep(now, 1024);
+            w.introspections.borrow_mut().cache.sweep(now, 1024);
         }
     }
     w.shutdown.trigger();
