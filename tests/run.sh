@@ -48,5 +48,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets"
 cargo clippy --all-targets --quiet -- -D warnings
-echo "== cargo test (unit, integration against the real binary, benches in test mode)"
-cargo test --all-targets
+echo "== benches in test mode (each benchmark runs once)"
+cargo test --benches
+echo "== cargo test (unit, and integration against the real binary)"
+cargo test --lib --bins --tests

@@ -4,6 +4,7 @@
 //! Workers reach it through a channel and await answers without blocking their event loop.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,8 @@ pub struct Provider {
     pub state: ArcSwap<ProviderState>,
     // Touched only by the IdP thread; a Mutex only to be shareable.
     kid_refresh: Mutex<KidRefresh>,
+    /// Whether the IdP thread keeps this provider fresh.
+    watched: AtomicBool,
 }
 
 impl std::fmt::Debug for Provider {
@@ -160,10 +163,12 @@ impl Idp {
         })
     }
 
-    /// The provider for a plugin config, created (and its refreshing started) on first use.
-    pub fn provider(&self, cfg: &OidcConfig) -> Arc<Provider> {
+    /// The provider for a plugin config, created on first use; its discovery and keys are
+    /// fetched and kept fresh once some route `needs_discovery`.
+    pub fn provider(&self, cfg: &OidcConfig, needs_discovery: bool) -> Arc<Provider> {
         let mut map = self.providers.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((cfg.discovery.clone(), cfg.ssl_verify))
+        let p = map
+            .entry((cfg.discovery.clone(), cfg.ssl_verify))
             .or_insert_with(|| {
                 let p = Arc::new(Provider {
                     discovery_url: cfg.discovery.clone(),
@@ -175,11 +180,15 @@ impl Idp {
                         ..ProviderState::default()
                     }),
                     kid_refresh: Mutex::default(),
+                    watched: AtomicBool::new(false),
                 });
-                let _ = self.tx.send(Command::Watch(p.clone()));
                 p
             })
-            .clone()
+            .clone();
+        if needs_discovery && !p.watched.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Command::Watch(p.clone()));
+        }
+        p
     }
 
     /// Introspect a token; the receiver gets the answer or why there is none.

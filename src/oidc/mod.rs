@@ -54,7 +54,14 @@ impl OidcPlugin {
     /// Compile a checked configuration (control plane).
     pub fn new(cfg: OidcConfig, idp: &Idp) -> OidcPlugin {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let provider = idp.provider(&cfg);
+        // With a pinned key and listed issuers (or an explicit introspection endpoint), tokens
+        // need nothing from discovery, so the IdP is not polled for this route.
+        let needs_discovery = match (&cfg.public_key, cfg.use_jwks) {
+            (Some(_), _) => cfg.valid_issuers.is_empty(),
+            (None, true) => true,
+            (None, false) => cfg.introspection_endpoint.is_none(),
+        };
+        let provider = idp.provider(&cfg, needs_discovery);
         let pinned = cfg
             .public_key
             .clone()

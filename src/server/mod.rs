@@ -62,13 +62,15 @@ pub struct Workers {
 impl Workers {
     /// Stop accepting at once, let workers finish in-flight requests, and wait for them.
     pub fn stop(self) {
+        // The flag first, so that workers read the failing accepts below as the stop they are.
+        self.shared.stopping.store(true, Ordering::Release);
         // shutdown(2) on a listening socket makes the kernel refuse new connections right away,
-        // before any worker has noticed the stop flag.
+        // before any worker has noticed the stop flag. (These are our own duplicates, valid
+        // whatever the workers do with theirs.)
         for fd in &self.listener_fds {
             // SAFETY: the descriptor is a valid duplicate we own.
             unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
-        self.shared.stopping.store(true, Ordering::Release);
         for h in self.handles {
             let _ = h.join();
         }
