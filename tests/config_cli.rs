@@ -8,28 +8,8 @@ use common::*;
 
 const RUN_LIMIT: Duration = Duration::from_secs(10);
 
-/// Writes `yaml` into a temp dir (with `{DATA}` replaced by a data dir there) and runs
-/// `portcullis check -c <file>`.
-fn check(yaml: &str) -> (bool, String) {
-    let dir = TempDir::new();
-    let data = dir.path().join("data");
-    let path = dir.write(
-        "config.yaml",
-        &yaml.replace("{DATA}", &data.to_string_lossy()),
-    );
-    let (st, out) = run_bin(
-        &["check", "-c", path.to_str().unwrap()],
-        dir.path(),
-        RUN_LIMIT,
-    );
-    let st = st.unwrap_or_else(|| {
-        panic!("`portcullis check` did not finish in {RUN_LIMIT:?}; output:\n{out}")
-    });
-    (st.success(), out)
-}
-
 fn check_fails(yaml: &str) -> String {
-    let (ok, out) = check(yaml);
+    let (ok, out) = check_config(yaml);
     assert!(
         !ok,
         "`check` accepted a bad config:\n{yaml}\noutput:\n{out}"
@@ -38,11 +18,27 @@ fn check_fails(yaml: &str) -> String {
     out
 }
 
-/// The output line that mentions `needle`, or a panic showing the whole output.
-fn line_with<'a>(out: &'a str, needle: &str) -> &'a str {
-    out.lines()
-        .find(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("no output line mentions {needle:?}; output:\n{out}"))
+/// A config with one route `/x` to 127.0.0.1:1980: `route_extra` (route fields, indented 4) goes
+/// before its `upstream`, `upstream_extra` (upstream fields, indented 6) after its `nodes`.
+fn one_route(route_extra: &str, upstream_extra: &str) -> String {
+    format!(
+        "\nroutes:\n  - id: \"1\"\n    uri: /x\n{route_extra}    upstream:\n      nodes: {{ \"127.0.0.1:1980\": 1 }}\n{upstream_extra}"
+    )
+}
+
+/// Asserts the output line that mentions `needle` also gives the field path `path`.
+fn assert_line_gives_path(out: &str, needle: &str, path: &str) {
+    let l = line_with(out, needle);
+    assert!(
+        l.contains(path),
+        "the line mentioning {needle:?} should give the field path {path}: {l}"
+    );
+}
+
+/// Runs `portcullis <args>` in `dir`; returns whether it succeeded, and its output.
+fn run_check(args: &[&str], dir: &TempDir) -> (bool, String) {
+    let (st, out) = run_bin(args, dir.path(), RUN_LIMIT);
+    (st.expect("check finished").success(), out)
 }
 
 const GOOD: &str = r#"
@@ -132,15 +128,16 @@ fn help_flag_mentions_check() {
 
 #[test]
 fn check_accepts_a_full_valid_config() {
-    let (ok, out) = check(GOOD);
+    let (ok, out) = check_config(GOOD);
     assert!(ok, "valid config rejected:\n{out}");
 }
 
 #[test]
 fn check_accepts_a_minimal_config_and_workers_auto() {
-    let (ok, out) = check("listen: 127.0.0.1:19081\nworkers: auto\n");
+    let (ok, out) = check_config("listen: 127.0.0.1:19081\nworkers: auto\n");
     assert!(ok, "minimal config rejected:\n{out}");
-    let (ok, out) = check("listen: [\"127.0.0.1:19081\", \"127.0.0.1:19082\"]\nroutes: []\n");
+    let (ok, out) =
+        check_config("listen: [\"127.0.0.1:19081\", \"127.0.0.1:19082\"]\nroutes: []\n");
     assert!(ok, "listen list rejected:\n{out}");
 }
 
@@ -152,11 +149,8 @@ fn check_accepts_the_shipped_config() {
         "conf/config.yaml is not shipped"
     );
     let dir = TempDir::new();
-    let (st, out) = run_bin(&["check", "-c", path], dir.path(), RUN_LIMIT);
-    assert!(
-        st.expect("check finished").success(),
-        "shipped conf/config.yaml rejected:\n{out}"
-    );
+    let (ok, out) = run_check(&["check", "-c", path], &dir);
+    assert!(ok, "shipped conf/config.yaml rejected:\n{out}");
 }
 
 #[test]
@@ -164,17 +158,14 @@ fn check_uses_conf_config_yaml_by_default() {
     let dir = TempDir::new();
     std::fs::create_dir_all(dir.path().join("conf")).unwrap();
     dir.write("conf/config.yaml", "listen: 127.0.0.1:19083\nroutes: []\n");
-    let (st, out) = run_bin(&["check"], dir.path(), RUN_LIMIT);
-    assert!(st.expect("check finished").success(), "default path: {out}");
+    let (ok, out) = run_check(&["check"], &dir);
+    assert!(ok, "default path: {out}");
     dir.write(
         "conf/config.yaml",
         "listen: 127.0.0.1:19083\nworkers: many\n",
     );
-    let (st, out) = run_bin(&["check"], dir.path(), RUN_LIMIT);
-    assert!(
-        !st.expect("check finished").success(),
-        "default path was not read: {out}"
-    );
+    let (ok, out) = run_check(&["check"], &dir);
+    assert!(!ok, "default path was not read: {out}");
     line_with(&out, "workers");
 }
 
@@ -182,15 +173,8 @@ fn check_uses_conf_config_yaml_by_default() {
 fn check_rejects_a_missing_file() {
     let dir = TempDir::new();
     let missing = dir.path().join("nope.yaml");
-    let (st, out) = run_bin(
-        &["check", "-c", missing.to_str().unwrap()],
-        dir.path(),
-        RUN_LIMIT,
-    );
-    assert!(
-        !st.expect("check finished").success(),
-        "missing file accepted: {out}"
-    );
+    let (ok, out) = run_check(&["check", "-c", missing.to_str().unwrap()], &dir);
+    assert!(!ok, "missing file accepted: {out}");
     assert!(
         out.contains("nope.yaml"),
         "message should name the file: {out}"
@@ -223,22 +207,8 @@ routes:
 
 #[test]
 fn check_rejects_an_unknown_plugin_by_name() {
-    let out = check_fails(
-        r#"
-routes:
-  - id: "1"
-    uri: /x
-    plugins:
-      key-auth: {}
-    upstream:
-      nodes: { "127.0.0.1:1980": 1 }
-"#,
-    );
-    let l = line_with(&out, "key-auth");
-    assert!(
-        l.contains("routes[0].plugins"),
-        "line should give the field path: {l}"
-    );
+    let out = check_fails(&one_route("    plugins:\n      key-auth: {}\n", ""));
+    assert_line_gives_path(&out, "key-auth", "routes[0].plugins");
 }
 
 #[test]
@@ -246,26 +216,9 @@ fn check_rejects_unknown_keys() {
     let out = check_fails("listn: 127.0.0.1:9080\n");
     line_with(&out, "listn");
     let out = check_fails("limits:\n  max_header_byte: 100\n");
-    let l = line_with(&out, "max_header_byte");
-    assert!(
-        l.contains("limits"),
-        "unknown key line should give its path: {l}"
-    );
-    let out = check_fails(
-        r#"
-routes:
-  - id: "1"
-    uri: /x
-    upstream:
-      nodes: { "127.0.0.1:1980": 1 }
-      retriez: 3
-"#,
-    );
-    let l = line_with(&out, "retriez");
-    assert!(
-        l.contains("routes[0].upstream"),
-        "unknown key line should give its path: {l}"
-    );
+    assert_line_gives_path(&out, "max_header_byte", "limits");
+    let out = check_fails(&one_route("", "      retriez: 3\n"));
+    assert_line_gives_path(&out, "retriez", "routes[0].upstream");
 }
 
 #[test]
@@ -297,16 +250,7 @@ fn check_lists_allowed_values() {
     for v in ["auto", "io_uring", "epoll"] {
         assert!(l.contains(v), "allowed list should name {v}: {l}");
     }
-    let out = check_fails(
-        r#"
-routes:
-  - id: "1"
-    uri: /x
-    upstream:
-      nodes: { "127.0.0.1:1980": 1 }
-      pass_host: sideways
-"#,
-    );
+    let out = check_fails(&one_route("", "      pass_host: sideways\n"));
     let l = line_with(&out, "routes[0].upstream.pass_host");
     for v in ["pass", "node", "rewrite"] {
         assert!(l.contains(v), "allowed list should name {v}: {l}");
@@ -315,21 +259,8 @@ routes:
 
 #[test]
 fn check_requires_upstream_host_for_pass_host_rewrite() {
-    let out = check_fails(
-        r#"
-routes:
-  - id: "1"
-    uri: /x
-    upstream:
-      nodes: { "127.0.0.1:1980": 1 }
-      pass_host: rewrite
-"#,
-    );
-    let l = line_with(&out, "upstream_host");
-    assert!(
-        l.contains("routes[0].upstream"),
-        "line should give the field path: {l}"
-    );
+    let out = check_fails(&one_route("", "      pass_host: rewrite\n"));
+    assert_line_gives_path(&out, "upstream_host", "routes[0].upstream");
 }
 
 #[test]
@@ -359,21 +290,8 @@ fn check_rejects_a_route_without_upstream_or_uri() {
 
 #[test]
 fn check_rejects_an_invalid_method() {
-    let out = check_fails(
-        r#"
-routes:
-  - id: "1"
-    uri: /x
-    methods: [GET, FETCH]
-    upstream:
-      nodes: { "127.0.0.1:1980": 1 }
-"#,
-    );
-    let l = line_with(&out, "FETCH");
-    assert!(
-        l.contains("routes[0].methods"),
-        "line should give the field path: {l}"
-    );
+    let out = check_fails(&one_route("    methods: [GET, FETCH]\n", ""));
+    assert_line_gives_path(&out, "FETCH", "routes[0].methods");
 }
 
 #[test]
@@ -472,11 +390,7 @@ routes:
 #[test]
 fn every_problem_line_follows_the_spec_format() {
     // `<field path>: <what is wrong> (allowed: …)`
-    let route = |extra: &str| {
-        format!(
-            "routes:\n  - id: \"1\"\n    uri: /x\n    upstream:\n      nodes: {{ \"127.0.0.1:1980\": 1 }}\n{extra}"
-        )
-    };
+    let route = |extra: &str| one_route("", extra);
     let cases = [
         (
             "limits:\n  max_header_bytes: lots\n".to_string(),

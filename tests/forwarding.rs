@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
@@ -12,22 +13,51 @@ use serde_json::{json, Value};
 
 const MIB: u64 = 1024 * 1024;
 
-fn one_route(up: &Upstream, extra_upstream: Value, plugins: Option<Value>) -> Value {
+/// A route `uri` to the round-robin upstream `up`, with the fields of `extra_upstream` added to
+/// its `upstream`.
+fn upstream_route(id: &str, uri: &str, up: &Upstream, extra_upstream: Value) -> Value {
     let mut upstream = json!({"type": "roundrobin", "nodes": nodes(&[(up, 1)])});
     if let Value::Object(m) = extra_upstream {
         for (k, v) in m {
             upstream[k] = v;
         }
     }
-    let mut r = json!({"id": "1", "uri": "/*", "upstream": upstream});
+    json!({"id": id, "uri": uri, "upstream": upstream})
+}
+
+fn one_route(up: &Upstream, extra_upstream: Value, plugins: Option<Value>) -> Value {
+    let mut r = upstream_route("1", "/*", up, extra_upstream);
     if let Some(p) = plugins {
         r["plugins"] = p;
     }
     r
 }
 
+/// A proxy with the single route [`one_route`].
+fn start_one(up: &Upstream, extra_upstream: Value, plugins: Option<Value>) -> Proxy {
+    Proxy::start(base_config(vec![one_route(up, extra_upstream, plugins)]))
+}
+
+/// A proxy with `/*` to `up`.
+fn start_plain(up: &Upstream) -> Proxy {
+    start_one(up, json!({}), None)
+}
+
 fn split_list(v: &str) -> Vec<String> {
     v.split(',').map(|s| s.trim().to_string()).collect()
+}
+
+/// GET `path` with `headers` on `c`; returns the upstream echo.
+fn echo_get(c: &mut Client, path: &str, headers: &[(&str, &str)]) -> Echo {
+    c.request("GET", path, headers, b"").echo()
+}
+
+/// Every X-Forwarded-For entry the upstream saw, in order.
+fn xff(e: &Echo) -> Vec<String> {
+    e.header_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| split_list(v))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -37,39 +67,29 @@ fn split_list(v: &str) -> Vec<String> {
 #[test]
 fn forwarded_headers_are_set_for_an_untrusted_peer() {
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
+    let p = start_plain(&up);
     let mut c = p.client();
 
     // Without client-sent forwarding headers.
-    let e = c
-        .request("GET", "/f", &[("Host", "shop.example")], b"")
-        .echo();
+    let e = echo_get(&mut c, "/f", &[("Host", "shop.example")]);
     assert_eq!(e.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(e.header("x-forwarded-proto"), Some("http"));
     assert_eq!(e.header("x-forwarded-host"), Some("shop.example"));
 
     // Client-sent ones are dropped: the peer (127.0.0.1) is not trusted.
-    let e = c
-        .request(
-            "GET",
-            "/f",
-            &[
-                ("Host", "shop.example"),
-                ("X-Forwarded-For", "1.2.3.4"),
-                ("X-Forwarded-Proto", "https"),
-                ("X-Forwarded-Host", "evil.example"),
-                ("Forwarded", "for=1.2.3.4;proto=https;host=evil.example"),
-            ],
-            b"",
-        )
-        .echo();
-    let xff: Vec<String> = e
-        .header_all("x-forwarded-for")
-        .iter()
-        .flat_map(|v| split_list(v))
-        .collect();
+    let e = echo_get(
+        &mut c,
+        "/f",
+        &[
+            ("Host", "shop.example"),
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("Forwarded", "for=1.2.3.4;proto=https;host=evil.example"),
+        ],
+    );
     assert_eq!(
-        xff,
+        xff(&e),
         vec!["127.0.0.1"],
         "spoofed X-Forwarded-For must be dropped"
     );
@@ -86,16 +106,12 @@ fn forwarded_headers_are_set_for_an_untrusted_peer() {
 fn spoofed_x_forwarded_port_is_dropped_for_an_untrusted_peer() {
     // Every client-sent X-Forwarded-* header is dropped unless the peer is trusted.
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
-    let e = p
-        .client()
-        .request(
-            "GET",
-            "/f",
-            &[("X-Forwarded-Port", "443"), ("X-Forwarded-Prefix", "/evil")],
-            b"",
-        )
-        .echo();
+    let p = start_plain(&up);
+    let e = echo_get(
+        &mut p.client(),
+        "/f",
+        &[("X-Forwarded-Port", "443"), ("X-Forwarded-Prefix", "/evil")],
+    );
     assert!(
         e.header("x-forwarded-port") != Some("443"),
         "spoofed X-Forwarded-Port must not pass: {:?}",
@@ -114,27 +130,19 @@ fn trusted_case(trusted: Value) {
     cfg["trusted_addresses"] = trusted.clone();
     let p = Proxy::start(cfg);
     let mut c = p.client();
-    let e = c
-        .request(
-            "GET",
-            "/f",
-            &[
-                ("Host", "inner.example"),
-                ("X-Forwarded-For", "1.2.3.4, 10.0.0.1"),
-                ("X-Forwarded-Proto", "https"),
-                ("X-Forwarded-Host", "public.example"),
-                ("Forwarded", "for=1.2.3.4;proto=https;host=public.example"),
-            ],
-            b"",
-        )
-        .echo();
-    let xff: Vec<String> = e
-        .header_all("x-forwarded-for")
-        .iter()
-        .flat_map(|v| split_list(v))
-        .collect();
+    let e = echo_get(
+        &mut c,
+        "/f",
+        &[
+            ("Host", "inner.example"),
+            ("X-Forwarded-For", "1.2.3.4, 10.0.0.1"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "public.example"),
+            ("Forwarded", "for=1.2.3.4;proto=https;host=public.example"),
+        ],
+    );
     assert_eq!(
-        xff,
+        xff(&e),
         vec!["1.2.3.4", "10.0.0.1", "127.0.0.1"],
         "trusted {trusted}: client's X-Forwarded-For kept and the peer appended"
     );
@@ -154,9 +162,7 @@ fn trusted_case(trusted: Value) {
         "trusted {trusted}: Forwarded kept"
     );
     // Without client-sent headers the proxy still sets its own.
-    let e = c
-        .request("GET", "/f", &[("Host", "inner.example")], b"")
-        .echo();
+    let e = echo_get(&mut c, "/f", &[("Host", "inner.example")]);
     assert_eq!(e.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(e.header("x-forwarded-proto"), Some("http"));
     assert_eq!(e.header("x-forwarded-host"), Some("inner.example"));
@@ -178,18 +184,14 @@ fn untrusted_when_peer_is_outside_the_trusted_list() {
     let mut cfg = base_config(vec![one_route(&up, json!({}), None)]);
     cfg["trusted_addresses"] = json!(["10.0.0.0/8", "192.0.2.7"]);
     let p = Proxy::start(cfg);
-    let e = p
-        .client()
-        .request(
-            "GET",
-            "/f",
-            &[
-                ("X-Forwarded-For", "1.2.3.4"),
-                ("X-Forwarded-Proto", "https"),
-            ],
-            b"",
-        )
-        .echo();
+    let e = echo_get(
+        &mut p.client(),
+        "/f",
+        &[
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+    );
     assert_eq!(e.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(e.header_all("x-forwarded-proto"), vec!["http"]);
 }
@@ -201,26 +203,22 @@ fn untrusted_when_peer_is_outside_the_trusted_list() {
 #[test]
 fn hop_by_hop_request_headers_are_not_forwarded() {
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
-    let e = p
-        .client()
-        .request(
-            "GET",
-            "/hop",
-            &[
-                ("Connection", "keep-alive, X-Custom-Hop, x-other-hop"),
-                ("Keep-Alive", "timeout=5, max=100"),
-                ("TE", "trailers, deflate"),
-                ("Trailer", "X-Some-Trailer"),
-                ("Upgrade", "foo/2"),
-                ("Proxy-Connection", "keep-alive"),
-                ("X-Custom-Hop", "secret"),
-                ("X-Other-Hop", "secret2"),
-                ("X-End-To-End", "kept"),
-            ],
-            b"",
-        )
-        .echo();
+    let p = start_plain(&up);
+    let e = echo_get(
+        &mut p.client(),
+        "/hop",
+        &[
+            ("Connection", "keep-alive, X-Custom-Hop, x-other-hop"),
+            ("Keep-Alive", "timeout=5, max=100"),
+            ("TE", "trailers, deflate"),
+            ("Trailer", "X-Some-Trailer"),
+            ("Upgrade", "foo/2"),
+            ("Proxy-Connection", "keep-alive"),
+            ("X-Custom-Hop", "secret"),
+            ("X-Other-Hop", "secret2"),
+            ("X-End-To-End", "kept"),
+        ],
+    );
     for h in [
         "keep-alive",
         "te",
@@ -245,7 +243,7 @@ fn hop_by_hop_request_headers_are_not_forwarded() {
 #[test]
 fn hop_by_hop_response_headers_are_not_passed_back() {
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
+    let p = start_plain(&up);
     let mut c = p.client();
     let r = c.get("/hop");
     assert_eq!(r.status, 200);
@@ -275,15 +273,15 @@ fn hop_by_hop_response_headers_are_not_passed_back() {
 fn pass_host_modes() {
     let up = Upstream::start("A");
     let p = Proxy::start(base_config(vec![
-        json!({"id": "pass", "uri": "/pass", "upstream":
-            {"type": "roundrobin", "nodes": nodes(&[(&up, 1)]), "pass_host": "pass"}}),
-        json!({"id": "node", "uri": "/node", "upstream":
-            {"type": "roundrobin", "nodes": nodes(&[(&up, 1)]), "pass_host": "node"}}),
-        json!({"id": "rewrite", "uri": "/rewrite", "upstream":
-            {"type": "roundrobin", "nodes": nodes(&[(&up, 1)]), "pass_host": "rewrite",
-             "upstream_host": "backend.internal"}}),
-        json!({"id": "default", "uri": "/default", "upstream":
-            {"type": "roundrobin", "nodes": nodes(&[(&up, 1)])}}),
+        upstream_route("pass", "/pass", &up, json!({"pass_host": "pass"})),
+        upstream_route("node", "/node", &up, json!({"pass_host": "node"})),
+        upstream_route(
+            "rewrite",
+            "/rewrite",
+            &up,
+            json!({"pass_host": "rewrite", "upstream_host": "backend.internal"}),
+        ),
+        upstream_route("default", "/default", &up, json!({})),
     ]));
     let mut c = p.client();
     let host = [("Host", "client.example")];
@@ -293,21 +291,21 @@ fn pass_host_modes() {
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
     };
-    let e = c.request("GET", "/pass", &host, b"").echo();
+    let e = echo_get(&mut c, "/pass", &host);
     assert_eq!(hosts(&e), vec!["client.example"]);
-    let e = c.request("GET", "/default", &host, b"").echo();
+    let e = echo_get(&mut c, "/default", &host);
     assert_eq!(
         hosts(&e),
         vec!["client.example"],
         "pass_host defaults to pass"
     );
-    let e = c.request("GET", "/node", &host, b"").echo();
+    let e = echo_get(&mut c, "/node", &host);
     assert_eq!(
         hosts(&e),
         vec![up.addr()],
         "pass_host node sends the node's host:port"
     );
-    let e = c.request("GET", "/rewrite", &host, b"").echo();
+    let e = echo_get(&mut c, "/rewrite", &host);
     assert_eq!(hosts(&e), vec!["backend.internal"]);
 }
 
@@ -319,7 +317,7 @@ fn proxy_rewrite_uri_host_and_headers() {
         "host": "rewritten.example",
         "headers": {"X-Add": "added", "X-Replace": "new", "X-Remove": ""}
     }});
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), Some(plugins))]));
+    let p = start_one(&up, json!({}), Some(plugins));
     let e = p
         .client()
         .request(
@@ -357,7 +355,7 @@ fn proxy_rewrite_uri_keeps_the_query_string() {
     // APISIX appends the original query arguments to a rewritten uri.
     let up = Upstream::start("A");
     let plugins = json!({"proxy-rewrite": {"uri": "/internal"}});
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), Some(plugins))]));
+    let p = start_one(&up, json!({}), Some(plugins));
     let e = p.get("/outer?a=1&b=2").echo();
     assert_eq!(e.path, "/internal?a=1&b=2");
 }
@@ -369,11 +367,7 @@ fn proxy_rewrite_uri_keeps_the_query_string() {
 #[test]
 fn https_upstream_via_upstream_scheme() {
     let up = Upstream::start_tls("TLS");
-    let p = Proxy::start(base_config(vec![one_route(
-        &up,
-        json!({"scheme": "https"}),
-        None,
-    )]));
+    let p = start_one(&up, json!({"scheme": "https"}), None);
     let mut c = p.client();
     for i in 0..20 {
         let e = c.get(&format!("/tls/{i}")).echo();
@@ -391,8 +385,7 @@ fn https_upstream_via_upstream_scheme() {
     let e = c
         .request("POST", "/tls/post", &[], &pattern_bytes(100_000))
         .echo();
-    assert_eq!(e.body_len, 100_000);
-    assert_eq!(e.body_sha256, pattern_sha256(100_000));
+    assert_pattern_echo(&e, 100_000);
 }
 
 #[test]
@@ -402,10 +395,8 @@ fn https_upstream_keepalive_for_posts() {
     let plain = Upstream::start("PLAIN");
     let tls = Upstream::start_tls("TLS");
     let p = Proxy::start(base_config(vec![
-        json!({"id": "plain", "uri": "/plain/*",
-               "upstream": {"type": "roundrobin", "nodes": nodes(&[(&plain, 1)])}}),
-        json!({"id": "tls", "uri": "/tls/*",
-               "upstream": {"type": "roundrobin", "nodes": nodes(&[(&tls, 1)]), "scheme": "https"}}),
+        upstream_route("plain", "/plain/*", &plain, json!({})),
+        upstream_route("tls", "/tls/*", &tls, json!({"scheme": "https"})),
     ]));
     let mut c = p.client();
     for i in 0..10 {
@@ -432,7 +423,7 @@ fn https_upstream_keepalive_for_posts() {
 fn https_upstream_via_proxy_rewrite_scheme() {
     let up = Upstream::start_tls("TLS");
     let plugins = json!({"proxy-rewrite": {"scheme": "https"}});
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), Some(plugins))]));
+    let p = start_one(&up, json!({}), Some(plugins));
     let e = p.get("/via-rewrite").echo();
     assert_eq!(e.id, "TLS");
     assert_eq!(e.path, "/via-rewrite");
@@ -441,11 +432,11 @@ fn https_upstream_via_proxy_rewrite_scheme() {
 #[test]
 fn https_upstream_with_verification_rejects_self_signed() {
     let up = Upstream::start_tls("TLS");
-    let p = Proxy::start(base_config(vec![one_route(
+    let p = start_one(
         &up,
         json!({"scheme": "https", "tls": {"verify": true}}),
         None,
-    )]));
+    );
     let r = p.get("/verified");
     r.assert_json_error(502);
     assert_eq!(
@@ -461,33 +452,67 @@ fn https_upstream_with_verification_rejects_self_signed() {
 
 const RSS_LIMIT: u64 = 64 * MIB;
 
+/// Asserts a peak RSS of the proxy (`rss` bytes) stays under [`RSS_LIMIT`]; `what` ends the
+/// message.
+fn assert_rss_within_limit(rss: u64, what: &str) {
+    assert!(rss < RSS_LIMIT, "proxy peak RSS {} MiB {what}", rss / MIB);
+}
+
+/// POSTs to `path` with the head framed by `framing`, streams the body with `write_body` from
+/// another thread (`what` names it if writing fails) and returns the upstream echo.
+fn streamed_upload(
+    c: &mut Client,
+    path: &str,
+    framing: (&str, &str),
+    write_body: impl FnOnce(&mut TcpStream) -> io::Result<()> + Send + 'static,
+    what: &str,
+) -> Echo {
+    c.write(&Client::build("POST", path, &[framing], b""));
+    let mut w = c.stream.try_clone().unwrap();
+    let writer = thread::spawn(move || write_body(&mut w));
+    let r = c.read_response_for("POST");
+    writer.join().unwrap().expect(what);
+    r.echo()
+}
+
+/// Reads the head of an answer, which must be a 200.
+fn read_ok_head(c: &mut Client) -> Head {
+    let head = c.read_final_head().expect("response head");
+    assert_eq!(head.status, 200);
+    head
+}
+
+/// Reads the body that belongs to `head` (answer to a GET), which must be the first `n`
+/// pattern bytes.
+fn assert_pattern_body(c: &mut Client, head: &Head, n: u64) {
+    let mut h = Hasher::new();
+    c.read_body(head, "GET", |b| h.update(b)).expect("body");
+    let (len, sha) = h.finish();
+    assert_eq!(len, n);
+    assert_eq!(sha, pattern_sha256(n));
+}
+
+/// Asserts the upstream received the first `n` pattern bytes as the request body.
+fn assert_pattern_echo(e: &Echo, n: u64) {
+    assert_eq!(e.body_len, n);
+    assert_eq!(e.body_sha256, pattern_sha256(n));
+}
+
 #[test]
 fn large_upload_is_streamed() {
     let n = 256 * MIB;
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
+    let p = start_plain(&up);
     let mut c = p.client();
-    c.write(&Client::build(
-        "POST",
+    let e = streamed_upload(
+        &mut c,
         "/upload",
-        &[("Content-Length", &n.to_string())],
-        b"",
-    ));
-    let mut w = c.stream.try_clone().unwrap();
-    let writer = thread::spawn(move || {
-        Pattern::new().for_each_chunk(n, &[Pattern::BLOCK], |chunk| w.write_all(chunk))
-    });
-    let r = c.read_response_for("POST");
-    writer.join().unwrap().expect("upload write");
-    let e = r.echo();
-    assert_eq!(e.body_len, n);
-    assert_eq!(e.body_sha256, pattern_sha256(n));
-    let rss = p.peak_rss();
-    assert!(
-        rss < RSS_LIMIT,
-        "proxy peak RSS {} MiB for a 256 MiB upload",
-        rss / MIB
+        ("Content-Length", &n.to_string()),
+        move |w| Pattern::new().for_each_chunk(n, &[Pattern::BLOCK], |chunk| w.write_all(chunk)),
+        "upload write",
     );
+    assert_pattern_echo(&e, n);
+    assert_rss_within_limit(p.peak_rss(), "for a 256 MiB upload");
     // The connection is still usable.
     assert_eq!(c.get("/after").status, 200);
 }
@@ -496,23 +521,13 @@ fn large_upload_is_streamed() {
 fn large_download_is_streamed() {
     let n = 256 * MIB;
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
+    let p = start_plain(&up);
     let mut c = p.client();
     c.write(&Client::build("GET", &format!("/bytes/{n}"), &[], b""));
-    let head = c.read_final_head().expect("response head");
-    assert_eq!(head.status, 200);
+    let head = read_ok_head(&mut c);
     assert_eq!(head.header("content-length"), Some(n.to_string().as_str()));
-    let mut h = Hasher::new();
-    c.read_body(&head, "GET", |b| h.update(b)).expect("body");
-    let (len, sha) = h.finish();
-    assert_eq!(len, n);
-    assert_eq!(sha, pattern_sha256(n));
-    let rss = p.peak_rss();
-    assert!(
-        rss < RSS_LIMIT,
-        "proxy peak RSS {} MiB for a 256 MiB download",
-        rss / MIB
-    );
+    assert_pattern_body(&mut c, &head, n);
+    assert_rss_within_limit(p.peak_rss(), "for a 256 MiB download");
     assert_eq!(c.get("/after").status, 200);
 }
 
@@ -520,41 +535,31 @@ fn large_download_is_streamed() {
 fn chunked_upload_is_streamed() {
     let n = 48 * MIB + 12345;
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
+    let p = start_plain(&up);
     let mut c = p.client();
-    c.write(&Client::build(
-        "POST",
+    let e = streamed_upload(
+        &mut c,
         "/chunked-up",
-        &[("Transfer-Encoding", "chunked")],
-        b"",
-    ));
-    let mut w = c.stream.try_clone().unwrap();
-    let writer = thread::spawn(move || -> std::io::Result<()> {
-        Pattern::new().for_each_chunk(n, &[1, 10, 1000, 65536, 4097, 30000], |chunk| {
-            w.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
-            w.write_all(chunk)?;
-            w.write_all(b"\r\n")
-        })?;
-        w.write_all(b"0\r\n\r\n")
-    });
-    let r = c.read_response_for("POST");
-    writer.join().unwrap().expect("chunked upload write");
-    let e = r.echo();
-    assert_eq!(e.body_len, n);
-    assert_eq!(e.body_sha256, pattern_sha256(n));
-    let rss = p.peak_rss();
-    assert!(
-        rss < RSS_LIMIT,
-        "proxy peak RSS {} MiB for a 48 MiB chunked upload",
-        rss / MIB
+        ("Transfer-Encoding", "chunked"),
+        move |w| {
+            Pattern::new().for_each_chunk(n, &[1, 10, 1000, 65536, 4097, 30000], |chunk| {
+                w.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+                w.write_all(chunk)?;
+                w.write_all(b"\r\n")
+            })?;
+            w.write_all(b"0\r\n\r\n")
+        },
+        "chunked upload write",
     );
+    assert_pattern_echo(&e, n);
+    assert_rss_within_limit(p.peak_rss(), "for a 48 MiB chunked upload");
     assert_eq!(c.get("/after").status, 200);
 }
 
 #[test]
 fn small_chunked_upload_with_trailer_fields() {
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
+    let p = start_plain(&up);
     let mut c = p.client();
     let mut req = Client::build(
         "POST",
@@ -574,22 +579,12 @@ fn small_chunked_upload_with_trailer_fields() {
 fn chunked_download_is_streamed() {
     let n = 96 * MIB + 777;
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
+    let p = start_plain(&up);
     let mut c = p.client();
     c.write(&Client::build("GET", &format!("/chunked/{n}"), &[], b""));
-    let head = c.read_final_head().expect("response head");
-    assert_eq!(head.status, 200);
-    let mut h = Hasher::new();
-    c.read_body(&head, "GET", |b| h.update(b)).expect("body");
-    let (len, sha) = h.finish();
-    assert_eq!(len, n);
-    assert_eq!(sha, pattern_sha256(n));
-    let rss = p.peak_rss();
-    assert!(
-        rss < RSS_LIMIT,
-        "proxy peak RSS {} MiB for a 96 MiB chunked download",
-        rss / MIB
-    );
+    let head = read_ok_head(&mut c);
+    assert_pattern_body(&mut c, &head, n);
+    assert_rss_within_limit(p.peak_rss(), "for a 96 MiB chunked download");
     // Small chunked answers, repeatedly, on the same connection.
     for i in 0..5 {
         let r = c.get(&format!("/chunked/{}", 1000 + i));
@@ -603,23 +598,17 @@ fn slow_client_download_does_not_buffer_in_the_proxy() {
     // reading the whole upstream answer into memory.
     let n = 128 * MIB;
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
+    let p = start_plain(&up);
     let mut c = p.client();
     c.stream.set_recv_buffer_size_hint();
     c.write(&Client::build("GET", &format!("/bytes/{n}"), &[], b""));
     thread::sleep(Duration::from_millis(1500));
     let rss_paused = p.peak_rss();
-    let head = c.read_final_head().expect("response head");
-    assert_eq!(head.status, 200);
-    let mut h = Hasher::new();
-    c.read_body(&head, "GET", |b| h.update(b)).expect("body");
-    let (len, sha) = h.finish();
-    assert_eq!(len, n);
-    assert_eq!(sha, pattern_sha256(n));
-    assert!(
-        rss_paused < RSS_LIMIT,
-        "proxy peak RSS {} MiB while the client was not reading a 128 MiB answer",
-        rss_paused / MIB
+    let head = read_ok_head(&mut c);
+    assert_pattern_body(&mut c, &head, n);
+    assert_rss_within_limit(
+        rss_paused,
+        "while the client was not reading a 128 MiB answer",
     );
 }
 
@@ -640,7 +629,7 @@ fn upstream_dying_mid_body_is_not_passed_off_as_complete() {
     // The status line is already sent, so the proxy can only cut the client's connection:
     // it must never end the body as if it were whole.
     let up = Upstream::start("A");
-    let p = Proxy::start(base_config(vec![one_route(&up, json!({}), None)]));
+    let p = start_plain(&up);
     for path in ["/truncate/1000000", "/truncchunked/1000000"] {
         let mut c = p.client();
         c.write(&Client::build("GET", path, &[], b""));

@@ -10,6 +10,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::auth::*;
 use common::fake_idp::{FakeIdp, Fault, IdpResponse, DISCOVERY_PATH, JWKS_PATH};
 use common::jwt::*;
 use common::*;
@@ -38,50 +39,33 @@ fn plugin(idp: &FakeIdp, extra: Value) -> Value {
     with(&base, extra)
 }
 
-/// A route `uri` to `up` with the plugin configured by `plugin_cfg`.
-fn oidc_route(id: &str, uri: &str, up: &Upstream, plugin_cfg: Value) -> Value {
-    let mut r = route(id, uri, &[up]);
-    r["plugins"] = json!({ "openid-connect": plugin_cfg });
-    r
-}
-
 /// A proxy with `/*` protected by `plugin(idp, extra)`, and `/open/*` unprotected.
 fn start(idp: &FakeIdp, up: &Upstream, extra: Value) -> Proxy {
     start_routes(vec![oidc_route("1", "/*", up, plugin(idp, extra))], up)
 }
 
-/// A proxy with `routes` plus the unprotected `/open/*`.
-fn start_routes(mut routes: Vec<Value>, up: &Upstream) -> Proxy {
-    routes.push(route("open", "/open/*", &[up]));
-    Proxy::start(base_config(routes))
-}
-
 /// IdP serving `keys`, an upstream, and a proxy protecting `/*` with `extra` options.
 fn setup(keys: &[&SigningKey], extra: Value) -> (FakeIdp, Upstream, Proxy) {
+    setup_routes(keys, vec![("/*", extra)])
+}
+
+/// IdP serving `keys`, an upstream, and a proxy with one route per `(uri, extra)` (ids "1",
+/// "2", ...) protected by `plugin(idp, extra)`, plus the unprotected `/open/*`.
+fn setup_routes(keys: &[&SigningKey], routes: Vec<(&str, Value)>) -> (FakeIdp, Upstream, Proxy) {
     let idp = FakeIdp::start_with_jwks(jwks(keys));
     let up = Upstream::start("up");
-    let proxy = start(&idp, &up, extra);
+    let routes = routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (uri, extra))| oidc_route(&(i + 1).to_string(), uri, &up, plugin(&idp, extra)))
+        .collect();
+    let proxy = start_routes(routes, &up);
     (idp, up, proxy)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Requests and assertions
 // ---------------------------------------------------------------------------------------------
-
-/// GET `path` on a fresh connection with `headers`.
-fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
-    Client::connect(port).request("GET", path, headers, b"")
-}
-
-/// GET /api/resource with `Authorization: Bearer <token>`.
-fn bearer(proxy: &Proxy, token: &str) -> Response {
-    bearer_at(proxy, "/api/resource", token)
-}
-
-fn bearer_at(proxy: &Proxy, path: &str, token: &str) -> Response {
-    let auth = format!("Bearer {token}");
-    get_with(proxy.port, path, &[("Authorization", &auth)])
-}
 
 /// Sends valid tokens until one is accepted (bounded), so tests that are not about start-up
 /// do not depend on when the proxy loads the keys.
@@ -112,133 +96,10 @@ fn wait_for_startup_fetch(idp: &FakeIdp) {
     thread::sleep(Duration::from_millis(100));
 }
 
-/// Everything the client received (status line parts, headers, body) as one string.
-fn whole(r: &Response) -> String {
-    let mut s = format!("{} {}\n", r.status, r.reason);
-    for (n, v) in &r.headers {
-        s.push_str(&format!("{n}: {v}\n"));
-    }
-    s.push_str(&r.text());
-    s
-}
-
-/// Asserts no part of the answer carries `token` (or its signature or payload part).
-fn assert_no_leak(r: &Response, token: &str) {
-    let all = whole(r);
-    assert!(
-        !all.contains(token),
-        "the answer contains the token:\n{all}"
-    );
-    for part in token.split('.').skip(1) {
-        if part.len() >= 16 {
-            assert!(
-                !all.contains(part),
-                "the answer contains a part of the token ({part}):\n{all}"
-            );
-        }
-    }
-}
-
-/// Splits `Bearer a="x", b="y"` into the scheme and its parameters.
-fn parse_challenge(v: &str) -> (String, Vec<(String, String)>) {
-    let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
-    let mut params = Vec::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ' ' || *c == ',') {
-            chars.next();
-        }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        if key.is_empty() || chars.next().is_none() {
-            break;
-        }
-        let mut val = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some(e) = chars.next() {
-                            val.push(e);
-                        }
-                    }
-                    '"' => break,
-                    c => val.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' {
-                    break;
-                }
-                val.push(c);
-                chars.next();
-            }
-        }
-        params.push((key.trim().to_string(), val));
-    }
-    (scheme.to_string(), params)
-}
-
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-/// Asserts a short JSON error body.
-fn assert_short_json(r: &Response) -> Value {
-    let ct = r.header("content-type").unwrap_or("");
-    assert!(
-        ct.to_ascii_lowercase().starts_with("application/json"),
-        "Content-Type of a {} answer should be application/json, got {ct:?}; body {:?}",
-        r.status,
-        r.text()
-    );
-    assert!(
-        r.body.len() <= 1024,
-        "error body should be short, got {} bytes: {:?}",
-        r.body.len(),
-        r.text()
-    );
-    r.json()
-}
-
 /// Asserts a 401 `invalid_token` answer for `token` in `realm`; returns `error_description`.
 fn assert_invalid_token_in(r: &Response, token: &str, realm: &str) -> String {
-    assert_eq!(
-        r.status,
-        401,
-        "token should be rejected with 401; headers {:?} body {:?}",
-        r.headers,
-        r.text()
-    );
-    let www = r
-        .header("www-authenticate")
-        .unwrap_or_else(|| panic!("401 without WWW-Authenticate: {:?}", r.headers));
-    let prefix = format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"");
-    assert!(
-        www.starts_with(&prefix),
-        "WWW-Authenticate should start with {prefix:?}, got {www:?}"
-    );
-    let (scheme, params) = parse_challenge(www);
-    assert_eq!(scheme, "Bearer");
-    assert_eq!(param(&params, "realm"), Some(realm), "{www}");
-    assert_eq!(param(&params, "error"), Some("invalid_token"), "{www}");
-    let desc = param(&params, "error_description")
-        .unwrap_or_else(|| panic!("no error_description in {www:?}"))
-        .to_string();
-    assert!(!desc.trim().is_empty(), "empty error_description: {www:?}");
-    assert_short_json(r);
-    assert_no_leak(r, token);
+    let desc = assert_invalid_token_answer(r, realm);
+    assert_no_token_leak(r, token);
     desc
 }
 
@@ -248,66 +109,21 @@ fn assert_invalid_token(r: &Response, token: &str) -> String {
 
 /// Asserts a 403 JSON `{"error": "<why>"}` answer; returns the reason.
 fn assert_forbidden(r: &Response, token: &str) -> String {
-    assert_eq!(
-        r.status,
-        403,
-        "expected 403; headers {:?} body {:?}",
-        r.headers,
-        r.text()
-    );
-    let v = assert_short_json(r);
-    let why = v["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("403 body should be {{\"error\": \"<why>\"}}, got {v}"))
-        .to_string();
-    assert!(!why.trim().is_empty(), "403 with an empty reason: {v}");
-    assert_no_leak(r, token);
+    let why = assert_forbidden_answer(r);
+    assert_no_token_leak(r, token);
     why
-}
-
-/// Asserts `text` mentions one of `words` (case-insensitive).
-fn assert_mentions(text: &str, words: &[&str], what: &str) {
-    let l = text.to_ascii_lowercase();
-    assert!(
-        words.iter().any(|w| l.contains(&w.to_ascii_lowercase())),
-        "{what}: {text:?} should mention one of {words:?}"
-    );
 }
 
 /// The upstream echo of an accepted request, with the identity headers checked against `token`:
 /// `X-Access-Token` is the raw token and `X-Userinfo` the standard base64 of its claims.
 fn assert_accepted(r: &Response, token: &str) -> Echo {
-    let echo = r.echo();
-    assert_eq!(
-        echo.header_all("x-access-token"),
-        vec![token],
-        "upstream should see exactly the raw token in X-Access-Token"
-    );
+    let echo = accepted_echo(r, token);
     assert_eq!(
         userinfo(&echo),
         payload(token),
         "X-Userinfo should carry the token's claims"
     );
     echo
-}
-
-/// The decoded `X-Userinfo` the upstream saw (strict standard base64 with padding).
-fn userinfo(echo: &Echo) -> Value {
-    let all = echo.header_all("x-userinfo");
-    assert_eq!(
-        all.len(),
-        1,
-        "upstream should see exactly one X-Userinfo: {:?}",
-        echo.headers
-    );
-    let raw = b64_std_decode(all[0])
-        .unwrap_or_else(|| panic!("X-Userinfo is not standard padded base64: {:?}", all[0]));
-    serde_json::from_slice(&raw).unwrap_or_else(|e| {
-        panic!(
-            "X-Userinfo is not base64 of JSON ({e}): {:?}",
-            String::from_utf8_lossy(&raw)
-        )
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,19 +265,12 @@ fn helpers_mint_verifiable_tokens_and_the_fake_idp_serves_them() {
 #[test]
 fn missing_token_gets_401_with_the_realm() {
     let key = SigningKey::rsa1();
-    let idp = FakeIdp::start_with_jwks(jwks(&[&key]));
-    let up = Upstream::start("up");
-    let proxy = start_routes(
+    let (_idp, up, proxy) = setup_routes(
+        &[&key],
         vec![
-            oidc_route("1", "/*", &up, plugin(&idp, json!({}))),
-            oidc_route(
-                "2",
-                "/default-realm/*",
-                &up,
-                plugin(&idp, json!({"realm": null})),
-            ),
+            ("/*", json!({})),
+            ("/default-realm/*", json!({"realm": null})),
         ],
-        &up,
     );
 
     let r = proxy.get("/api/resource");
@@ -596,22 +405,15 @@ fn identity_headers_can_be_turned_off() {
 #[test]
 fn client_cannot_spoof_identity_headers() {
     let key = SigningKey::rsa1();
-    let idp = FakeIdp::start_with_jwks(jwks(&[&key]));
-    let up = Upstream::start("up");
-    let proxy = start_routes(
+    let (idp, _up, proxy) = setup_routes(
+        &[&key],
         vec![
-            oidc_route("1", "/*", &up, plugin(&idp, json!({}))),
-            oidc_route(
-                "2",
+            ("/*", json!({})),
+            (
                 "/quiet/*",
-                &up,
-                plugin(
-                    &idp,
-                    json!({"set_access_token_header": false, "set_userinfo_header": false}),
-                ),
+                json!({"set_access_token_header": false, "set_userinfo_header": false}),
             ),
         ],
-        &up,
     );
     warm_up(&proxy, &idp, &key);
     let fake_info = b64_std(br#"{"sub":"admin","groups":["root"]}"#);
@@ -682,30 +484,18 @@ fn public_key_as_spki_pem_or_certificate_validates_rs256() {
     let key = SigningKey::rsa1();
     let other = SigningKey::rsa2().with_kid("rsa1");
     // The IdP's JWKS is empty: only the configured public key can validate.
-    let idp = FakeIdp::start();
-    let up = Upstream::start("up");
-    let proxy = start_routes(
+    let (idp, _up, proxy) = setup_routes(
+        &[],
         vec![
-            oidc_route(
-                "1",
+            (
                 "/*",
-                &up,
-                plugin(
-                    &idp,
-                    json!({"use_jwks": null, "public_key": RSA1_PUBLIC_PEM}),
-                ),
+                json!({"use_jwks": null, "public_key": RSA1_PUBLIC_PEM}),
             ),
-            oidc_route(
-                "2",
+            (
                 "/cert/*",
-                &up,
-                plugin(
-                    &idp,
-                    json!({"use_jwks": null, "public_key": RSA1_CERT_PEM, "token_signing_alg_values_expected": "RS256"}),
-                ),
+                json!({"use_jwks": null, "public_key": RSA1_CERT_PEM, "token_signing_alg_values_expected": "RS256"}),
             ),
         ],
-        &up,
     );
     warm_up(&proxy, &idp, &key);
     for path in ["/api/x", "/cert/x"] {
@@ -727,30 +517,18 @@ fn public_key_as_spki_pem_or_certificate_validates_rs256() {
 fn public_key_pem_for_ec_and_ed25519() {
     let es = SigningKey::es256("ec");
     let ed = SigningKey::ed25519("ed");
-    let idp = FakeIdp::start();
-    let up = Upstream::start("up");
-    let proxy = start_routes(
+    let (idp, _up, proxy) = setup_routes(
+        &[],
         vec![
-            oidc_route(
-                "1",
+            (
                 "/ec/*",
-                &up,
-                plugin(
-                    &idp,
-                    json!({"use_jwks": null, "public_key": es.public_pem()}),
-                ),
+                json!({"use_jwks": null, "public_key": es.public_pem()}),
             ),
-            oidc_route(
-                "2",
+            (
                 "/ed/*",
-                &up,
-                plugin(
-                    &idp,
-                    json!({"use_jwks": null, "public_key": ed.public_pem()}),
-                ),
+                json!({"use_jwks": null, "public_key": ed.public_pem()}),
             ),
         ],
-        &up,
     );
     let mut last = None;
     let ok = eventually(Duration::from_secs(5), || {
@@ -872,22 +650,15 @@ fn alg_none_is_rejected() {
 fn hs256_signed_with_the_public_key_is_rejected() {
     // Algorithm confusion: an attacker who knows the RSA public key signs HS256 with it.
     let key = SigningKey::rsa1();
-    let idp = FakeIdp::start_with_jwks(jwks(&[&key]));
-    let up = Upstream::start("up");
-    let proxy = start_routes(
+    let (idp, up, proxy) = setup_routes(
+        &[&key],
         vec![
-            oidc_route("1", "/*", &up, plugin(&idp, json!({}))),
-            oidc_route(
-                "2",
+            ("/*", json!({})),
+            (
                 "/pk/*",
-                &up,
-                plugin(
-                    &idp,
-                    json!({"use_jwks": null, "public_key": RSA1_PUBLIC_PEM}),
-                ),
+                json!({"use_jwks": null, "public_key": RSA1_PUBLIC_PEM}),
             ),
         ],
-        &up,
     );
     warm_up(&proxy, &idp, &key);
     let before = up.requests();
@@ -1000,14 +771,12 @@ fn not_yet_valid_token_is_rejected() {
 #[test]
 fn iat_slack_is_the_clock_skew_leeway() {
     let key = SigningKey::rsa1();
-    let idp = FakeIdp::start_with_jwks(jwks(&[&key]));
-    let up = Upstream::start("up");
-    let proxy = start_routes(
+    let (idp, _up, proxy) = setup_routes(
+        &[&key],
         vec![
-            oidc_route("1", "/*", &up, plugin(&idp, json!({"iat_slack": 120}))),
-            oidc_route("2", "/strict/*", &up, plugin(&idp, json!({"iat_slack": 0}))),
+            ("/*", json!({"iat_slack": 120})),
+            ("/strict/*", json!({"iat_slack": 0})),
         ],
-        &up,
     );
     warm_up(&proxy, &idp, &key);
     let t0 = now();
@@ -1318,32 +1087,12 @@ fn startup_failure(fault: Fault, delay: Duration, down: bool, timeout: u64) -> S
     let proxy = start(&idp, &up, json!({"timeout": timeout}));
 
     let token = key.mint(&claims(&idp.issuer()));
-    let port = proxy.port;
-    let t2 = token.clone();
-    let pending = thread::spawn(move || {
-        let started = Instant::now();
-        let auth = format!("Bearer {t2}");
-        let r = get_with(port, "/api/resource", &[("Authorization", &auth)]);
-        (started.elapsed(), r)
-    });
-    // Meanwhile other routes are served promptly.
-    thread::sleep(Duration::from_millis(100));
-    for _ in 0..5 {
-        let started = Instant::now();
-        let r = proxy.get("/open/ping");
-        assert_eq!(
-            r.status,
-            200,
-            "/open/ while the IdP misbehaves: {:?}",
-            r.text()
-        );
-        assert!(
-            started.elapsed() < Duration::from_millis(1000),
-            "/open/ took {:?} while the IdP misbehaves",
-            started.elapsed()
-        );
-    }
-    let (elapsed, r) = pending.join().expect("bearer request thread");
+    let (elapsed, r) = bearer_while_open_is_served(
+        &proxy,
+        &token,
+        Duration::from_millis(1000),
+        "the IdP misbehaves",
+    );
     let d = assert_invalid_token(&r, &token);
     assert!(
         elapsed < Duration::from_secs(timeout) + MARGIN,
@@ -1465,34 +1214,17 @@ fn the_same_token_works_many_times() {
 fn a_token_accepted_on_one_route_is_checked_again_on_another() {
     // The verified-token cache must not let a token through a route whose rules it fails.
     let key = SigningKey::rsa1();
-    let idp = FakeIdp::start_with_jwks(jwks(&[&key]));
-    let up = Upstream::start("up");
-    let proxy = start_routes(
+    let (idp, _up, proxy) = setup_routes(
+        &[&key],
         vec![
-            oidc_route("1", "/*", &up, plugin(&idp, json!({}))),
-            oidc_route(
-                "2",
-                "/admin/*",
-                &up,
-                plugin(&idp, json!({"required_scopes": ["admin"]})),
-            ),
-            oidc_route(
-                "3",
+            ("/*", json!({})),
+            ("/admin/*", json!({"required_scopes": ["admin"]})),
+            (
                 "/pinned/*",
-                &up,
-                plugin(
-                    &idp,
-                    json!({"use_jwks": null, "public_key": RSA2_PUBLIC_PEM}),
-                ),
+                json!({"use_jwks": null, "public_key": RSA2_PUBLIC_PEM}),
             ),
-            oidc_route(
-                "4",
-                "/other-realm/*",
-                &up,
-                plugin(&idp, json!({"realm": "other", "iat_slack": 0})),
-            ),
+            ("/other-realm/*", json!({"realm": "other", "iat_slack": 0})),
         ],
-        &up,
     );
     warm_up(&proxy, &idp, &key);
     let t = key.mint(&with(&claims(&idp.issuer()), json!({"exp": now() - 60})));
@@ -1531,22 +1263,6 @@ fn a_cached_token_is_rejected_once_it_expires() {
 // ---------------------------------------------------------------------------------------------
 // Config validation
 // ---------------------------------------------------------------------------------------------
-
-fn check(yaml: &str) -> (bool, String) {
-    let dir = TempDir::new();
-    let data = dir.path().join("data");
-    let path = dir.write(
-        "config.yaml",
-        &yaml.replace("{DATA}", &data.to_string_lossy()),
-    );
-    let (st, out) = run_bin(
-        &["check", "-c", path.to_str().unwrap()],
-        dir.path(),
-        Duration::from_secs(10),
-    );
-    let st = st.unwrap_or_else(|| panic!("`portcullis check` did not finish; output:\n{out}"));
-    (st.success(), out)
-}
 
 /// A config with one route whose `openid-connect` options are `opts` (YAML, indented 8).
 fn plugin_yaml(opts: &str) -> String {
@@ -1588,19 +1304,19 @@ fn check_accepts_a_full_bearer_config() {
 {}"#,
         indent(RSA1_CERT_PEM)
     );
-    let (ok, out) = check(&plugin_yaml(&opts));
+    let (ok, out) = check_config(&plugin_yaml(&opts));
     assert!(
         ok,
         "`check` rejected a valid bearer config:\n{opts}\noutput:\n{out}"
     );
     let opts = "        client_id: portcullis\n        client_secret: secret\n        discovery: http://127.0.0.1:1/.well-known/openid-configuration\n        bearer_only: true\n        use_jwks: true\n";
-    let (ok, out) = check(&plugin_yaml(opts));
+    let (ok, out) = check_config(&plugin_yaml(opts));
     assert!(ok, "`check` rejected a JWKS bearer config:\noutput:\n{out}");
     let opts = format!(
         "        client_id: portcullis\n        client_secret: secret\n        discovery: http://127.0.0.1:1/.well-known/openid-configuration\n        bearer_only: true\n        public_key: |\n{}",
         indent(RSA1_PUBLIC_PEM)
     );
-    let (ok, out) = check(&plugin_yaml(&opts));
+    let (ok, out) = check_config(&plugin_yaml(&opts));
     assert!(ok, "`check` rejected an SPKI public_key:\noutput:\n{out}");
 }
 
@@ -1608,20 +1324,13 @@ fn check_accepts_a_full_bearer_config() {
 fn check_rejects_bad_plugin_configs_with_the_field_path() {
     const P: &str = "routes[0].plugins.openid-connect";
     let common = "        client_secret: secret\n        discovery: http://127.0.0.1:1/.well-known/openid-configuration\n        bearer_only: true\n";
-    let line_with = |out: &str, needle: &str| -> String {
-        out.lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no output line mentions {needle:?}; output:\n{out}"))
-            .to_string()
-    };
-
     // Missing client_id.
-    let (ok, out) = check(&plugin_yaml(&format!("{common}        use_jwks: true\n")));
+    let (ok, out) = check_config(&plugin_yaml(&format!("{common}        use_jwks: true\n")));
     assert!(!ok, "accepted a plugin config without client_id:\n{out}");
     line_with(&out, &format!("{P}.client_id"));
 
     // Unknown option.
-    let (ok, out) = check(&plugin_yaml(&format!(
+    let (ok, out) = check_config(&plugin_yaml(&format!(
         "        client_id: portcullis\n{common}        use_jwks: true\n        bearer_onyl: true\n"
     )));
     assert!(!ok, "accepted an unknown option:\n{out}");
@@ -1638,7 +1347,7 @@ fn check_rejects_bad_plugin_configs_with_the_field_path() {
         pem("PUBLIC KEY", b"\x30\x03\x02\x01\x01"),
         RSA1_PUBLIC_PEM.replace("-----END PUBLIC KEY-----", ""),
     ] {
-        let (ok, out) = check(&plugin_yaml(&format!(
+        let (ok, out) = check_config(&plugin_yaml(&format!(
             "        client_id: portcullis\n{common}        public_key: |\n{}",
             indent(&bad)
         )));

@@ -14,8 +14,9 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::auth::*;
 use common::fake_idp::{FakeIdp, Fault, IdpRequest, IdpResponse, INTROSPECTION_PATH};
-use common::jwt::{b64_std, b64_std_decode, now, unique, with};
+use common::jwt::{b64_std, now, unique, with};
 use common::real_idp::RealIdp;
 use common::*;
 use serde_json::{json, Value};
@@ -120,25 +121,6 @@ fn plugin(idp: &FakeIdp, extra: Value) -> Value {
     with(&base, extra)
 }
 
-/// A route `uri` to `up` with the plugin configured by `plugin_cfg`.
-fn oidc_route(id: &str, uri: &str, up: &Upstream, plugin_cfg: Value) -> Value {
-    let mut r = route(id, uri, &[up]);
-    r["plugins"] = json!({ "openid-connect": plugin_cfg });
-    r
-}
-
-/// A proxy (`workers` workers) with `routes` plus the unprotected `/open/*`.
-fn start_routes_on(workers: u32, mut routes: Vec<Value>, up: &Upstream) -> Proxy {
-    routes.push(route("open", "/open/*", &[up]));
-    let mut cfg = base_config(routes);
-    cfg["workers"] = json!(workers);
-    Proxy::start(cfg)
-}
-
-fn start_routes(routes: Vec<Value>, up: &Upstream) -> Proxy {
-    start_routes_on(1, routes, up)
-}
-
 /// A one-worker proxy with `/*` protected by `plugin(idp, extra)`, and `/open/*` unprotected.
 fn start(idp: &FakeIdp, up: &Upstream, extra: Value) -> Proxy {
     start_routes(vec![oidc_route("1", "/*", up, plugin(idp, extra))], up)
@@ -163,138 +145,9 @@ fn token() -> String {
 // Requests and assertions
 // ---------------------------------------------------------------------------------------------
 
-fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
-    Client::connect(port).request("GET", path, headers, b"")
-}
-
-fn bearer_at(proxy: &Proxy, path: &str, token: &str) -> Response {
-    let auth = format!("Bearer {token}");
-    get_with(proxy.port, path, &[("Authorization", &auth)])
-}
-
-/// GET /api/resource with `Authorization: Bearer <token>`.
-fn bearer(proxy: &Proxy, token: &str) -> Response {
-    bearer_at(proxy, "/api/resource", token)
-}
-
-/// Everything the client received (status line, headers, body) as one string.
-fn whole(r: &Response) -> String {
-    let mut s = format!("{} {}\n", r.status, r.reason);
-    for (n, v) in &r.headers {
-        s.push_str(&format!("{n}: {v}\n"));
-    }
-    s.push_str(&r.text());
-    s
-}
-
-/// Asserts no part of the answer carries `secret_text` (a token or a client secret).
-fn assert_no_leak(r: &Response, secret_text: &str) {
-    let all = whole(r);
-    assert!(
-        !all.contains(secret_text),
-        "the answer contains {secret_text:?}:\n{all}"
-    );
-}
-
-/// Splits `Bearer a="x", b="y"` into the scheme and its parameters.
-fn parse_challenge(v: &str) -> (String, Vec<(String, String)>) {
-    let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
-    let mut params = Vec::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ' ' || *c == ',') {
-            chars.next();
-        }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        if key.is_empty() || chars.next().is_none() {
-            break;
-        }
-        let mut val = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some(e) = chars.next() {
-                            val.push(e);
-                        }
-                    }
-                    '"' => break,
-                    c => val.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' {
-                    break;
-                }
-                val.push(c);
-                chars.next();
-            }
-        }
-        params.push((key.trim().to_string(), val));
-    }
-    (scheme.to_string(), params)
-}
-
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-/// Asserts a short JSON error body.
-fn assert_short_json(r: &Response) -> Value {
-    let ct = r.header("content-type").unwrap_or("");
-    assert!(
-        ct.to_ascii_lowercase().starts_with("application/json"),
-        "Content-Type of a {} answer should be application/json, got {ct:?}; body {:?}",
-        r.status,
-        r.text()
-    );
-    assert!(
-        r.body.len() <= 1024,
-        "error body should be short, got {} bytes: {:?}",
-        r.body.len(),
-        r.text()
-    );
-    r.json()
-}
-
 /// Asserts a 401 `invalid_token` answer for `token` in `realm`; returns `error_description`.
 fn assert_invalid_token_in(r: &Response, token: &str, realm: &str) -> String {
-    assert_eq!(
-        r.status,
-        401,
-        "token should be rejected with 401; headers {:?} body {:?}",
-        r.headers,
-        r.text()
-    );
-    let www = r
-        .header("www-authenticate")
-        .unwrap_or_else(|| panic!("401 without WWW-Authenticate: {:?}", r.headers));
-    let prefix = format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"");
-    assert!(
-        www.starts_with(&prefix),
-        "WWW-Authenticate should start with {prefix:?}, got {www:?}"
-    );
-    let (scheme, params) = parse_challenge(www);
-    assert_eq!(scheme, "Bearer");
-    assert_eq!(param(&params, "realm"), Some(realm), "{www}");
-    assert_eq!(param(&params, "error"), Some("invalid_token"), "{www}");
-    let desc = param(&params, "error_description")
-        .unwrap_or_else(|| panic!("no error_description in {www:?}"))
-        .to_string();
-    assert!(!desc.trim().is_empty(), "empty error_description: {www:?}");
-    assert_short_json(r);
+    let desc = assert_invalid_token_answer(r, realm);
     assert_no_leak(r, token);
     assert_no_leak(r, CLIENT_SECRET);
     desc
@@ -333,30 +186,9 @@ fn assert_introspection_failed(r: &Response, token: &str) -> String {
 
 /// Asserts a 403 JSON `{"error": "<why>"}` answer; returns the reason.
 fn assert_forbidden(r: &Response, token: &str) -> String {
-    assert_eq!(
-        r.status,
-        403,
-        "expected 403; headers {:?} body {:?}",
-        r.headers,
-        r.text()
-    );
-    let v = assert_short_json(r);
-    let why = v["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("403 body should be {{\"error\": \"<why>\"}}, got {v}"))
-        .to_string();
-    assert!(!why.trim().is_empty(), "403 with an empty reason: {v}");
+    let why = assert_forbidden_answer(r);
     assert_no_leak(r, token);
     why
-}
-
-/// Asserts `text` mentions one of `words` (case-insensitive).
-fn assert_mentions(text: &str, words: &[&str], what: &str) {
-    let l = text.to_ascii_lowercase();
-    assert!(
-        words.iter().any(|w| l.contains(&w.to_ascii_lowercase())),
-        "{what}: {text:?} should mention one of {words:?}"
-    );
 }
 
 /// Asserts the request was proxied with `X-Access-Token: <token>`; returns the upstream echo.
@@ -368,36 +200,7 @@ fn assert_accepted(r: &Response, token: &str) -> Echo {
         r.headers,
         r.text()
     );
-    let echo = r.echo();
-    assert_eq!(
-        echo.header_all("x-access-token"),
-        vec![token],
-        "upstream should see exactly the raw token in X-Access-Token"
-    );
-    echo
-}
-
-/// The single `X-Userinfo` the upstream saw, decoded (strict standard base64 with padding).
-fn userinfo_bytes(echo: &Echo) -> Vec<u8> {
-    let all = echo.header_all("x-userinfo");
-    assert_eq!(
-        all.len(),
-        1,
-        "upstream should see exactly one X-Userinfo: {:?}",
-        echo.headers
-    );
-    b64_std_decode(all[0])
-        .unwrap_or_else(|| panic!("X-Userinfo is not standard padded base64: {:?}", all[0]))
-}
-
-fn userinfo(echo: &Echo) -> Value {
-    let raw = userinfo_bytes(echo);
-    serde_json::from_slice(&raw).unwrap_or_else(|e| {
-        panic!(
-            "X-Userinfo is not base64 of JSON ({e}): {:?}",
-            String::from_utf8_lossy(&raw)
-        )
-    })
+    accepted_echo(r, token)
 }
 
 /// Sleeps until `at` (no-op when it has passed).
@@ -723,32 +526,12 @@ fn failure(
     let up = Upstream::start("up");
     let proxy = start(&idp, &up, json!({"timeout": timeout}));
     let t = token();
-    let port = proxy.port;
-    let t2 = t.clone();
-    let pending = thread::spawn(move || {
-        let started = Instant::now();
-        let auth = format!("Bearer {t2}");
-        let r = get_with(port, "/api/resource", &[("Authorization", &auth)]);
-        (started.elapsed(), r)
-    });
-    // Meanwhile other routes are served promptly.
-    thread::sleep(Duration::from_millis(100));
-    for _ in 0..5 {
-        let started = Instant::now();
-        let r = proxy.get("/open/ping");
-        assert_eq!(
-            r.status,
-            200,
-            "/open/ while introspection fails: {:?}",
-            r.text()
-        );
-        assert!(
-            started.elapsed() < OPEN_ROUTE_BOUND,
-            "/open/ took {:?} while introspection was pending or failing",
-            started.elapsed()
-        );
-    }
-    let (elapsed, r) = pending.join().expect("bearer request thread");
+    let (elapsed, r) = bearer_while_open_is_served(
+        &proxy,
+        &t,
+        OPEN_ROUTE_BOUND,
+        "introspection was pending or failing",
+    );
     let d = assert_introspection_failed(&r, &t);
     assert!(
         elapsed < Duration::from_secs(timeout) + MARGIN,

@@ -34,6 +34,14 @@ fn start_proxy(idp: &RealIdp, up: &Upstream, extra: Value) -> Proxy {
     Proxy::start(base_config(vec![oidc_route(idp, up, extra)]))
 }
 
+/// Starts the IdP, an upstream and a proxy with the options `extra(&idp)`.
+fn setup(extra: impl FnOnce(&RealIdp) -> Value) -> (RealIdp, Upstream, Proxy) {
+    let idp = RealIdp::start();
+    let up = Upstream::start("A");
+    let p = start_proxy(&idp, &up, extra(&idp));
+    (idp, up, p)
+}
+
 fn get_with_token(p: &Proxy, token: &str, extra_headers: &[(&str, &str)]) -> Response {
     let auth = format!("Bearer {token}");
     let mut headers = vec![("Authorization", auth.as_str())];
@@ -138,6 +146,15 @@ fn with_claims(token: &str, claims: &Value) -> String {
         b64url_encode(claims.to_string().as_bytes()),
         parts[2]
     )
+}
+
+/// With a proxy configured by `extra`, the token `token_of(&idp)` is refused with a complete
+/// bearer error ([`assert_invalid_token`]).
+fn assert_refused(extra: Value, token_of: impl FnOnce(&RealIdp) -> String, what: &str) {
+    let (idp, up, p) = setup(|_| extra);
+    let token = token_of(&idp);
+    let r = get_with_token(&p, &token, &[]);
+    assert_invalid_token(&p, &up, &r, what);
 }
 
 fn assert_invalid_token(p: &Proxy, up: &Upstream, r: &Response, what: &str) {
@@ -267,12 +284,8 @@ fn the_idp_issues_at_jwt_tokens_signed_by_the_committed_key_and_opaque_tokens() 
 
 #[test]
 fn idp_jwt_is_accepted_through_the_discovered_jwks() {
-    let idp = RealIdp::start();
-    let up = Upstream::start("A");
-    let p = start_proxy(
-        &idp,
-        &up,
-        json!({ "use_jwks": true, "claim_validator": { "audience": { "required": true } } }),
+    let (idp, _up, p) = setup(
+        |_| json!({ "use_jwks": true, "claim_validator": { "audience": { "required": true } } }),
     );
     let token = idp.client_credentials_jwt("read write");
     // A client-sent identity header is a forgery: only the proxy's own may reach the upstream.
@@ -287,16 +300,12 @@ fn idp_jwt_is_accepted_through_the_discovered_jwks() {
 
 #[test]
 fn idp_jwt_is_accepted_through_the_configured_public_key() {
-    let idp = RealIdp::start();
-    let up = Upstream::start("A");
-    let p = start_proxy(
-        &idp,
-        &up,
+    let (idp, _up, p) = setup(|idp| {
         json!({
             "public_key": idp.public_key_pem(),
             "claim_validator": { "audience": { "required": true } }
-        }),
-    );
+        })
+    });
     let token = idp.client_credentials_jwt("read write");
     let r = get_with_token(&p, &token, &[]);
     assert_identity_headers(&idp, &p, &r, &token);
@@ -414,46 +423,37 @@ fn tampered_idp_jwt_is_refused_with_invalid_token() {
 
 #[test]
 fn tampered_idp_jwt_answer_is_a_complete_bearer_error() {
-    let idp = RealIdp::start();
-    let up = Upstream::start("A");
-    let p = start_proxy(&idp, &up, json!({ "use_jwks": true }));
-    let token = idp.client_credentials_jwt("read write");
-    let r = get_with_token(&p, &flip_payload_char(&token), &[]);
-    assert_invalid_token(&p, &up, &r, "flipped payload");
+    assert_refused(
+        json!({ "use_jwks": true }),
+        |idp| flip_payload_char(&idp.client_credentials_jwt("read write")),
+        "flipped payload",
+    );
 }
 
 #[test]
 fn opaque_idp_token_is_not_a_jwt_for_jwks_validation() {
-    let idp = RealIdp::start();
-    let up = Upstream::start("A");
-    let p = start_proxy(&idp, &up, json!({ "use_jwks": true }));
-    let opaque = idp.client_credentials_opaque("read write");
-    let r = get_with_token(&p, &opaque, &[]);
-    assert_invalid_token(&p, &up, &r, "opaque token with use_jwks");
+    assert_refused(
+        json!({ "use_jwks": true }),
+        |idp| idp.client_credentials_opaque("read write"),
+        "opaque token with use_jwks",
+    );
 }
 
 #[test]
 fn idp_jwt_from_an_issuer_not_listed_is_refused() {
-    let idp = RealIdp::start();
-    let up = Upstream::start("A");
-    let p = start_proxy(
-        &idp,
-        &up,
+    assert_refused(
         json!({
             "use_jwks": true,
             "claim_validator": { "issuer": { "valid_issuers": ["http://other-idp.example"] } }
         }),
+        |idp| idp.client_credentials_jwt("read write"),
+        "issuer not in valid_issuers",
     );
-    let token = idp.client_credentials_jwt("read write");
-    let r = get_with_token(&p, &token, &[]);
-    assert_invalid_token(&p, &up, &r, "issuer not in valid_issuers");
 }
 
 #[test]
 fn no_token_is_refused_with_a_bearer_challenge() {
-    let idp = RealIdp::start();
-    let up = Upstream::start("A");
-    let p = start_proxy(&idp, &up, json!({ "use_jwks": true }));
+    let (_idp, up, p) = setup(|_| json!({ "use_jwks": true }));
     let r = p.get("/api/things");
     assert_eq!(
         r.status,
@@ -533,17 +533,13 @@ fn missing_required_scope_is_forbidden() {
 
 #[test]
 fn audience_not_matching_the_client_id_is_forbidden() {
-    let idp = RealIdp::start();
-    let up = Upstream::start("A");
     // The IdP's JWTs name the resource as audience, not the client id.
-    let p = start_proxy(
-        &idp,
-        &up,
+    let (idp, up, p) = setup(|_| {
         json!({
             "use_jwks": true,
             "claim_validator": { "audience": { "required": true, "match_with_client_id": true } }
-        }),
-    );
+        })
+    });
     let token = idp.client_credentials_jwt("read write");
     let r = get_with_token(&p, &token, &[]);
     r.assert_json_error(403);

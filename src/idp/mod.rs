@@ -170,7 +170,7 @@ impl Idp {
         let p = map
             .entry((cfg.discovery.clone(), cfg.ssl_verify))
             .or_insert_with(|| {
-                let p = Arc::new(Provider {
+                Arc::new(Provider {
                     discovery_url: cfg.discovery.clone(),
                     ssl_verify: cfg.ssl_verify,
                     timeout: cfg.timeout,
@@ -181,8 +181,7 @@ impl Idp {
                     }),
                     kid_refresh: Mutex::default(),
                     watched: AtomicBool::new(false),
-                });
-                p
+                })
             })
             .clone();
         if needs_discovery && !p.watched.swap(true, Ordering::AcqRel) {

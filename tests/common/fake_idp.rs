@@ -66,10 +66,7 @@ pub struct IdpRequest {
 
 impl IdpRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::header_value(&self.headers, name)
     }
 
     /// The query string (after `?`), or "".
@@ -508,12 +505,7 @@ fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> io::Result<Option<
             headers.push((n.trim().to_string(), v.trim().to_string()));
         }
     }
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
+    let get = |name: &str| super::header_value(&headers, name).map(str::to_string);
     let mut body = Vec::new();
     if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
         loop {

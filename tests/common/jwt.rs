@@ -5,14 +5,16 @@
 //!   or EdDSA (Ed25519, keys generated per run), and describes itself as a JWK, as a PEM
 //!   `SubjectPublicKeyInfo` and (RSA key 1) as a self-signed certificate.
 //! * [`jwks`], [`unsigned_token`], [`hs256_token`] build key sets and the malicious tokens.
-//! * [`b64url`], [`b64_std`] and their decoders are written out here, so the tests do not depend
-//!   on a base64 crate.
+//! * [`b64url`], [`b64_std`] and their decoders wrap the `base64` crate (canonical encodings
+//!   only; the standard decoder requires padding).
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde_json::{json, Value};
@@ -21,86 +23,25 @@ use serde_json::{json, Value};
 // base64
 // ---------------------------------------------------------------------------------------------
 
-const STD_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn encode(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let symbols = chunk.len() + 1;
-        for i in 0..4 {
-            if i < symbols {
-                out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else if pad {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn decode(text: &str, alphabet: &[u8; 64], padded: bool) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    let body = if padded {
-        if bytes.len() % 4 != 0 {
-            return None;
-        }
-        let pads = bytes.iter().rev().take_while(|&&b| b == b'=').count();
-        if pads > 2 {
-            return None;
-        }
-        &bytes[..bytes.len() - pads]
-    } else {
-        bytes
-    };
-    if body.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    for &c in body {
-        let v = alphabet.iter().position(|&a| a == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be zero in a canonical encoding.
-    if acc != 0 {
-        return None;
-    }
-    Some(out)
-}
-
 /// base64url without padding (RFC 7515 §2).
 pub fn b64url(data: &[u8]) -> String {
-    encode(data, URL_ALPHABET, false)
+    URL_SAFE_NO_PAD.encode(data)
 }
 
 /// Decodes unpadded base64url; `None` when it is not canonical base64url.
 pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
-    decode(text, URL_ALPHABET, false)
+    URL_SAFE_NO_PAD.decode(text).ok()
 }
 
 /// Standard base64 with padding (RFC 4648 §4).
 pub fn b64_std(data: &[u8]) -> String {
-    encode(data, STD_ALPHABET, true)
+    STANDARD.encode(data)
 }
 
 /// Decodes standard, padded base64 strictly (wrong length, missing padding or URL-safe
 /// characters give `None`).
 pub fn b64_std_decode(text: &str) -> Option<Vec<u8>> {
-    decode(text, STD_ALPHABET, true)
+    STANDARD.decode(text).ok()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod auth;
 pub mod fake_idp;
 pub mod jwt;
 pub mod real_idp;
@@ -592,9 +593,56 @@ pub fn run_bin(args: &[&str], cwd: &Path, within: Duration) -> (Option<ExitStatu
     (status, out)
 }
 
+/// How long `portcullis check` may take.
+pub const CHECK_LIMIT: Duration = Duration::from_secs(10);
+
+/// Writes `yaml` into a temp dir (with `{DATA}` replaced by a data dir there) and runs
+/// `portcullis check -c <file>`; returns whether it passed, and its output.
+pub fn check_config(yaml: &str) -> (bool, String) {
+    let dir = TempDir::new();
+    let data = dir.path().join("data");
+    let path = dir.write(
+        "config.yaml",
+        &yaml.replace("{DATA}", &data.to_string_lossy()),
+    );
+    let (st, out) = run_bin(
+        &["check", "-c", path.to_str().unwrap()],
+        dir.path(),
+        CHECK_LIMIT,
+    );
+    let st = st.unwrap_or_else(|| {
+        panic!("`portcullis check` did not finish in {CHECK_LIMIT:?}; output:\n{out}")
+    });
+    (st.success(), out)
+}
+
+/// The output line that mentions `needle`, or a panic showing the whole output.
+pub fn line_with<'a>(out: &'a str, needle: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no output line mentions {needle:?}; output:\n{out}"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP client
 // ---------------------------------------------------------------------------------------------
+
+/// The first value of header `name` (case-insensitive) among `headers`.
+fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Every value of header `name` (case-insensitive) among `headers`, in order.
+fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
 
 /// A parsed HTTP response.
 #[derive(Debug, Clone)]
@@ -609,18 +657,11 @@ pub struct Response {
 impl Response {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
 
     pub fn text(&self) -> String {
@@ -685,10 +726,7 @@ pub struct Head {
 
 impl Head {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 
     fn is_chunked(&self) -> bool {
@@ -1057,18 +1095,11 @@ impl Echo {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -1369,12 +1400,7 @@ fn serve_http<S: Read + Write>(io: &mut ServerIo<S>, st: &UpstreamState) -> io::
             headers.push((n.to_string(), v.trim().to_string()));
         }
         st.requests.fetch_add(1, Ordering::SeqCst);
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
+        let get = |name: &str| header_value(&headers, name).map(str::to_string);
         let chunked = headers.iter().any(|(n, v)| {
             n.eq_ignore_ascii_case("transfer-encoding")
                 && v.to_ascii_lowercase().contains("chunked")

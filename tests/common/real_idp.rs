@@ -18,6 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use base64::alphabet;
+use base64::engine::general_purpose::{
+    GeneralPurpose, GeneralPurposeConfig, STANDARD, URL_SAFE_NO_PAD,
+};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
 use serde_json::Value;
 
 use super::Client;
@@ -252,23 +258,30 @@ impl RealIdp {
         Client::connect(self.port).request(method, path, &all, body)
     }
 
-    /// POSTs `form` to the token endpoint with `client_secret_basic`; returns status and JSON.
-    pub fn token_request(&self, form: &[(&str, &str)]) -> (u16, Value) {
+    /// POSTs `form` to `path` as client `portcullis` (`client_secret_basic`), with `headers`
+    /// after `Authorization` and `Content-Type`.
+    fn client_post(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> super::Response {
         let auth = format!(
             "Basic {}",
             b64_encode(format!("{CLIENT_ID}:{CLIENT_SECRET}").as_bytes())
         );
         let body = form_encode(form);
-        let r = self.request(
-            "POST",
-            "/token",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/x-www-form-urlencoded"),
-                ("Accept", "application/json"),
-            ],
-            body.as_bytes(),
-        );
+        let mut all: Vec<(&str, &str)> = vec![
+            ("Authorization", &auth),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        all.extend_from_slice(headers);
+        self.request("POST", path, &all, body.as_bytes())
+    }
+
+    /// POSTs `form` to the token endpoint with `client_secret_basic`; returns status and JSON.
+    pub fn token_request(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        let r = self.client_post("/token", form, &[("Accept", "application/json")]);
         let v = serde_json::from_slice(&r.body).unwrap_or_else(|e| {
             panic!(
                 "token endpoint answered {} with a non-JSON body ({e}): {:?}",
@@ -292,12 +305,7 @@ impl RealIdp {
     /// `portcullis`, from a `client_credentials` grant naming the API resource. `scope` is a
     /// space-separated subset of `read write admin` (empty: no `scope` claim).
     pub fn client_credentials_jwt(&self, scope: &str) -> String {
-        let mut form = vec![("grant_type", "client_credentials")];
-        if !scope.is_empty() {
-            form.push(("scope", scope));
-        }
-        form.push(("resource", API_RESOURCE));
-        let t = self.access_token(&form);
+        let t = self.client_credentials(scope, Some(API_RESOURCE));
         assert_eq!(t.split('.').count(), 3, "expected a JWT, got {t:?}");
         t
     }
@@ -305,31 +313,27 @@ impl RealIdp {
     /// An opaque access token from a `client_credentials` grant without a resource; only the
     /// introspection endpoint can tell what it is.
     pub fn client_credentials_opaque(&self, scope: &str) -> String {
-        let mut form = vec![("grant_type", "client_credentials")];
-        if !scope.is_empty() {
-            form.push(("scope", scope));
-        }
-        let t = self.access_token(&form);
+        let t = self.client_credentials(scope, None);
         assert!(!t.contains('.'), "expected an opaque token, got {t:?}");
         t
     }
 
+    /// An access token from a `client_credentials` grant with `scope` (empty: none) and
+    /// `resource`.
+    fn client_credentials(&self, scope: &str, resource: Option<&str>) -> String {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if !scope.is_empty() {
+            form.push(("scope", scope));
+        }
+        if let Some(resource) = resource {
+            form.push(("resource", resource));
+        }
+        self.access_token(&form)
+    }
+
     /// Asks the IdP's introspection endpoint about `token` (client `portcullis`).
     pub fn introspect(&self, token: &str) -> Value {
-        let auth = format!(
-            "Basic {}",
-            b64_encode(format!("{CLIENT_ID}:{CLIENT_SECRET}").as_bytes())
-        );
-        let body = form_encode(&[("token", token)]);
-        let r = self.request(
-            "POST",
-            "/token/introspection",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/x-www-form-urlencoded"),
-            ],
-            body.as_bytes(),
-        );
+        let r = self.client_post("/token/introspection", &[("token", token)], &[]);
         assert_eq!(r.status, 200, "introspection: {:?}", r.text());
         r.json()
     }
@@ -364,78 +368,44 @@ fn check_installed(dir: &std::path::Path) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Encoding helpers (no extra crates)
+// Encoding helpers
 // ---------------------------------------------------------------------------------------------
 
-const STD_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+/// How the decoders read base64: padding optional (but whole when present), bits past the last
+/// byte ignored.
+const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const STD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+const URL_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
 
-fn encode_with(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1;
-        for i in 0..4 {
-            if i < chars {
-                out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else if pad {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn decode_with(text: &str, alphabet: &[u8; 64]) -> Result<Vec<u8>, String> {
-    let trimmed = text.trim_end_matches('=');
-    if text.len() - trimmed.len() > 2 || (text.len() != trimmed.len() && text.len() % 4 != 0) {
+fn decode_lenient(engine: &GeneralPurpose, text: &str) -> Result<Vec<u8>, String> {
+    if text.ends_with('=') && text.len() % 4 != 0 {
         return Err(format!("bad base64 padding in {text:?}"));
     }
-    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    for c in trimmed.bytes() {
-        let v = alphabet
-            .iter()
-            .position(|&a| a == c)
-            .ok_or_else(|| format!("character {:?} is not in the base64 alphabet", c as char))?;
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    if trimmed.len() % 4 == 1 {
-        return Err(format!("truncated base64 {text:?}"));
-    }
-    Ok(out)
+    engine
+        .decode(text)
+        .map_err(|e| format!("bad base64 {text:?}: {e}"))
 }
 
 /// Standard base64 with padding (RFC 4648 §4).
 pub fn b64_encode(data: &[u8]) -> String {
-    encode_with(data, STD_ALPHABET, true)
+    STANDARD.encode(data)
 }
 
 /// Standard base64 (RFC 4648 §4), padding optional.
 pub fn b64_decode(text: &str) -> Result<Vec<u8>, String> {
-    decode_with(text, STD_ALPHABET)
+    decode_lenient(&STD_LENIENT, text)
 }
 
 /// base64url without padding (RFC 4648 §5, as in JWTs).
 pub fn b64url_encode(data: &[u8]) -> String {
-    encode_with(data, URL_ALPHABET, false)
+    URL_SAFE_NO_PAD.encode(data)
 }
 
 /// base64url (RFC 4648 §5), padding optional.
 pub fn b64url_decode(text: &str) -> Result<Vec<u8>, String> {
-    decode_with(text, URL_ALPHABET)
+    decode_lenient(&URL_LENIENT, text)
 }
 
 /// The decoded header and claims of a compact JWS (the signature is not checked).
