@@ -373,6 +373,16 @@ start_portcullis_jwt_nocache() {
     start_portcullis_jwt "$1" "per_core: { token_cache_entries: 0 }   # no cache: every request verifies a signature"
 }
 
+# nginx as a plain reverse proxy, loaded by the same token-rotating wrk script as the bearer
+# targets: the fair plain-proxy baseline for them, since wrk's Lua work and the larger requests
+# cost the load core the same here.
+start_nginx_tokens() {
+    local name=$1
+    ensure_jwt_pool
+    start_nginx_proxy "$name"
+    use_token_pool "$name" "$JWT_POOL"
+}
+
 start_haproxy_jwt() {
     local name=$1 version
     version=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')
@@ -426,11 +436,12 @@ add_target nginx                  start_nginx_proxy
 add_target haproxy                start_haproxy
 add_target portcullis-uring       start_portcullis_uring
 add_target portcullis-epoll       start_portcullis_epoll
+add_target nginx-tokens           start_nginx_tokens
 add_target portcullis-jwt-pool    start_portcullis_jwt_pool
 add_target portcullis-jwt-nocache start_portcullis_jwt_nocache
 add_target haproxy-jwt            start_haproxy_jwt
 add_target portcullis-introspect  start_portcullis_introspect
-TARGET_NODE=([portcullis-jwt-pool]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1)
+TARGET_NODE=([nginx-tokens]=1 [portcullis-jwt-pool]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1)
 TARGET_PROBE=([portcullis-introspect]=probe_introspect)
 
 # ---------------------------------------------------------------- measuring
@@ -653,6 +664,8 @@ report() {
     echo "| comparison | req/s ratio | goal | met | CPU/req ratio | core $PROXY_CPU busy % (first / second) |"
     echo "|---|---:|---:|---|---:|---:|"
     goal_row portcullis-jwt-pool nginx 1.0
+    goal_row portcullis-jwt-pool nginx-tokens 1.0
+    goal_row portcullis-uring nginx 1.0
     goal_row portcullis-jwt-pool haproxy-jwt 3
     goal_row portcullis-jwt-nocache haproxy-jwt 1.5
     goal_row portcullis-introspect portcullis-uring 0.95

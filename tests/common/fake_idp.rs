@@ -22,13 +22,15 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use super::{wake_acceptor, Conns};
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const JWKS_PATH: &str = "/jwks";
@@ -165,12 +167,11 @@ struct Shared {
     controls: Mutex<Controls>,
     log: Mutex<Vec<IdpRequest>>,
     hits: Mutex<HashMap<String, usize>>,
-    conns: AtomicUsize,
+    conns: Conns,
     /// Bumped by go_down/drop: connections and acceptors of older generations stop.
     generation: AtomicUsize,
     down: AtomicBool,
     stop: AtomicBool,
-    streams: Mutex<HashMap<usize, TcpStream>>,
     acceptor: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -202,11 +203,10 @@ impl FakeIdp {
             }),
             log: Mutex::new(Vec::new()),
             hits: Mutex::new(HashMap::new()),
-            conns: AtomicUsize::new(0),
+            conns: Conns::new(),
             generation: AtomicUsize::new(0),
             down: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            streams: Mutex::new(HashMap::new()),
             acceptor: Mutex::new(None),
         });
         spawn_acceptor(&shared, listener);
@@ -374,7 +374,7 @@ impl FakeIdp {
 
     /// Connections accepted so far.
     pub fn conns(&self) -> usize {
-        self.shared.conns.load(Ordering::SeqCst)
+        self.shared.conns.accepted()
     }
 }
 
@@ -419,15 +419,10 @@ fn stop_serving(shared: &Arc<Shared>) {
     let handle = shared.acceptor.lock().unwrap().take();
     if let Some(h) = handle {
         // Wake the blocking accept so the thread sees the new generation and drops the listener.
-        let _ = TcpStream::connect_timeout(
-            &([127, 0, 0, 1], shared.port).into(),
-            Duration::from_millis(500),
-        );
+        wake_acceptor(shared.port, Duration::from_millis(500));
         let _ = h.join();
     }
-    for (_, s) in shared.streams.lock().unwrap().drain() {
-        let _ = s.shutdown(Shutdown::Both);
-    }
+    shared.conns.close_all();
 }
 
 fn spawn_acceptor(shared: &Arc<Shared>, listener: TcpListener) {
@@ -440,16 +435,11 @@ fn spawn_acceptor(shared: &Arc<Shared>, listener: TcpListener) {
                 break;
             }
             let Ok(stream) = conn else { continue };
-            let n = st.conns.fetch_add(1, Ordering::SeqCst);
-            if let Ok(c) = stream.try_clone() {
-                st.streams.lock().unwrap().insert(n, c);
-            }
+            let n = st.conns.add(&stream);
             let st2 = st.clone();
             thread::spawn(move || {
                 let _ = serve(stream, n, generation, &st2);
-                if let Some(c) = st2.streams.lock().unwrap().remove(&n) {
-                    let _ = c.shutdown(Shutdown::Both);
-                }
+                st2.conns.close(n);
             });
         }
         // The listener is dropped here: new connections are refused from now on.

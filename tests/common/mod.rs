@@ -9,6 +9,7 @@
 //! Everything listens on 127.0.0.1 only, and every wait is bounded.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -1049,6 +1050,59 @@ impl Client {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Connections of the test servers (the upstream here, the fake IdP)
+// ---------------------------------------------------------------------------------------------
+
+/// The connections a test server accepted: counted, and kept as clones (by accept number) so
+/// they can be shut down for real, when served or when the server stops.
+struct Conns {
+    accepted: AtomicUsize,
+    open: Mutex<HashMap<usize, TcpStream>>,
+}
+
+impl Conns {
+    fn new() -> Conns {
+        Conns {
+            accepted: AtomicUsize::new(0),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts `stream` and keeps a clone of it; returns its accept number (0-based).
+    fn add(&self, stream: &TcpStream) -> usize {
+        let n = self.accepted.fetch_add(1, Ordering::SeqCst);
+        if let Ok(c) = stream.try_clone() {
+            self.open.lock().unwrap().insert(n, c);
+        }
+        n
+    }
+
+    /// Connections accepted so far.
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Shuts connection `n` down: the clone kept here would otherwise hold it open.
+    fn close(&self, n: usize) {
+        if let Some(c) = self.open.lock().unwrap().remove(&n) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Shuts down every connection still open.
+    fn close_all(&self) {
+        for (_, s) in self.open.lock().unwrap().drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Connects to 127.0.0.1:`port` (within `timeout`) to wake a server's blocking accept.
+fn wake_acceptor(port: u16, timeout: Duration) {
+    let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Upstream echo server
 // ---------------------------------------------------------------------------------------------
 
@@ -1109,11 +1163,10 @@ impl Echo {
 
 struct UpstreamState {
     id: String,
-    conns: AtomicUsize,
+    /// Shut down when the server drops.
+    conns: Conns,
     requests: AtomicUsize,
     stop: AtomicBool,
-    /// Clones of the open connections (by accept number), shut down when the server drops.
-    streams: Mutex<std::collections::HashMap<usize, TcpStream>>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -1169,10 +1222,9 @@ impl Upstream {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(UpstreamState {
             id: id.to_string(),
-            conns: AtomicUsize::new(0),
+            conns: Conns::new(),
             requests: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
-            streams: Mutex::new(std::collections::HashMap::new()),
             tls,
         });
         let st = state.clone();
@@ -1182,17 +1234,11 @@ impl Upstream {
                     break;
                 }
                 let Ok(stream) = conn else { continue };
-                let n = st.conns.fetch_add(1, Ordering::SeqCst);
-                if let Ok(c) = stream.try_clone() {
-                    st.streams.lock().unwrap().insert(n, c);
-                }
+                let n = st.conns.add(&stream);
                 let st2 = st.clone();
                 thread::spawn(move || {
                     serve_connection(stream, &st2);
-                    // Close for real: the clone kept for Drop would otherwise hold it open.
-                    if let Some(c) = st2.streams.lock().unwrap().remove(&n) {
-                        let _ = c.shutdown(Shutdown::Both);
-                    }
+                    st2.conns.close(n);
                 });
             }
         });
@@ -1213,7 +1259,7 @@ impl Upstream {
 
     /// Connections accepted so far.
     pub fn conns(&self) -> usize {
-        self.state.conns.load(Ordering::SeqCst)
+        self.state.conns.accepted()
     }
 
     /// Request heads received so far.
@@ -1225,14 +1271,8 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(
-            &([127, 0, 0, 1], self.port).into(),
-            Duration::from_millis(200),
-        );
-        for (_, s) in self.state.streams.lock().unwrap().drain() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
+        wake_acceptor(self.port, Duration::from_millis(200));
+        self.state.conns.close_all();
     }
 }
 
