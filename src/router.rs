@@ -67,8 +67,10 @@ pub struct RouteTable {
     /// Routes, indexed by the lists below.
     pub routes: Vec<Route>,
     exact: HashMap<Box<[u8]>, Vec<u32>>,
-    /// Longest prefix first.
-    prefixes: Vec<(Box<[u8]>, Vec<u32>)>,
+    prefixes: HashMap<Box<[u8]>, Vec<u32>>,
+    /// The distinct lengths of `prefixes`, longest first: a lookup tries one hash probe per
+    /// length instead of testing every prefix, so a thousand routes cost what a few do.
+    prefix_lens: Vec<usize>,
     /// Whether any route is narrowed by host (else the Host header need not be looked at).
     uses_hosts: bool,
     /// Whether any node is a DNS name, so the table must be rebuilt when names resolve anew.
@@ -89,14 +91,11 @@ impl RouteTable {
             table.routes.push(route);
             for uri in &spec.uris {
                 match uri.strip_suffix('*') {
-                    Some(prefix) => match table
+                    Some(prefix) => table
                         .prefixes
-                        .iter_mut()
-                        .find(|(p, _)| **p == *prefix.as_bytes())
-                    {
-                        Some((_, list)) => list.push(idx),
-                        None => table.prefixes.push((prefix.as_bytes().into(), vec![idx])),
-                    },
+                        .entry(prefix.as_bytes().into())
+                        .or_default()
+                        .push(idx),
                     None => table
                         .exact
                         .entry(uri.as_bytes().into())
@@ -114,8 +113,10 @@ impl RouteTable {
             })
         };
         table.exact.values_mut().for_each(order);
-        table.prefixes.iter_mut().for_each(|(_, l)| order(l));
-        table.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        table.prefixes.values_mut().for_each(order);
+        table.prefix_lens = table.prefixes.keys().map(|p| p.len()).collect();
+        table.prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
+        table.prefix_lens.dedup();
         table
     }
 
@@ -143,8 +144,8 @@ impl RouteTable {
                 return Some((i as usize, &self.routes[i as usize]));
             }
         }
-        for (prefix, list) in &self.prefixes {
-            if path.starts_with(prefix) {
+        for &len in self.prefix_lens.iter().filter(|&&len| len <= path.len()) {
+            if let Some(list) = self.prefixes.get(&path[..len]) {
                 if let Some(&i) = list.iter().find(fits) {
                     return Some((i as usize, &self.routes[i as usize]));
                 }
