@@ -488,4 +488,22 @@ mod tests {
             parse_public_key_pem("-----BEGIN PUBLIC KEY-----AAAA-----END PUBLIC KEY-----").is_err()
         );
     }
+
+    #[test]
+    fn x5c_certificate_and_spki_give_the_same_rsa_key() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+        let cert_pem = std::fs::read_to_string(format!("{dir}rsa1.cert.pem")).unwrap();
+        let spki_pem = std::fs::read_to_string(format!("{dir}rsa1.pub.pem")).unwrap();
+        let from_spki = parse_public_key_pem(&spki_pem).unwrap();
+        assert_eq!(parse_public_key_pem(&cert_pem).unwrap(), from_spki);
+        let body: String = cert_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let jwks = serde_json::json!({"keys": [{"kty": "RSA", "kid": "c", "x5c": [body]}]});
+        let (ks, skipped) = parse_jwks(jwks.to_string().as_bytes()).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(**ks.get("c").unwrap(), from_spki);
+        assert!(matches!(from_spki, VerifyKey::Rsa { ref n, .. } if n.len() == 256));
+    }
 }
