@@ -49,31 +49,8 @@ WORK=""          # temp dir for configs, logs and data
 PIDS=()          # every long-running process this script started
 PID_NAMES=()
 
-# 0 if the process exists and is not a zombie.
-is_alive() {
-    local pid=$1 state
-    [[ -r /proc/$pid/stat ]] || return 1
-    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]]
-}
-
-stop_pid() {
-    local pid=$1 name=$2 children i
-    children=$(pgrep -P "$pid" 2>/dev/null || true)
-    if is_alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do is_alive "$pid" || break; sleep 0.1; done
-        if is_alive "$pid"; then
-            log "$name (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    # e.g. nginx workers, if their master was killed hard
-    for pid in $children; do
-        if is_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-    done
-}
+# shellcheck source=perf/procs.sh
+source "$PERF_DIR/procs.sh"
 
 cleanup() {
     local rc=$? i
