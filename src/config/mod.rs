@@ -157,25 +157,17 @@ fn serde_message(path: &str, msg: &str) -> ConfigError {
             return ConfigError::new(path, format!("{what} `{name}`"), allowed);
         }
     }
-    if let Some(rest) = msg.strip_prefix("invalid type: ") {
-        if let Some((found, expected)) = rest.split_once(", expected ") {
-            let path = if path.is_empty() { "." } else { path };
-            return ConfigError::new(
-                path,
-                format!("{found} is not allowed here"),
-                expected_words(expected),
-            );
-        }
-    }
-    if let Some(rest) = msg.strip_prefix("invalid value: ") {
-        if let Some((found, expected)) = rest.split_once(", expected ") {
-            let path = if path.is_empty() { "." } else { path };
-            return ConfigError::new(
-                path,
-                format!("{found} is not allowed here"),
-                expected_words(expected),
-            );
-        }
+    let wrong = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.split_once(", expected "));
+    if let Some((found, expected)) = wrong {
+        let path = if path.is_empty() { "." } else { path };
+        return ConfigError::new(
+            path,
+            format!("{found} is not allowed here"),
+            expected_words(expected),
+        );
     }
     if let Some(name) = msg.strip_prefix("missing field `") {
         let name = name.trim_end_matches('`');
