@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::fs;
 use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -1138,4 +1139,43 @@ fn harness_tls_upstream_works_directly() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("\"path\":\"/tls-direct\""), "{text}");
     assert_eq!(up.requests(), 1);
+}
+
+#[test]
+fn sighup_reloads_routes_and_a_bad_file_changes_nothing() {
+    let a = Upstream::start("A");
+    let b = Upstream::start("B");
+    let cfg = base_config(vec![route("1", "/a/*", &[&a])]);
+    let p = Proxy::start(cfg.clone());
+    let mut c = p.client();
+    assert_eq!(c.get("/a/x").status, 200);
+    assert_eq!(c.get("/b/x").status, 404);
+
+    // A valid new file: the new route is served on the connection that was already open.
+    let mut next = cfg.clone();
+    next["routes"] = json!([route("1", "/a/*", &[&a]), route("2", "/b/*", &[&b])]);
+    fs::write(&p.config_path, to_yaml(&next)).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || c.get("/b/x").status == 200),
+        "the reloaded route never answered:\n{}",
+        p.log()
+    );
+    assert_eq!(c.get("/b/x").upstream_id(), Some("B"));
+
+    // A broken file: refused with the field named in the log, and every route keeps serving.
+    let mut broken = next.clone();
+    broken["routes"][1]["upstream"]["nodes"] = json!("nowhere");
+    fs::write(&p.config_path, to_yaml(&broken)).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || p
+            .log()
+            .contains("reload refused")),
+        "no refusal logged:\n{}",
+        p.log()
+    );
+    assert!(p.log().contains("routes[1].upstream.nodes"), "{}", p.log());
+    assert_eq!(c.get("/a/x").upstream_id(), Some("A"));
+    assert_eq!(c.get("/b/x").upstream_id(), Some("B"));
 }
