@@ -154,13 +154,12 @@ impl Idp {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let providers: Arc<Mutex<Providers>> = Arc::default();
+        let registry = providers.clone();
         std::thread::Builder::new()
             .name("idp".into())
-            .spawn(move || rt.block_on(serve(rx)))?;
-        Ok(Idp {
-            tx,
-            providers: Arc::default(),
-        })
+            .spawn(move || rt.block_on(serve(rx, registry)))?;
+        Ok(Idp { tx, providers })
     }
 
     /// The provider for a plugin config, created on first use; its discovery and keys are
@@ -210,12 +209,12 @@ impl Idp {
     }
 }
 
-async fn serve(mut rx: mpsc::UnboundedReceiver<Command>) {
+async fn serve(mut rx: mpsc::UnboundedReceiver<Command>, registry: Arc<Mutex<Providers>>) {
     let clients = Clients::new();
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Command::Watch(p) => {
-                tokio::spawn(watch(clients.clone(), p));
+                tokio::spawn(watch(clients.clone(), p, registry.clone()));
             }
             Command::Introspect(req, reply) => {
                 let clients = clients.clone();
@@ -499,9 +498,20 @@ fn publish_problem(p: &Provider, old: &ProviderState, problem: &str) {
 
 /// Keep a provider fresh: refresh at start, then per Cache-Control / `jwk_expires_in`, backing
 /// off while the IdP fails (the last good state keeps serving meanwhile).
-async fn watch(clients: Clients, p: Arc<Provider>) {
+async fn watch(clients: Clients, p: Arc<Provider>, registry: Arc<Mutex<Providers>>) {
     let mut backoff = Duration::from_secs(1);
     loop {
+        {
+            // Held only by the registry and this task: no route uses the provider any more
+            // (a reload dropped it), so stop polling its IdP. Checked under the registry lock,
+            // which is also what hands providers to new routes.
+            let mut map = registry.lock().unwrap_or_else(|e| e.into_inner());
+            if Arc::strong_count(&p) <= 2 {
+                map.retain(|_, q| !Arc::ptr_eq(q, &p));
+                tracing::info!(discovery = %p.discovery_url, "identity provider no longer used; stopped refreshing it");
+                return;
+            }
+        }
         // Requests that need fresh keys meanwhile join this refresh instead of starting one
         // (and do not spend the unknown-kid allowance).
         {
