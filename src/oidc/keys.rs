@@ -299,13 +299,11 @@ pub fn parse_public_key_pem(pem: &str) -> Result<VerifyKey, String> {
     let label = &rest[..label_end];
     let body_start = label_end + 5;
     let end_marker = format!("-----END {label}-----");
-    let end = rest
+    let body = rest.get(body_start..).ok_or("malformed PEM header")?;
+    let end = body
         .find(&end_marker)
         .ok_or_else(|| format!("missing {end_marker}"))?;
-    let b64: String = rest[body_start..end]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
+    let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
     let der = STANDARD
         .decode(b64)
         .map_err(|e| format!("bad base64 in PEM: {e}"))?;
@@ -484,6 +482,8 @@ mod tests {
         );
         assert_eq!(parse_public_key_pem(&pem).unwrap(), VerifyKey::P256(point));
         assert!(parse_public_key_pem("not a key").is_err());
+        assert!(parse_public_key_pem("-----BEGIN PUBLIC KEY-----END PUBLIC KEY-----").is_err());
+        assert!(parse_public_key_pem("-----BEGIN PUBLIC KEY-----").is_err());
         assert!(
             parse_public_key_pem("-----BEGIN PUBLIC KEY-----AAAA-----END PUBLIC KEY-----").is_err()
         );

@@ -22,8 +22,15 @@ pub struct Span {
 }
 
 impl Span {
+    /// The span of `s` inside the buffer starting at `base`; `s` must point into it (httparse
+    /// hands back a static "" for some empty values, which is mapped to an empty span).
     fn of(base: *const u8, s: &[u8]) -> Span {
-        let start = s.as_ptr() as usize - base as usize;
+        let Some(start) = (s.as_ptr() as usize)
+            .checked_sub(base as usize)
+            .filter(|_| !s.is_empty())
+        else {
+            return Span::default();
+        };
         Span {
             start: start as u32,
             end: (start + s.len()) as u32,
@@ -200,7 +207,12 @@ fn framing(buf: &[u8], headers: &[HeaderIdx]) -> Result<Option<BodyKind>, &'stat
                         return Err("chunked must be the last transfer coding");
                     }
                     te_seen = true;
-                    chunked = c.eq_ignore_ascii_case(b"chunked");
+                    // Other codings (gzip, …) are refused rather than passed on: the body is
+                    // relayed as plain chunked, which would silently drop them.
+                    if !c.eq_ignore_ascii_case(b"chunked") {
+                        return Err("unsupported Transfer-Encoding");
+                    }
+                    chunked = true;
                 }
             }
             _ => {}
@@ -725,6 +737,17 @@ mod tests {
             .unwrap();
         assert_eq!(r.body, BodyKind::None);
         assert!(!r.keep_alive);
+        // No reason phrase: httparse's empty string does not point into the buffer.
+        let r = parse_response(
+            b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",
+            100,
+            false,
+            &mut h,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(r.reason.is_empty());
+        assert_eq!(r.body, BodyKind::Length(2));
     }
 
     #[test]
