@@ -102,7 +102,11 @@ fn auth_step(c: &mut Criterion) {
     if let Lookup::Miss { key, now, .. } =
         oidc::lookup(&p, &mut cache, req.as_bytes(), &headers).unwrap()
     {
-        cache.insert(key, oidc::verify_now(&p, token.as_bytes(), now).unwrap());
+        cache.insert(
+            key,
+            oidc::verify_now(&p, token.as_bytes(), now).unwrap(),
+            now,
+        );
     }
     g.bench_function("cache_hit", |b| {
         b.iter(|| {
@@ -118,7 +122,7 @@ fn auth_step(c: &mut Criterion) {
             match oidc::lookup(&p, &mut no_cache, black_box(req.as_bytes()), &headers).unwrap() {
                 Lookup::Miss { key, now, token } => {
                     let v = oidc::verify_now(&p, token.get(req.as_bytes()), now).unwrap();
-                    no_cache.insert(key, v);
+                    no_cache.insert(key, v, now);
                 }
                 _ => panic!("expected a miss"),
             }

@@ -110,6 +110,7 @@ fn upstream_head(c: &mut Criterion) {
         peer_ip: "192.0.2.10",
         trusted: false,
         identity: None,
+        path: None,
     };
     let mut out = Vec::with_capacity(1024);
     c.bench_function("write_request_head/browser_get", |b| {

@@ -14,7 +14,8 @@ use crate::server::Shared;
 pub struct Control {
     config_path: PathBuf,
     config: Arc<Config>,
-    routes: Mutex<Vec<RouteSpec>>,
+    /// The routes the table is built from, and a count of reloads (see the DNS refresher).
+    routes: Mutex<(u64, Vec<RouteSpec>)>,
     shared: Arc<Shared>,
     idp: Idp,
 }
@@ -49,7 +50,7 @@ impl Control {
     ) -> Arc<Control> {
         Arc::new(Control {
             config_path,
-            routes: Mutex::new(config.routes.clone()),
+            routes: Mutex::new((0, config.routes.clone())),
             config,
             shared,
             idp,
@@ -90,7 +91,8 @@ impl Control {
                 }
                 let table = RouteTable::compile(&new.routes, &self.config.per_core, &self.idp);
                 let n = table.routes.len();
-                *self.routes.lock().unwrap_or_else(|p| p.into_inner()) = new.routes;
+                let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+                *routes = (routes.0 + 1, new.routes);
                 self.shared.routes.store(Arc::new(table));
                 tracing::info!(routes = n, "routes reloaded");
             }
@@ -116,13 +118,18 @@ impl Control {
                 if !this.shared.routes.load().has_dns_names {
                     continue;
                 }
-                let specs = this
+                let (generation, specs) = this
                     .routes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
+                // Resolving blocks, so it happens unlocked; a reload meanwhile makes this table
+                // stale, and publishing it would undo the reload.
                 let table = RouteTable::compile(&specs, &this.config.per_core, &this.idp);
-                if table.addresses() != this.shared.routes.load().addresses() {
+                let routes = this.routes.lock().unwrap_or_else(|p| p.into_inner());
+                if routes.0 == generation
+                    && table.addresses() != this.shared.routes.load().addresses()
+                {
                     tracing::info!("upstream addresses changed; new route table published");
                     this.shared.routes.store(Arc::new(table));
                 }

@@ -31,6 +31,8 @@ pub struct Upstream {
     pub nodes: Vec<Node>,
     /// TLS client settings when the scheme (after `proxy-rewrite`) is https.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether those settings verify the certificate.
+    pub tls_verify: bool,
     /// Host header policy.
     pub pass_host: PassHost,
     /// Timeouts.
@@ -217,6 +219,7 @@ fn compile_route(
         upstream: Upstream {
             nodes,
             tls: (scheme == Scheme::Https).then(|| tls::client_config(u.tls_verify)),
+            tls_verify: u.tls_verify,
             pass_host: u.pass_host.clone(),
             timeouts: u.timeouts,
             retries: u.retries,

@@ -651,3 +651,106 @@ fn upstream_dying_mid_body_is_not_passed_off_as_complete() {
     }
     assert_eq!(p.get("/after").echo().path, "/after");
 }
+
+#[test]
+fn paths_are_normalised_before_routing_and_forwarded_as_matched() {
+    let api = Upstream::start("API");
+    let rest = Upstream::start("REST");
+    let p = Proxy::start(base_config(vec![
+        route("api", "/api/*", &[&api]),
+        route("rest", "/*", &[&rest]),
+    ]));
+    let mut c = p.client();
+    // Each spelling of /api/secret is routed as /api/secret and forwarded as such, so a route
+    // for /api/* cannot be dodged through the catch-all.
+    for tricky in [
+        "/x/../api/secret",
+        "//api/secret",
+        "/%61pi/secret",
+        "/api/./secret",
+    ] {
+        let r = c.get(tricky);
+        assert_eq!(r.status, 200, "{tricky}: {}", r.text());
+        assert_eq!(
+            r.upstream_id(),
+            Some("API"),
+            "{tricky} went to the wrong route"
+        );
+        assert_eq!(r.echo().path, "/api/secret", "{tricky}");
+    }
+    assert_eq!(c.get("/api/q?x=%2F..").echo().path, "/api/q?x=%2F..");
+    // What upstreams read differently is refused, and the connection is closed.
+    for refused in ["/api%2Fsecret", "/../api/secret", "/a\\..\\api", "/bad%zz"] {
+        let r = p.client().request("GET", refused, &[], b"");
+        assert_eq!(r.status, 400, "{refused}: {}", r.text());
+    }
+    assert_eq!(rest.requests(), 0, "nothing may reach the catch-all");
+}
+
+#[test]
+fn identity_headers_and_underscore_aliases_never_pass_even_without_the_plugin() {
+    let up = Upstream::start("A");
+    let p = Proxy::start(base_config(vec![route("1", "/*", &[&up])]));
+    let r = p.client().request(
+        "GET",
+        "/",
+        &[
+            ("X-Userinfo", "forged"),
+            ("X-Access-Token", "forged"),
+            ("X_Userinfo", "forged"),
+            ("X_Forwarded_For", "6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("True-Client-IP", "6.6.6.6"),
+            ("X-Kept", "yes"),
+        ],
+        b"",
+    );
+    let e = r.echo();
+    for gone in [
+        "x-userinfo",
+        "x-access-token",
+        "x_userinfo",
+        "x_forwarded_for",
+        "true-client-ip",
+    ] {
+        assert!(
+            e.header(gone).is_none(),
+            "{gone} reached the upstream: {:?}",
+            e.headers
+        );
+    }
+    assert_eq!(e.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(e.header("x-kept"), Some("yes"));
+}
+
+#[test]
+fn proxy_rewrite_set_and_remove_win_over_client_and_proxy_headers() {
+    let up = Upstream::start("A");
+    let mut r1 = route("1", "/*", &[&up]);
+    r1["plugins"] = json!({"proxy-rewrite": {"headers": {
+        "set": {"Authorization": "Basic dXNlcjpwdw==", "X-Forwarded-Proto": "https"},
+        "remove": ["X-Forwarded-Host"]}}});
+    let p = Proxy::start(base_config(vec![r1]));
+    let r = p
+        .client()
+        .request("GET", "/", &[("Authorization", "Bearer client")], b"");
+    let e = r.echo();
+    let all = |name: &str| {
+        e.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all("authorization"), vec!["Basic dXNlcjpwdw=="]);
+    assert_eq!(all("x-forwarded-proto"), vec!["https"]);
+    assert!(all("x-forwarded-host").is_empty(), "{:?}", e.headers);
+    let (ok, out) = check_config(
+        "routes:\n  - uri: /\n    plugins:\n      proxy-rewrite: { headers: { Content-Length: \"5\" } }\n    upstream: { nodes: { \"127.0.0.1:1\": 1 } }\n",
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("routes[0].plugins.proxy-rewrite.headers.Content-Length"),
+        "{out}"
+    );
+}

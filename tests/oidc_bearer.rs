@@ -1350,3 +1350,21 @@ fn check_rejects_bad_plugin_configs_with_the_field_path() {
         line_with(&out, &format!("{P}.public_key"));
     }
 }
+
+#[test]
+fn a_second_authorization_header_is_refused_not_forwarded() {
+    let key = SigningKey::rsa1();
+    let (idp, up, proxy) = setup(&[&key], json!({}));
+    let token = key.mint(&claims(&idp.issuer()));
+    let forged = unsigned_token(&claims(&idp.issuer()));
+    let valid = format!("Bearer {token}");
+    let second = format!("Bearer {forged}");
+    let r = get_with(
+        proxy.port,
+        "/api/resource",
+        &[("Authorization", &valid), ("Authorization", &second)],
+    );
+    assert_eq!(r.status, 400, "{:?}", r.text());
+    assert_short_json(&r);
+    assert_eq!(up.requests(), 0, "nothing may reach the upstream");
+}

@@ -1179,3 +1179,26 @@ fn sighup_reloads_routes_and_a_bad_file_changes_nothing() {
     assert_eq!(c.get("/a/x").upstream_id(), Some("A"));
     assert_eq!(c.get("/b/x").upstream_id(), Some("B"));
 }
+
+#[test]
+fn a_502_keeps_the_client_connection_and_pipelined_requests_are_all_answered() {
+    let dead_port = free_port();
+    let p = Proxy::start(base_config(vec![json!({
+        "id": "dead", "uri": "/dead",
+        "upstream": {"type": "roundrobin", "nodes": {format!("127.0.0.1:{dead_port}"): 1}}
+    })]));
+    let mut c = p.client();
+    let one = Client::build("GET", "/dead", &[], b"");
+    let mut two = one.clone();
+    two.extend_from_slice(&one);
+    c.write(&two);
+    for i in 0..2 {
+        let r = c.read_response();
+        r.assert_json_error(502);
+        assert_ne!(
+            r.header("connection"),
+            Some("close"),
+            "answer {i} closed the connection"
+        );
+    }
+}

@@ -30,8 +30,12 @@ pub fn token_key(instance: u64, token: &[u8]) -> TokenKey {
 
 /// A bounded map with FIFO eviction: when full, the oldest insertion goes first.
 pub struct TokenCache<V = Verified> {
-    map: HashMap<TokenKey, V>,
-    order: VecDeque<TokenKey>,
+    /// Entries with the sequence number of their latest insertion.
+    map: HashMap<TokenKey, (u64, V)>,
+    /// Insertion order; an entry whose number no longer matches the map's is stale and skipped,
+    /// so re-inserting a key never leaves a second live copy behind.
+    order: VecDeque<(TokenKey, u64)>,
+    next_seq: u64,
     capacity: usize,
 }
 
@@ -53,14 +57,19 @@ impl<V: Expiring> TokenCache<V> {
         TokenCache {
             map: HashMap::new(),
             order: VecDeque::new(),
+            next_seq: 0,
             capacity,
         }
+    }
+
+    fn is_current(&self, key: &TokenKey, seq: u64) -> bool {
+        self.map.get(key).is_some_and(|(s, _)| *s == seq)
     }
 
     /// The entry for `key` if it is still alive at `now`; a dead one is dropped.
     pub fn get(&mut self, key: &TokenKey, now: f64) -> Option<&V> {
         match self.map.get(key) {
-            Some(v) if v.expires_at() > now => self.map.get(key),
+            Some((_, v)) if v.expires_at() > now => self.map.get(key).map(|(_, v)| v),
             Some(_) => {
                 self.map.remove(key);
                 None
@@ -69,46 +78,48 @@ impl<V: Expiring> TokenCache<V> {
         }
     }
 
-    /// Remember a verified token.
-    pub fn insert(&mut self, key: TokenKey, v: V) {
-        if self.capacity == 0 {
+    /// Remember a verdict; one already dead at `now` is not kept.
+    pub fn insert(&mut self, key: TokenKey, v: V, now: f64) {
+        if self.capacity == 0 || v.expires_at() <= now {
             return;
         }
-        if self.map.insert(key, v).is_none() {
-            self.order.push_back(key);
-        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.map.insert(key, (seq, v));
+        self.order.push_back((key, seq));
         while self.map.len() > self.capacity {
             match self.order.pop_front() {
-                Some(old) => {
+                Some((old, s)) if self.is_current(&old, s) => {
                     self.map.remove(&old);
                 }
+                Some(_) => {}
                 None => break,
             }
         }
-        // The queue keeps keys that expired out of the map; compact it now and then
-        // (amortised O(1): it has grown by `capacity` since the last time).
+        // Stale queue entries (expired or re-inserted keys) are dropped now and then; after
+        // that the queue is no longer than the map, so this is amortised O(1).
         if self.order.len() > 2 * self.capacity.max(16) {
             let map = &self.map;
-            self.order.retain(|k| map.contains_key(k));
+            self.order
+                .retain(|(k, s)| map.get(k).is_some_and(|(ms, _)| ms == s));
         }
     }
 
     /// Drop up to `budget` expired entries from the oldest end (housekeeping, bounded work).
     pub fn sweep(&mut self, now: f64, budget: usize) {
         for _ in 0..budget {
-            let Some(k) = self.order.front().copied() else {
+            let Some((k, s)) = self.order.pop_front() else {
                 break;
             };
             match self.map.get(&k) {
-                Some(v) if v.expires_at() > now => {
+                Some((ms, v)) if *ms == s && v.expires_at() > now => {
                     // Live and oldest: rotate it back so later entries get looked at next time.
-                    self.order.pop_front();
-                    self.order.push_back(k);
+                    self.order.push_back((k, s));
                 }
-                _ => {
-                    self.order.pop_front();
+                Some((ms, _)) if *ms == s => {
                     self.map.remove(&k);
                 }
+                _ => {}
             }
         }
     }
@@ -139,7 +150,7 @@ mod tests {
     fn entries_die_at_exp_and_capacity_holds() {
         let mut c = TokenCache::new(3);
         for i in 0..10u8 {
-            c.insert(token_key(1, &[i]), v(100.0));
+            c.insert(token_key(1, &[i]), v(100.0), 0.0);
         }
         assert_eq!(c.len(), 3);
         assert!(c.get(&token_key(1, &[9]), 50.0).is_some());
@@ -156,10 +167,26 @@ mod tests {
             c.insert(
                 token_key(1, &[i]),
                 v(if i % 2 == 0 { 10.0 } else { 1000.0 }),
+                0.0,
             );
         }
         c.sweep(20.0, 200);
         assert_eq!(c.len(), 25);
         assert!(c.order.len() <= 50);
+    }
+
+    #[test]
+    fn reinserting_keys_never_grows_the_queue_past_its_bound() {
+        let mut c = TokenCache::new(4);
+        for round in 0..10_000u32 {
+            let now = round as f64;
+            // The same key expires and is verified again, over and over.
+            if c.get(&token_key(1, b"t"), now).is_none() {
+                c.insert(token_key(1, b"t"), v(now + 0.5), now);
+            }
+            c.insert(token_key(1, b"dead"), v(now - 1.0), now);
+        }
+        assert!(c.order.len() <= 2 * 16 + 1, "{}", c.order.len());
+        assert!(c.get(&token_key(1, b"dead"), 0.0).is_none());
     }
 }

@@ -126,7 +126,7 @@ pub async fn introspect(
     state.borrow_mut().inflight.insert(key, flight.clone());
     let result = call(p, token, now).await;
     if let Ok((verdict, Some(_))) = &result {
-        state.borrow_mut().cache.insert(key, verdict.clone());
+        state.borrow_mut().cache.insert(key, verdict.clone(), now);
     }
     let result = result.map(|(v, _)| v);
     *flight.result.borrow_mut() = Some(result.clone());

@@ -80,6 +80,7 @@ impl OidcPlugin {
                     .unwrap_or(&cfg.discovery),
                 &cfg.client_id,
                 &cfg.client_secret,
+                cfg.ssl_verify,
                 cfg.introspection_interval,
                 cfg.introspection_negative_ttl,
             )
@@ -282,7 +283,7 @@ pub async fn authenticate(
                 .await
                 .map_err(|reason| p.invalid(reason))?;
             let identity = p.identity(token, verified.userinfo.clone());
-            w.tokens.borrow_mut().insert(key, verified);
+            w.tokens.borrow_mut().insert(key, verified, now);
             Ok(Some(identity))
         }
     }
@@ -313,9 +314,17 @@ async fn authenticate_by_introspection(
 
 /// The token in `Authorization: Bearer <token>`; `None` when there is no bearer credential.
 fn bearer_token(buf: &[u8], headers: &[HeaderIdx]) -> Result<Option<Span>, ProxyError> {
-    let Some(h) = headers.iter().find(|h| h.kind == HeaderKind::Authorization) else {
+    let mut auth = headers
+        .iter()
+        .filter(|h| h.kind == HeaderKind::Authorization);
+    let Some(h) = auth.next() else {
         return Ok(None);
     };
+    // Only one credential is judged, so only one may be sent: a second could reach the
+    // upstream unchecked.
+    if auth.next().is_some() {
+        return Err(AuthError::MalformedHeader.into());
+    }
     let value = h.value.get(buf);
     let Some(sp) = value.iter().position(|&b| b == b' ') else {
         return Err(AuthError::MalformedHeader.into());
@@ -380,7 +389,11 @@ pub fn verify_now(p: &OidcPlugin, token: &[u8], now: f64) -> Result<Verified, To
     };
     jwt::check_claims(&claims, cfg, issuer, now)?;
     Ok(Verified {
-        expires_at: claims.exp.unwrap_or(now + NO_EXP_TTL),
+        // Accepted until exp + iat_slack, so cached as long: a token in that window would
+        // otherwise be verified afresh on every request.
+        expires_at: claims
+            .exp
+            .map_or(now + NO_EXP_TTL, |exp| exp + cfg.iat_slack.as_secs_f64()),
         userinfo: STANDARD.encode(&parsed.payload).into(),
     })
 }

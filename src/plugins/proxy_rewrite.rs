@@ -79,6 +79,8 @@ fn header_map(v: &Value, path: &str, errors: &mut Vec<ConfigError>) -> Vec<(Stri
                 format!("`{name}` is not a header name"),
                 "letters, digits and !#$%&'*+-.^_`|~",
             ));
+        } else if let Some(why) = reserved(name) {
+            errors.push(ConfigError::plain(&p, why));
         } else if !valid_header_value(&value) {
             errors.push(ConfigError::new(
                 &p,
@@ -90,6 +92,29 @@ fn header_map(v: &Value, path: &str, errors: &mut Vec<ConfigError>) -> Vec<(Stri
         }
     }
     out
+}
+
+/// Headers whose value the proxy owns: framing and hop-by-hop ones, and Host (use `host`).
+fn reserved(name: &str) -> Option<&'static str> {
+    const FRAMING: &[&str] = &[
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "expect",
+    ];
+    let lower = name.to_ascii_lowercase();
+    if lower == "host" {
+        Some("Host is set with the `host` option")
+    } else if FRAMING.contains(&lower.as_str()) {
+        Some("framing and hop-by-hop headers are the proxy's own and cannot be rewritten")
+    } else {
+        None
+    }
 }
 
 /// Check a `proxy-rewrite` configuration at `path`.
@@ -156,7 +181,9 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<P
                     Some(list) => {
                         for (i, n) in list.iter().enumerate() {
                             match n.as_str() {
-                                Some(n) if valid_token(n) => pr.remove.push(n.to_ascii_lowercase()),
+                                Some(n) if valid_token(n) && reserved(n).is_none() => {
+                                    pr.remove.push(n.to_ascii_lowercase())
+                                }
                                 _ => errors.push(ConfigError::new(
                                     format!("{hp}.remove[{i}]"),
                                     "is not a header name",

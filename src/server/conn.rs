@@ -10,6 +10,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::h1::{parse_request, BodyKind, HeaderIdx, RequestHead};
+use super::path;
 use super::worker::Worker;
 use crate::access_log::{AccessLog, Entry};
 use crate::config::route::method_bit;
@@ -45,6 +46,8 @@ pub struct Conn {
     pub headers: Vec<HeaderIdx>,
     /// Response header spans, reused.
     pub resp_headers: Vec<HeaderIdx>,
+    /// The current request's path in normal form, when it differs from what was sent.
+    pub norm_path: Vec<u8>,
     /// `"METHOD /path HTTP/1.x"` of the current request, for the access log.
     pub request_line: Vec<u8>,
     /// Requests answered so far.
@@ -100,6 +103,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
         ubuf: Vec::with_capacity(READ_CHUNK),
         headers: Vec::with_capacity(32),
         resp_headers: Vec::with_capacity(32),
+        norm_path: Vec::new(),
         request_line: Vec::new(),
         served: 0,
         body_consumed: false,
@@ -141,10 +145,20 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
             return answer_error(conn, w, None, &ProxyError::BodyTooLarge, started, false).await;
         }
     }
+    let normalized = match path::normalize(head.path.get(buf), &mut conn.norm_path) {
+        Ok(n) => n,
+        Err(e) => return answer_error(conn, w, None, &e, started, false).await,
+    };
+    let buf = &conn.rbuf[conn.pos..];
     let routes = w.routes();
     let method = head.method.get(buf);
+    let match_path: &[u8] = if normalized {
+        &conn.norm_path
+    } else {
+        head.path.get(buf)
+    };
     let found = routes.table.find(
-        head.path.get(buf),
+        match_path,
         head.host.map(|h| h.get(buf)),
         method_bit(method).unwrap_or(0),
     );
@@ -175,6 +189,7 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
         route,
         &routes.balancers[idx],
         identity.as_ref(),
+        normalized,
     )
     .await
     {

@@ -72,10 +72,16 @@ pub enum HeaderKind {
     XForwardedHost,
     /// `Forwarded`.
     Forwarded,
-    /// Any other `X-Forwarded-*` (Port, Prefix, …): believed only from trusted peers.
+    /// Any other `X-Forwarded-*` (Port, Prefix, …) and `True-Client-IP`: believed only from
+    /// trusted peers.
     XForwardedOther,
+    /// `X-Real-IP`: believed only from trusted peers, else set to the peer.
+    XRealIp,
     /// `Authorization`.
     Authorization,
+    /// A special header's name spelled with `_` for `-` (`X_Userinfo`): CGI-style upstreams read
+    /// both spellings as one variable, so such a header is never forwarded.
+    Alias,
     /// `X-Access-Token`, `X-ID-Token`, `X-Userinfo`, `X-Refresh-Token`: identity claims only the
     /// proxy may make on routes that authenticate.
     Identity,
@@ -84,6 +90,20 @@ pub enum HeaderKind {
 }
 
 fn kind_of(name: &[u8]) -> HeaderKind {
+    let kind = kind_exact(name);
+    if kind == HeaderKind::Other && name.contains(&b'_') && name.len() <= 32 {
+        let mut dashed = [0u8; 32];
+        for (d, &s) in dashed.iter_mut().zip(name) {
+            *d = if s == b'_' { b'-' } else { s };
+        }
+        if kind_exact(&dashed[..name.len()]) != HeaderKind::Other {
+            return HeaderKind::Alias;
+        }
+    }
+    kind
+}
+
+fn kind_exact(name: &[u8]) -> HeaderKind {
     let eq = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     match name.len() {
         2 if eq("te") => HeaderKind::HopByHop,
@@ -92,11 +112,13 @@ fn kind_of(name: &[u8]) -> HeaderKind {
         7 if eq("upgrade") => HeaderKind::HopByHop,
         7 if eq("trailer") => HeaderKind::HopByHop,
         9 if eq("forwarded") => HeaderKind::Forwarded,
+        9 if eq("x-real-ip") => HeaderKind::XRealIp,
         10 if eq("connection") => HeaderKind::Connection,
         10 if eq("keep-alive") => HeaderKind::HopByHop,
         10 if eq("x-userinfo") || eq("x-id-token") => HeaderKind::Identity,
         13 if eq("authorization") => HeaderKind::Authorization,
         14 if eq("x-access-token") => HeaderKind::Identity,
+        14 if eq("true-client-ip") => HeaderKind::XForwardedOther,
         15 if eq("x-refresh-token") => HeaderKind::Identity,
         14 if eq("content-length") => HeaderKind::ContentLength,
         15 if eq("x-forwarded-for") => HeaderKind::XForwardedFor,

@@ -3,6 +3,7 @@
 pub mod conn;
 pub mod h1;
 pub mod listener;
+pub mod path;
 pub mod shutdown;
 pub mod worker;
 

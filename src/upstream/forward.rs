@@ -56,6 +56,7 @@ pub async fn forward(
     route: &Route,
     balancer: &RefCell<Wrr>,
     identity: Option<&Identity>,
+    normalized_path: bool,
 ) -> Result<Outcome, ProxyError> {
     let up = &route.upstream;
     let t = up.timeouts;
@@ -82,12 +83,22 @@ pub async fn forward(
         b"POST" | b"PATCH" | b"CONNECT"
     );
 
-    let (node, addr, mut upc, mut reused) =
-        acquire(w, up, balancer, replayable, idempotent).await?;
+    let (node, addr, mut upc, mut reused) = match acquire(w, up, balancer, replayable).await {
+        Ok(a) => a,
+        Err(e) => {
+            // The whole request is in hand: mark it read, so the client keeps its connection.
+            if replayable {
+                conn.pos = body_start + in_buf;
+                conn.body_consumed = true;
+            }
+            return Err(e);
+        }
+    };
     let facts = ClientFacts {
         peer_ip: &conn.peer_ip,
         trusted: conn.trusted,
         identity,
+        path: normalized_path.then_some(&conn.norm_path[..]),
     };
     write_request_head(
         &mut conn.wbuf,
@@ -190,7 +201,6 @@ async fn acquire<'u>(
     up: &'u Upstream,
     balancer: &RefCell<Wrr>,
     may_pool: bool,
-    idempotent: bool,
 ) -> Result<(&'u Node, SocketAddr, UpstreamConn, bool), ProxyError> {
     let tries = 1 + up.retries.min(up.nodes.len().saturating_sub(1) as u32);
     let mut last = ProxyError::UpstreamUnresolved;
@@ -201,12 +211,12 @@ async fn acquire<'u>(
         let Some(addr) = node.addr else { continue };
         if may_pool {
             let tls_name = up.tls.as_ref().map(|_| &*node.host);
-            let pooled = w.pool.borrow_mut().take(addr, tls_name);
-            if let Some(c) = pooled {
-                // A request that must not be replayed only goes on a connection seen alive now.
-                if idempotent || still_open(&c) {
-                    return Ok((node, addr, c, true));
-                }
+            let verified = up.tls.is_some() && up.tls_verify;
+            let pooled = w.pool.borrow_mut().take(addr, tls_name, verified);
+            // Only a connection seen open and silent right now is reused: bytes an upstream sent
+            // while idle must never be read as the next client's response.
+            if let Some(c) = pooled.filter(still_open) {
+                return Ok((node, addr, c, true));
             }
         }
         match connect(addr, node, up).await {
@@ -251,6 +261,7 @@ async fn connect(addr: SocketAddr, node: &Node, up: &Upstream) -> Result<Upstrea
             stream: UpstreamStream::Plain(stream),
             requests: 0,
             tls_name: None,
+            tls_verified: false,
             fd,
         });
     };
@@ -268,6 +279,7 @@ async fn connect(addr: SocketAddr, node: &Node, up: &Upstream) -> Result<Upstrea
             stream: UpstreamStream::Tls(Box::new(s)),
             requests: 0,
             tls_name: Some(node.host.clone()),
+            tls_verified: up.tls_verify,
             fd,
         }),
     }

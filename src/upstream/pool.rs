@@ -43,6 +43,8 @@ pub struct UpstreamConn {
     pub requests: u64,
     /// TLS server name it was opened with (a pooled TLS connection is reused only for the same).
     pub tls_name: Option<std::sync::Arc<str>>,
+    /// Whether its TLS certificate was verified (a plain connection counts as not verified).
+    pub tls_verified: bool,
     /// The TCP socket underneath, for liveness peeks (valid as long as `stream` lives).
     pub fd: std::os::fd::RawFd,
 }
@@ -60,7 +62,13 @@ pub struct Pool {
 
 impl Pool {
     /// An idle connection to `addr` that has not expired, most recently used first.
-    pub fn take(&mut self, addr: SocketAddr, tls_name: Option<&str>) -> Option<UpstreamConn> {
+    /// A TLS connection is reused only for the same server name and certificate policy.
+    pub fn take(
+        &mut self,
+        addr: SocketAddr,
+        tls_name: Option<&str>,
+        verified: bool,
+    ) -> Option<UpstreamConn> {
         let list = self.idle.get_mut(&(addr, tls_name.is_some()))?;
         let now = Instant::now();
         while let Some(idle) = list.pop_back() {
@@ -69,7 +77,7 @@ impl Pool {
                 list.clear();
                 return None;
             }
-            if idle.conn.tls_name.as_deref() == tls_name {
+            if idle.conn.tls_name.as_deref() == tls_name && idle.conn.tls_verified == verified {
                 return Some(idle.conn);
             }
         }

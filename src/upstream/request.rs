@@ -14,6 +14,8 @@ pub struct ClientFacts<'a> {
     pub trusted: bool,
     /// The identity authentication established, if the route authenticates.
     pub identity: Option<&'a Identity>,
+    /// The normalised path, when it differs from the one sent (it is what the route matched).
+    pub path: Option<&'a [u8]>,
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -44,7 +46,13 @@ pub fn write_request_head(
                 out.extend_from_slice(head.query.get(buf));
             }
         }
-        None => out.extend_from_slice(head.target.get(buf)),
+        None => match client.path {
+            Some(path) => {
+                out.extend_from_slice(path);
+                out.extend_from_slice(head.query.get(buf));
+            }
+            None => out.extend_from_slice(head.target.get(buf)),
+        },
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
@@ -60,12 +68,19 @@ pub fn write_request_head(
     };
     header(out, b"Host", host);
 
+    // proxy-rewrite's `set` and `remove` win over the client's headers and over the ones the
+    // proxy would add itself (its `set` values are written below).
+    let rewritten = |name: &[u8]| rewrite.is_some_and(|r| r.drops_ignoring_case(name));
     let mut xff_start = None;
     let mut saw_proto = false;
     let mut saw_fwd_host = false;
+    let mut saw_real_ip = false;
     for h in headers {
         let name = h.name.get(buf);
         let value = h.value.get(buf);
+        if rewritten(name) {
+            continue;
+        }
         match h.kind {
             HeaderKind::Host
             | HeaderKind::ContentLength
@@ -101,14 +116,17 @@ pub fn write_request_head(
             HeaderKind::XForwardedProto
             | HeaderKind::XForwardedHost
             | HeaderKind::Forwarded
-            | HeaderKind::XForwardedOther => {
+            | HeaderKind::XForwardedOther
+            | HeaderKind::XRealIp => {
                 if !client.trusted {
                     continue;
                 }
+                saw_real_ip |= h.kind == HeaderKind::XRealIp;
                 saw_proto |= h.kind == HeaderKind::XForwardedProto;
                 saw_fwd_host |= h.kind == HeaderKind::XForwardedHost;
             }
-            HeaderKind::Identity if route.oidc.is_some() => continue,
+            // Identity claims only the proxy may make, on every route.
+            HeaderKind::Identity | HeaderKind::Alias => continue,
             HeaderKind::Authorization
                 if client
                     .identity
@@ -116,25 +134,25 @@ pub fn write_request_head(
             {
                 continue
             }
-            HeaderKind::Identity | HeaderKind::Authorization => {}
+            HeaderKind::Authorization => {}
             HeaderKind::Other => {
                 if head.connection_names_others && named_in_connection(buf, headers, name) {
-                    continue;
-                }
-                if rewrite.is_some_and(|r| r.drops_ignoring_case(name)) {
                     continue;
                 }
             }
         }
         header(out, name, value);
     }
-    if xff_start.is_none() {
+    if xff_start.is_none() && !rewritten(b"x-forwarded-for") {
         header(out, b"X-Forwarded-For", client.peer_ip.as_bytes());
     }
-    if !saw_proto {
+    if !saw_real_ip && !rewritten(b"x-real-ip") {
+        header(out, b"X-Real-IP", client.peer_ip.as_bytes());
+    }
+    if !saw_proto && !rewritten(b"x-forwarded-proto") {
         header(out, b"X-Forwarded-Proto", b"http");
     }
-    if !saw_fwd_host {
+    if !saw_fwd_host && !rewritten(b"x-forwarded-host") {
         if let Some(h) = client_host {
             header(out, b"X-Forwarded-Host", h);
         }
@@ -207,6 +225,7 @@ mod tests {
             peer_ip: "10.0.0.9",
             trusted,
             identity: None,
+            path: None,
         };
         write_request_head(
             &mut out,
@@ -224,12 +243,12 @@ mod tests {
     fn hop_by_hop_and_untrusted_forwarding_headers_are_dropped() {
         let out = forwarded(
             json!({"uri": "/*", "upstream": {"nodes": {"127.0.0.1:8080": 1}}}),
-            "POST /p?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nContent-Length: 3\r\nUser-Agent: t\r\n\r\nabc",
+            "POST /p?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX_Userinfo: forged\r\nContent-Length: 3\r\nUser-Agent: t\r\n\r\nabc",
             false,
         );
         assert_eq!(
             out,
-            "POST /p?q=1 HTTP/1.1\r\nHost: a.test\r\nUser-Agent: t\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.test\r\nContent-Length: 3\r\n\r\n"
+            "POST /p?q=1 HTTP/1.1\r\nHost: a.test\r\nUser-Agent: t\r\nX-Forwarded-For: 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.test\r\nContent-Length: 3\r\n\r\n"
         );
     }
 
