@@ -25,3 +25,15 @@ stop_pid() {
         if is_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
     done
 }
+
+# start_pinned NAME CPU CMD… — run CMD pinned to CPU in the background, logging to
+# $WORK/logs/NAME.log; its pid goes to LAST_PID and to the list cleanup stops.
+start_pinned() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/logs/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    PID_NAMES+=("$name")
+    log "started $name (pid $LAST_PID, cpu $cpu): $(printf '%s ' "$@" | cut -c1-160)"
+}

@@ -68,16 +68,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-start_pinned() {
-    local name=$1 cpu=$2
-    shift 2
-    taskset -c "$cpu" "$@" >"$WORK/logs/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    PID_NAMES+=("$name")
-    log "started $name (pid $LAST_PID, cpu $cpu): $(printf '%s ' "$@" | cut -c1-160)"
-}
-
 USED_PORTS=" "
 NEXT_PORT=$PORT_BASE
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

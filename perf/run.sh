@@ -75,16 +75,6 @@ trap 'exit 143' TERM
 
 # start_pinned NAME CPU CMD... — start CMD in the background pinned to CPU,
 # stdout+stderr to $WORK/logs/NAME.log; sets LAST_PID.
-start_pinned() {
-    local name=$1 cpu=$2
-    shift 2
-    taskset -c "$cpu" "$@" >"$WORK/logs/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    PID_NAMES+=("$name")
-    log "started $name (pid $LAST_PID, cpu $cpu): $*"
-}
-
 # ---------------------------------------------------------------- ports
 USED_PORTS=" "
 NEXT_PORT=$PORT_BASE
