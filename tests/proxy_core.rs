@@ -1202,3 +1202,24 @@ fn a_502_keeps_the_client_connection_and_pipelined_requests_are_all_answered() {
         );
     }
 }
+
+#[test]
+fn bytes_an_upstream_sends_while_idle_never_answer_another_request() {
+    let up = Upstream::start("A");
+    let mut cfg = base_config(vec![route("1", "/*", &[&up])]);
+    cfg["workers"] = json!(1);
+    let p = Proxy::start(cfg);
+    let r = p.get("/late-bytes");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    thread::sleep(Duration::from_millis(300));
+    // The pooled connection now holds an unrequested answer; it must not be read as this one's.
+    let r = p.get("/next");
+    assert_eq!(
+        r.upstream_id(),
+        Some("A"),
+        "got {:?}: {}",
+        r.headers,
+        r.text()
+    );
+    assert_eq!(r.echo().path, "/next");
+}

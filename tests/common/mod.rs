@@ -1179,6 +1179,8 @@ struct UpstreamState {
 /// * `/sleep/MS`: wait MS milliseconds (after reading the body), then echo;
 /// * `/close`: echo with `Connection: close`, then close;
 /// * `/garbage`: answer with bytes that are not HTTP and close;
+/// * `/late-bytes`: answer `ok`, then 100 ms later send an unrequested answer on the idle
+///   connection;
 /// * `/truncate/N`: promise N bytes (Content-Length), send N/2, close;
 /// * `/truncchunked/N`: chunked, about N/2 bytes, close without the last chunk;
 /// * `/hop`: echo plus hop-by-hop response headers (`Connection: X-Hop-Resp`, `X-Hop-Resp`,
@@ -1492,6 +1494,20 @@ fn serve_http<S: Read + Write>(io: &mut ServerIo<S>, st: &UpstreamState) -> io::
 
         if path_has(&path, "garbage") {
             io.s.write_all(b"THIS IS NOT HTTP\r\n\r\n")?;
+            io.s.flush()?;
+            return Ok(());
+        }
+        if path_has(&path, "late-bytes") {
+            // A misbehaving keep-alive upstream: a complete answer, then, while the connection
+            // sits idle, the start of an answer nobody asked for.
+            io.s.write_all(
+                format!("HTTP/1.1 200 OK\r\n{id_hdr}Content-Length: 2\r\n\r\nok").as_bytes(),
+            )?;
+            io.s.flush()?;
+            thread::sleep(Duration::from_millis(100));
+            io.s.write_all(
+                b"HTTP/1.1 200 OK\r\nX-Upstream-Id: STALE\r\nContent-Length: 5\r\n\r\nstale",
+            )?;
             io.s.flush()?;
             return Ok(());
         }
