@@ -1,4 +1,5 @@
-# Process helpers shared by perf/run.sh and perf/rss.sh (sourced; the caller defines `log`).
+# Helpers shared by perf/run.sh and perf/rss.sh: processes, ports, templates. Sourced; the caller
+# defines `log`, `die`, WORK, PIDS, PID_NAMES and PORT_BASE first.
 
 # 0 if the process exists and is not a zombie.
 is_alive() {
@@ -36,4 +37,33 @@ start_pinned() {
     PIDS+=("$LAST_PID")
     PID_NAMES+=("$name")
     log "started $name (pid $LAST_PID, cpu $cpu): $(printf '%s ' "$@" | cut -c1-160)"
+}
+
+# ---------------------------------------------------------------- ports and templates
+USED_PORTS=" "
+NEXT_PORT=$PORT_BASE
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# alloc_port — sets PORT to a free loopback port not yet handed out.
+alloc_port() {
+    while port_busy "$NEXT_PORT" || [[ $USED_PORTS == *" $NEXT_PORT "* ]]; do
+        NEXT_PORT=$((NEXT_PORT + 1))
+        ((NEXT_PORT < 65000)) || die "no free port found from $PORT_BASE up"
+    done
+    PORT=$NEXT_PORT
+    USED_PORTS+="$PORT "
+    NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+# render TEMPLATE DEST KEY=VALUE... — replace @KEY@ with VALUE.
+render() {
+    local src=$1 dst=$2 kv key val content
+    shift 2
+    content=$(<"$src")
+    for kv in "$@"; do
+        key=${kv%%=*}
+        val=${kv#*=}
+        content=${content//"@$key@"/"$val"}  # quoted: no & expansion (bash 5.2)
+    done
+    [[ $content != *@[A-Z_]*@* ]] || die "unrendered placeholder left in $dst: $(grep -o '@[A-Z_]*@' <<<"$content" | sort -u | tr '\n' ' ')"
+    printf '%s\n' "$content" >"$dst"
 }

@@ -73,37 +73,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# start_pinned NAME CPU CMD... — start CMD in the background pinned to CPU,
-# stdout+stderr to $WORK/logs/NAME.log; sets LAST_PID.
-# ---------------------------------------------------------------- ports
-USED_PORTS=" "
-NEXT_PORT=$PORT_BASE
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# alloc_port — sets PORT to a free loopback port not yet handed out.
-alloc_port() {
-    while port_busy "$NEXT_PORT" || [[ $USED_PORTS == *" $NEXT_PORT "* ]]; do
-        NEXT_PORT=$((NEXT_PORT + 1))
-        ((NEXT_PORT < 65000)) || die "no free port found from $PORT_BASE up"
-    done
-    PORT=$NEXT_PORT
-    USED_PORTS+="$PORT "
-    NEXT_PORT=$((NEXT_PORT + 1))
-}
-
-# render TEMPLATE DEST KEY=VALUE... — replace @KEY@ with VALUE.
-render() {
-    local src=$1 dst=$2 kv key val content
-    shift 2
-    content=$(<"$src")
-    for kv in "$@"; do
-        key=${kv%%=*}
-        val=${kv#*=}
-        content=${content//"@$key@"/"$val"}  # quoted: no & expansion (bash 5.2)
-    done
-    [[ $content != *@[A-Z_]*@* ]] || die "unrendered placeholder left in $dst: $(grep -o '@[A-Z_]*@' <<<"$content" | sort -u | tr '\n' ' ')"
-    printf '%s\n' "$content" >"$dst"
-}
-
 # wait_ready NAME URL PID [curl args...] — poll until URL answers 200 with the
 # upstream's body; fail loudly if the process dies or it never does.
 EXPECTED_BODY="hello world"
