@@ -62,6 +62,11 @@ impl<V: Expiring> TokenCache<V> {
         }
     }
 
+    /// Whether the cache holds anything at all (capacity 0 disables it).
+    pub fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
     fn is_current(&self, key: &TokenKey, seq: u64) -> bool {
         self.map.get(key).is_some_and(|(s, _)| *s == seq)
     }

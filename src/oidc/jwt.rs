@@ -2,6 +2,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::config::OidcConfig;
@@ -171,29 +172,137 @@ pub fn verify_signature(p: &Parsed<'_>, keys: &KeySet) -> Result<(), TokenError>
 }
 
 /// The claims the proxy acts on.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct Claims {
     /// Expiry (seconds since the epoch).
-    #[serde(default)]
     pub exp: Option<f64>,
     /// Not before.
-    #[serde(default)]
     pub nbf: Option<f64>,
     /// Issued at.
-    #[serde(default)]
     pub iat: Option<f64>,
     /// Issuer.
-    #[serde(default)]
     pub iss: Option<String>,
     /// Space-separated scopes.
-    #[serde(default)]
     pub scope: Option<serde_json::Value>,
     /// Scopes as a list (some IdPs).
-    #[serde(default)]
     pub scp: Option<serde_json::Value>,
-    /// Every other claim, for the audience rule's configurable claim name.
-    #[serde(flatten)]
-    pub rest: serde_json::Map<String, serde_json::Value>,
+    /// The claim the audience rule names (`claim_validator.audience.claim`), when there is one.
+    pub audience: Option<serde_json::Value>,
+}
+
+impl Claims {
+    /// Parse a payload, keeping the claim named `audience_claim` too. Other claims are skipped
+    /// without being built, and a claim this reads that appears twice makes the token malformed
+    /// (parsers that keep the first and the last would disagree about it).
+    pub fn parse(payload: &[u8], audience_claim: Option<&str>) -> Result<Claims, TokenError> {
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let claims = ClaimsSeed(audience_claim)
+            .deserialize(&mut de)
+            .and_then(|c| de.end().map(|()| c));
+        claims.map_err(|_| TokenError::Malformed)
+    }
+}
+
+/// The claims `Claims` reads, as bits of a "seen" mask.
+#[derive(Clone, Copy)]
+enum Field {
+    Exp = 1,
+    Nbf = 2,
+    Iat = 4,
+    Iss = 8,
+    Scope = 16,
+    Scp = 32,
+    Other = 0,
+}
+
+/// A claim name: which field it is, and whether it is the audience claim.
+struct FieldSeed<'a>(Option<&'a str>);
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = (Field, bool);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for FieldSeed<'_> {
+    type Value = (Field, bool);
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a claim name")
+    }
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        let field = match name {
+            "exp" => Field::Exp,
+            "nbf" => Field::Nbf,
+            "iat" => Field::Iat,
+            "iss" => Field::Iss,
+            "scope" => Field::Scope,
+            "scp" => Field::Scp,
+            _ => Field::Other,
+        };
+        Ok((field, self.0 == Some(name)))
+    }
+}
+
+struct ClaimsSeed<'a>(Option<&'a str>);
+
+impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
+    type Value = Claims;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Claims, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ClaimsSeed<'_> {
+    type Value = Claims;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
+        let mut c = Claims::default();
+        let mut seen = 0u8;
+        while let Some((field, is_audience)) = map.next_key_seed(FieldSeed(self.0))? {
+            let bit = field as u8;
+            if seen & bit != 0 || (is_audience && c.audience.is_some()) {
+                return Err(de::Error::custom("duplicate claim"));
+            }
+            seen |= bit;
+            if is_audience {
+                // Named twice (say `claim: exp`): read once, then serve both uses.
+                let v: serde_json::Value = map.next_value()?;
+                if !matches!(field, Field::Other) {
+                    set_field(&mut c, field, v.clone()).map_err(de::Error::custom)?;
+                }
+                c.audience = Some(v);
+                continue;
+            }
+            match field {
+                Field::Exp => c.exp = map.next_value()?,
+                Field::Nbf => c.nbf = map.next_value()?,
+                Field::Iat => c.iat = map.next_value()?,
+                Field::Iss => c.iss = map.next_value()?,
+                Field::Scope => c.scope = map.next_value()?,
+                Field::Scp => c.scp = map.next_value()?,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn set_field(c: &mut Claims, field: Field, v: serde_json::Value) -> serde_json::Result<()> {
+    match field {
+        Field::Exp => c.exp = serde_json::from_value(v)?,
+        Field::Nbf => c.nbf = serde_json::from_value(v)?,
+        Field::Iat => c.iat = serde_json::from_value(v)?,
+        Field::Iss => c.iss = serde_json::from_value(v)?,
+        Field::Scope => c.scope = Some(v),
+        Field::Scp => c.scp = Some(v),
+        Field::Other => {}
+    }
+    Ok(())
 }
 
 fn has_scope(claims: &Claims, want: &str) -> bool {
@@ -241,12 +350,7 @@ pub fn check_claims(
         }
     }
     if let Some(rule) = &cfg.audience {
-        let aud = if rule.claim == "aud" {
-            c.rest.get("aud")
-        } else {
-            c.rest.get(&rule.claim)
-        };
-        match aud {
+        match c.audience.as_ref() {
             None | Some(serde_json::Value::Null) if rule.required || rule.match_with_client_id => {
                 return Err(TokenError::AudienceMissing)
             }
@@ -269,4 +373,54 @@ pub fn check_claims(
         return Err(TokenError::ScopeMissing);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_keep_the_named_audience_claim_and_skip_the_rest() {
+        let payload = br#"{"sub":"u","exp":10,"nbf":1.5,"iss":"https://i","scope":"a b",
+            "tenant_aud":["x","y"],"nested":{"aud":"no"},"aud":"api"}"#;
+        let c = Claims::parse(payload, Some("tenant_aud")).unwrap();
+        assert_eq!((c.exp, c.nbf, c.iat), (Some(10.0), Some(1.5), None));
+        assert_eq!(c.iss.as_deref(), Some("https://i"));
+        assert_eq!(c.scope, Some(serde_json::json!("a b")));
+        assert_eq!(c.audience, Some(serde_json::json!(["x", "y"])));
+        assert_eq!(Claims::parse(payload, None).unwrap().audience, None);
+    }
+
+    #[test]
+    fn a_claim_that_is_also_the_audience_serves_both() {
+        let c = Claims::parse(br#"{"iss":"https://i"}"#, Some("iss")).unwrap();
+        assert_eq!(c.iss.as_deref(), Some("https://i"));
+        assert_eq!(c.audience, Some(serde_json::json!("https://i")));
+    }
+
+    #[test]
+    fn escaped_claim_names_are_the_claims_they_spell() {
+        let c = Claims::parse(br#"{"\u0065xp":7}"#, None).unwrap();
+        assert_eq!(c.exp, Some(7.0));
+    }
+
+    #[test]
+    fn duplicate_or_mistyped_claims_make_the_token_malformed() {
+        for payload in [
+            &br#"{"exp":1,"exp":2}"#[..],
+            br#"{"exp":1,"\u0065xp":2}"#,
+            br#"{"aud":"a","aud":"b"}"#,
+            br#"{"exp":"tomorrow"}"#,
+            br#"{"iss":5}"#,
+            br#"["exp",1]"#,
+            br#"{"exp":1} trailing"#,
+        ] {
+            assert_eq!(
+                Claims::parse(payload, Some("aud")).unwrap_err(),
+                TokenError::Malformed,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
 }

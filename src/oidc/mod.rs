@@ -196,8 +196,8 @@ pub enum Lookup {
     Miss {
         /// Where the token is.
         token: Span,
-        /// Its cache key.
-        key: TokenKey,
+        /// Its cache key; none when the cache is disabled, which then costs no digest.
+        key: Option<TokenKey>,
         /// The time it is judged at.
         now: f64,
     },
@@ -256,10 +256,21 @@ pub fn lookup(
         return Ok(Lookup::Pass);
     };
     let now = now();
+    if !cache.enabled() {
+        return Ok(Lookup::Miss {
+            token,
+            key: None,
+            now,
+        });
+    }
     let key = token_key(p.instance, token.get(buf));
     Ok(match cache.get(&key, now) {
         Some(v) => Lookup::Cached(p.identity(token, v.userinfo.clone())),
-        None => Lookup::Miss { token, key, now },
+        None => Lookup::Miss {
+            token,
+            key: Some(key),
+            now,
+        },
     })
 }
 
@@ -283,7 +294,9 @@ pub async fn authenticate(
                 .await
                 .map_err(|reason| p.invalid(reason))?;
             let identity = p.identity(token, verified.userinfo.clone());
-            w.tokens.borrow_mut().insert(key, verified, now);
+            if let Some(key) = key {
+                w.tokens.borrow_mut().insert(key, verified, now);
+            }
             Ok(Some(identity))
         }
     }
@@ -380,8 +393,8 @@ pub fn verify_now(p: &OidcPlugin, token: &[u8], now: f64) -> Result<Verified, To
     let parsed = jwt::parse(token, cfg.token_signing_alg_values_expected.as_deref())?;
     let state = p.provider.state.load();
     jwt::verify_signature(&parsed, p.pinned.as_deref().unwrap_or(&state.keys))?;
-    let claims: jwt::Claims =
-        serde_json::from_slice(&parsed.payload).map_err(|_| TokenError::Malformed)?;
+    let audience_claim = cfg.audience.as_ref().map(|rule| rule.claim.as_str());
+    let claims = jwt::Claims::parse(&parsed.payload, audience_claim)?;
     let issuer = match (&state.discovery, &state.problem) {
         (Some(d), _) => Ok(d.issuer.as_str()),
         (None, Some(problem)) => Err(problem.as_str()),
@@ -394,6 +407,10 @@ pub fn verify_now(p: &OidcPlugin, token: &[u8], now: f64) -> Result<Verified, To
         expires_at: claims
             .exp
             .map_or(now + NO_EXP_TTL, |exp| exp + cfg.iat_slack.as_secs_f64()),
-        userinfo: STANDARD.encode(&parsed.payload).into(),
+        userinfo: if cfg.set_userinfo_header {
+            STANDARD.encode(&parsed.payload).into()
+        } else {
+            Rc::from("")
+        },
     })
 }
