@@ -131,8 +131,12 @@ pub struct IntrospectAnswer {
     pub body: Vec<u8>,
 }
 
-/// Providers by (discovery URL, ssl_verify).
-type Providers = HashMap<(String, bool), Arc<Provider>>;
+/// What makes two routes' providers one: the discovery URL and every setting that shapes how
+/// it is fetched (ssl_verify, timeout, jwk_expires_in), so no route runs on another's settings.
+type ProviderKey = (String, bool, Duration, Duration);
+
+/// Providers by their key.
+type Providers = HashMap<ProviderKey, Arc<Provider>>;
 
 /// The handle workers and the control plane use to reach the IdP thread.
 #[derive(Clone)]
@@ -167,7 +171,12 @@ impl Idp {
     pub fn provider(&self, cfg: &OidcConfig, needs_discovery: bool) -> Arc<Provider> {
         let mut map = self.providers.lock().unwrap_or_else(|p| p.into_inner());
         let p = map
-            .entry((cfg.discovery.clone(), cfg.ssl_verify))
+            .entry((
+                cfg.discovery.clone(),
+                cfg.ssl_verify,
+                cfg.timeout,
+                cfg.jwk_expires_in,
+            ))
             .or_insert_with(|| {
                 Arc::new(Provider {
                     discovery_url: cfg.discovery.clone(),
@@ -544,5 +553,40 @@ async fn watch(clients: Clients, p: Arc<Provider>, registry: Arc<Mutex<Providers
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: serde_json::Value) -> OidcConfig {
+        let mut conf = serde_json::json!({
+            "client_id": "c", "client_secret": "s", "bearer_only": true,
+            "discovery": "http://127.0.0.1:9/.well-known/openid-configuration",
+        });
+        if let (Some(c), Some(e)) = (conf.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let mut errors = Vec::new();
+        crate::oidc::config::check(conf, "t", &mut errors).expect("valid config")
+    }
+
+    #[test]
+    fn routes_share_a_provider_only_with_the_same_fetch_settings() {
+        let idp = Idp::start().unwrap();
+        let base = idp.provider(&cfg(serde_json::json!({})), false);
+        let same = idp.provider(&cfg(serde_json::json!({})), false);
+        assert!(Arc::ptr_eq(&base, &same));
+        for other in [
+            serde_json::json!({"timeout": 9}),
+            serde_json::json!({"jwk_expires_in": 60}),
+            serde_json::json!({"ssl_verify": true}),
+        ] {
+            let p = idp.provider(&cfg(other.clone()), false);
+            assert!(!Arc::ptr_eq(&base, &p), "{other} must not share");
+        }
+        let slow = idp.provider(&cfg(serde_json::json!({"timeout": 9})), false);
+        assert_eq!(slow.timeout, Duration::from_secs(9));
     }
 }
