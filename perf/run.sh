@@ -7,6 +7,7 @@
 #   PORTCULLIS_BIN=/path/to/portcullis perf/run.sh   # skip cargo build
 #   PERF_TARGETS="nginx haproxy" perf/run.sh        # only some targets
 #   RSS_STEP=0 perf/run.sh           # skip the memory step (perf/rss.sh) after the rounds
+#   UPSTREAM=nginx perf/run.sh       # Debian nginx as the upstream instead of perf/upstream
 #
 # See perf/README.md. Output: a Markdown report on stdout and in
 # perf/out/latest.md; raw numbers and every process's log in perf/out/.
@@ -34,7 +35,10 @@ PORTCULLIS_BIN=${PORTCULLIS_BIN:-}
 TOKEN_POOL=${TOKEN_POOL:-1000}      # distinct tokens the bearer-token targets rotate over
 RSS_STEP=${RSS_STEP:-1}             # 1: run perf/rss.sh after the rounds (needs a portcullis target)
 NODE=${NODE:-node}                  # mints tokens, runs the fake introspection endpoint
+UPSTREAM=${UPSTREAM:-fast}          # fast: perf/upstream (built here); nginx: Debian nginx
+UPSTREAM_BIN=$PERF_DIR/upstream/target/release/perf-upstream
 
+[[ $UPSTREAM == fast || $UPSTREAM == nginx ]] || { echo "run.sh: UPSTREAM must be fast or nginx (got '$UPSTREAM')" >&2; exit 2; }
 for v in ROUNDS DURATION WARMUP CONNECTIONS THREADS PORT_BASE READY_TIMEOUT TOKEN_POOL RSS_STEP; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "run.sh: $v must be a non-negative integer (got '${!v}')" >&2; exit 2; }
 done
@@ -150,16 +154,28 @@ ensure_tools() {
     done
 }
 
+upstream_desc() {
+    if [[ $UPSTREAM == fast ]]; then
+        echo "perf/upstream: io_uring, finds each head's end and answers from a static buffer"
+    else
+        echo "Debian nginx, \\`return 200\\`"
+    fi
+}
+
 UPSTREAM_ADDR=""
 start_upstream() {
     local dir=$WORK/upstream
     mkdir -p "$dir"
     alloc_port
     UPSTREAM_ADDR=127.0.0.1:$PORT
-    render "$PERF_DIR/conf/nginx-upstream.conf.tmpl" "$dir/nginx.conf" DIR="$dir" PORT="$PORT"
-    nginx -t -q -p "$dir" -c "$dir/nginx.conf" >"$WORK/logs/upstream-config-test.log" 2>&1 ||
-        { cat "$WORK/logs/upstream-config-test.log" >&2; die "upstream nginx config test failed"; }
-    start_pinned upstream "$LOAD_CPU" nginx -p "$dir" -c "$dir/nginx.conf"
+    if [[ $UPSTREAM == fast ]]; then
+        start_pinned upstream "$LOAD_CPU" "$UPSTREAM_BIN" "$UPSTREAM_ADDR"
+    else
+        render "$PERF_DIR/conf/nginx-upstream.conf.tmpl" "$dir/nginx.conf" DIR="$dir" PORT="$PORT"
+        nginx -t -q -p "$dir" -c "$dir/nginx.conf" >"$WORK/logs/upstream-config-test.log" 2>&1 ||
+            { cat "$WORK/logs/upstream-config-test.log" >&2; die "upstream nginx config test failed"; }
+        start_pinned upstream "$LOAD_CPU" nginx -p "$dir" -c "$dir/nginx.conf"
+    fi
     wait_ready upstream "http://$UPSTREAM_ADDR/" "$LAST_PID"
 }
 
@@ -552,7 +568,7 @@ report() {
     echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "- machine: nproc $(nproc), ${cpu_model:-unknown CPU}, kernel $(uname -r)"
     echo "- versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), portcullis ${pc_version} (git: ${git_rev})"
-    echo "- method: \`taskset -c $LOAD_CPU wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, $ROUNDS alternating rounds (${WARMUP}s warm-up per target first); proxies pinned to core $PROXY_CPU, upstream nginx and wrk to core $LOAD_CPU; upstream body \`hello world\\n\` (12 bytes), keep-alive everywhere"
+    echo "- method: \`taskset -c $LOAD_CPU wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, $ROUNDS alternating rounds (${WARMUP}s warm-up per target first); proxies pinned to core $PROXY_CPU, the upstream ($(upstream_desc)) and wrk to core $LOAD_CPU; upstream body \`hello world\\n\` (12 bytes), keep-alive everywhere"
     echo "- load average when measuring started: $LOADAVG_START"
     if in_selected portcullis-jwt-pool || in_selected portcullis-jwt-nocache || in_selected haproxy-jwt; then
         echo "- bearer JWTs: every request carries \`Authorization: Bearer <token>\`, rotating over $TOKEN_POOL distinct RS256 tokens (RSA-2048, about $(awk '{ s += length($0) } END { printf "%.0f", s / NR }' "$JWT_POOL") characters, ~380-byte claims, iss \`$JWT_ISSUER\`, exp a day ahead) via \`perf/wrk/tokens.lua\`. \`portcullis-jwt-pool\`: public_key route, default token cache (after the warm-up every token is a cache hit); \`portcullis-jwt-nocache\`: \`token_cache_entries: 0\`, so every request verifies an RS256 signature, which stands for **a new token on every request**; \`haproxy-jwt\`: \`jwt_verify\` (no cache in HAProxy, one signature check per request) plus alg, iss and exp checks"
@@ -673,6 +689,11 @@ main() {
     ensure_tools
     [[ $(nproc) -ge 2 ]] || log "WARNING: fewer than 2 cores; load generator and proxies share a core"
 
+    if [[ $UPSTREAM == fast ]]; then
+        log "building the benchmark upstream (perf/upstream, cargo build --release)"
+        cargo build --release --quiet --manifest-path "$PERF_DIR/upstream/Cargo.toml" \
+            --target-dir "$PERF_DIR/upstream/target" || die "building perf/upstream failed"
+    fi
     if [[ " ${SELECTED[*]} " == *" portcullis"* ]]; then
         if [[ -z $PORTCULLIS_BIN ]]; then
             log "building portcullis (cargo build --release)"
