@@ -256,22 +256,13 @@ pub fn lookup(
         return Ok(Lookup::Pass);
     };
     let now = now();
-    if !cache.enabled() {
-        return Ok(Lookup::Miss {
-            token,
-            key: None,
-            now,
-        });
+    let key = cache
+        .enabled()
+        .then(|| token_key(p.instance, token.get(buf)));
+    if let Some(v) = key.as_ref().and_then(|k| cache.get(k, now)) {
+        return Ok(Lookup::Cached(p.identity(token, v.userinfo.clone())));
     }
-    let key = token_key(p.instance, token.get(buf));
-    Ok(match cache.get(&key, now) {
-        Some(v) => Lookup::Cached(p.identity(token, v.userinfo.clone())),
-        None => Lookup::Miss {
-            token,
-            key: Some(key),
-            now,
-        },
-    })
+    Ok(Lookup::Miss { token, key, now })
 }
 
 /// Authenticate a request. `Ok(None)`: let it through without identity (`unauth_action: pass`).
