@@ -369,6 +369,15 @@ start_portcullis_introspect() {
     use_token_pool "$name" "$OPAQUE_POOL"
 }
 
+# Portcullis without auth, loaded with the introspection target's requests (the same opaque
+# tokens through the same wrk script): the baseline that leaves only introspection's own cost.
+start_portcullis_opaque() {
+    local name=$1
+    ensure_opaque_pool
+    start_portcullis "$name" io_uring
+    use_token_pool "$name" "$OPAQUE_POOL"
+}
+
 # A probe decides whether a target joins the default selection (PERF_TARGETS empty); a target
 # named in PERF_TARGETS always runs, and fails loudly if it cannot.
 probe_introspect() {
@@ -393,7 +402,8 @@ add_target portcullis-jwt-pool    start_portcullis_jwt_pool
 add_target portcullis-jwt-nocache start_portcullis_jwt_nocache
 add_target haproxy-jwt            start_haproxy_jwt
 add_target portcullis-introspect  start_portcullis_introspect
-TARGET_NODE=([nginx-tokens]=1 [portcullis-jwt-pool]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1)
+add_target portcullis-opaque      start_portcullis_opaque
+TARGET_NODE=([nginx-tokens]=1 [portcullis-jwt-pool]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1 [portcullis-opaque]=1)
 TARGET_PROBE=([portcullis-introspect]=probe_introspect)
 
 # ---------------------------------------------------------------- measuring
@@ -621,6 +631,7 @@ report() {
     goal_row portcullis-jwt-pool haproxy-jwt 3
     goal_row portcullis-jwt-nocache haproxy-jwt 1.5
     goal_row portcullis-introspect portcullis-uring 0.95
+    goal_row portcullis-introspect portcullis-opaque 0.95
     if ((${#SKIPPED_NOTES[@]} > 0)); then
         echo
         for note in "${SKIPPED_NOTES[@]}"; do echo "- $note"; done
