@@ -182,6 +182,14 @@ fn rsa_key(n: Vec<u8>, e: Vec<u8>) -> Result<VerifyKey, String> {
             n.len() * 8
         ));
     }
+    // Verification refuses larger ones; saying so here names the key instead of failing every
+    // token it signs.
+    if n.len() > 1024 {
+        return Err(format!(
+            "RSA key of {} bits is too large (at most 8192)",
+            n.len() * 8
+        ));
+    }
     // The exponent rules ring applies: odd, at least 3, at most 33 bits.
     let e_value = (e.len() <= 5).then(|| e.iter().fold(0u64, |v, &b| v << 8 | u64::from(b)));
     if !e_value.is_some_and(|v| v >= 3 && v % 2 == 1 && v < 1 << 33) {
@@ -521,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn rsa_keys_too_small_or_malformed_are_skipped_with_the_reason() {
+    fn rsa_keys_of_a_wrong_size_or_exponent_are_skipped_with_the_reason() {
         let b64 = |v: &[u8]| URL_SAFE_NO_PAD.encode(v);
         let modulus = |len: usize| {
             let mut n = vec![0xd5; len];
@@ -530,6 +538,7 @@ mod tests {
         };
         let jwks = serde_json::json!({"keys": [
             {"kty": "RSA", "kid": "small", "n": modulus(128), "e": "AQAB"},
+            {"kty": "RSA", "kid": "large", "n": modulus(1025), "e": "AQAB"},
             {"kty": "RSA", "kid": "even-e", "n": modulus(256), "e": b64(&[0x01, 0x00, 0x00])},
             {"kty": "RSA", "kid": "good", "n": modulus(256), "e": "AQAB"},
         ]});
@@ -541,7 +550,11 @@ mod tests {
             "{skipped:?}"
         );
         assert!(
-            skipped[1].starts_with("key even-e: RSA exponent must be odd"),
+            skipped[1].contains("large: RSA key of 8200 bits is too large"),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped[2].starts_with("key even-e: RSA exponent must be odd"),
             "{skipped:?}"
         );
     }
