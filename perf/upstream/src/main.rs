@@ -82,14 +82,14 @@ async fn serve(mut stream: TcpStream) {
     let mut scanned = 0;
     loop {
         if buf.len() == buf.capacity() {
-            if buf.len() - start > MAX_HEAD {
-                let _ = stream.write_all(BAD).await;
-                return;
+            if start > 0 {
+                // Completed heads make room for the rest of this one.
+                buf.drain(..start);
+                scanned -= start;
+                start = 0;
+            } else {
+                buf.reserve(buf.capacity());
             }
-            buf.drain(..start);
-            scanned -= start;
-            start = 0;
-            buf.reserve(buf.capacity());
         }
         let len = buf.len();
         let (res, slice) = stream.read(buf.slice_mut(len..)).await;
@@ -101,7 +101,8 @@ async fn serve(mut stream: TcpStream) {
         let mut bad = false;
         while let Some(end) = finder.find(&buf[scanned..]) {
             let head_end = scanned + end + 4;
-            if !buf[start..head_end].starts_with(b"GET ") || has_body(&buf[start..head_end]) {
+            let head = &buf[start..head_end];
+            if head.len() > MAX_HEAD || !head.starts_with(b"GET ") || has_body(head) {
                 bad = true;
                 break;
             }
@@ -112,6 +113,7 @@ async fn serve(mut stream: TcpStream) {
         if !bad {
             // A head's end may straddle two reads: look again from 3 bytes back.
             scanned = buf.len().saturating_sub(3).max(start);
+            bad = buf.len() - start > MAX_HEAD;
         }
         if start == buf.len() {
             buf.clear();
