@@ -29,6 +29,20 @@ stop_pid() {
 
 # start_pinned NAME CPU CMD… — run CMD pinned to CPU in the background, logging to
 # $WORK/logs/NAME.log; its pid goes to LAST_PID and to the list cleanup stops.
+# stop_all_keeping_logs DIR — stop every process this script started, newest first, and move
+# $WORK/logs to DIR (replacing what was there). Returns 1 when there was no work dir.
+stop_all_keeping_logs() {
+    local dir=$1 i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]}" "${PID_NAMES[$i]}"
+    done
+    [[ -n $WORK && -d $WORK ]] || return 1
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -r "$WORK"/logs/. "$dir/" 2>/dev/null
+    rm -rf "$WORK"
+}
+
 start_pinned() {
     local name=$1 cpu=$2
     shift 2

@@ -49,18 +49,11 @@ PID_NAMES=()
 source "$PERF_DIR/procs.sh"
 
 cleanup() {
-    local rc=$? i
+    local rc=$?
     set +e
     trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}" "${PID_NAMES[$i]}"
-    done
-    if [[ -n $WORK && -d $WORK ]]; then
-        rm -rf "$RSS_LOG_DIR"
-        mkdir -p "$RSS_LOG_DIR"
-        cp -r "$WORK"/logs/. "$RSS_LOG_DIR/" 2>/dev/null
-        rm -rf "$WORK"
-        ((rc == 0)) || log "logs are in $RSS_LOG_DIR/"
+    if stop_all_keeping_logs "$RSS_LOG_DIR" && ((rc != 0)); then
+        log "logs are in $RSS_LOG_DIR/"
     fi
     exit "$rc"
 }

@@ -57,19 +57,12 @@ PID_NAMES=()
 source "$PERF_DIR/procs.sh"
 
 cleanup() {
-    local rc=$? i
+    local rc=$?
     set +e
     trap - EXIT INT TERM
     stop_sampler
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}" "${PID_NAMES[$i]}"
-    done
-    if [[ -n $WORK && -d $WORK ]]; then
-        rm -rf "$OUT_DIR/logs"
-        mkdir -p "$OUT_DIR/logs"
-        cp -r "$WORK"/logs/. "$OUT_DIR/logs/" 2>/dev/null
-        rm -rf "$WORK"
-        ((rc == 0)) || log "logs of every process and wrk run are in $OUT_DIR/logs/"
+    if stop_all_keeping_logs "$OUT_DIR/logs" && ((rc != 0)); then
+        log "logs of every process and wrk run are in $OUT_DIR/logs/"
     fi
     exit "$rc"
 }
