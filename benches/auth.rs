@@ -108,7 +108,7 @@ fn auth_step(c: &mut Criterion) {
     let token = sign(&key, "user-1");
     let req = format!("GET /api HTTP/1.1\r\nHost: api.example\r\nAuthorization: Bearer {token}\r\nAccept: */*\r\n\r\n");
     let mut headers = Vec::new();
-    parse_request(req.as_bytes(), 100, &mut headers)
+    parse_request(&mut req.clone().into_bytes(), 100, &mut headers)
         .unwrap()
         .unwrap();
 

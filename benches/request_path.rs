@@ -38,9 +38,12 @@ fn parse(c: &mut Criterion) {
     let mut headers = Vec::with_capacity(32);
     for (name, req) in [("wrk_get", WRK_GET), ("browser_get", BROWSER_GET)] {
         g.throughput(Throughput::Bytes(req.len() as u64));
+        // Parsing normalises the host in place; a normal host stays as it is, so one copy
+        // serves every iteration.
+        let mut buf = req.to_vec();
         g.bench_function(name, |b| {
             b.iter(|| {
-                parse_request(black_box(req), 100, &mut headers)
+                parse_request(black_box(&mut buf), 100, &mut headers)
                     .unwrap()
                     .unwrap()
                     .head_len
@@ -62,7 +65,7 @@ fn parse(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(body.len() as u64));
     g.bench_function("64x1KiB", |b| {
         b.iter(|| {
-            ChunkedScanner::new()
+            ChunkedScanner::new(32 * 1024, 100)
                 .scan(black_box(&body), |_| {})
                 .unwrap()
         })
@@ -79,7 +82,7 @@ fn route(c: &mut Criterion) {
             b.iter(|| {
                 t.find(
                     black_box(b"/api/v1/orders/12345"),
-                    Some(black_box(b"Shop.Example.com")),
+                    Some(black_box(b"shop.example.com")),
                     get,
                 )
                 .map(|(i, _)| i)
@@ -95,14 +98,15 @@ fn route(c: &mut Criterion) {
 fn upstream_head(c: &mut Criterion) {
     let t = table(1);
     let mut headers = Vec::with_capacity(32);
-    let head = parse_request(BROWSER_GET, 100, &mut headers)
+    let mut browser_get = BROWSER_GET.to_vec();
+    let head = parse_request(&mut browser_get, 100, &mut headers)
         .unwrap()
         .unwrap();
     let get = method_bit(b"GET").unwrap();
     let (_, route) = t
         .find(
-            head.path.get(BROWSER_GET),
-            head.host.map(|h| h.get(BROWSER_GET)),
+            head.path.get(&browser_get),
+            Some(head.host_name.get(&browser_get)),
             get,
         )
         .unwrap();

@@ -73,14 +73,9 @@ pub struct RouteTable {
     /// The distinct lengths of `prefixes`, longest first: a lookup tries one hash probe per
     /// length instead of testing every prefix, so a thousand routes cost what a few do.
     prefix_lens: Vec<usize>,
-    /// Whether any route is narrowed by host (else the Host header need not be looked at).
-    uses_hosts: bool,
     /// Whether any node is a DNS name, so the table must be rebuilt when names resolve anew.
     pub has_dns_names: bool,
 }
-
-/// The longest host (without port) we lowercase for matching; longer ones cannot be DNS names.
-const MAX_HOST: usize = 255;
 
 impl RouteTable {
     /// Build a table from checked routes, resolving node host names (blocking: control plane only).
@@ -89,7 +84,6 @@ impl RouteTable {
         for spec in specs.iter().filter(|s| s.enabled) {
             let idx = table.routes.len() as u32;
             let route = compile_route(spec, per_core, idp, &mut table.has_dns_names);
-            table.uses_hosts |= !route.hosts.is_empty();
             table.routes.push(route);
             for uri in &spec.uris {
                 match uri.strip_suffix('*') {
@@ -122,20 +116,10 @@ impl RouteTable {
         table
     }
 
-    /// The route for a request, by path, `Host` value (port allowed) and method bit (0 = other).
+    /// The route for a request, by path, host name (in the parser's normal form: lower-case,
+    /// no port, no trailing dot) and method bit (0 = other).
     pub fn find(&self, path: &[u8], host: Option<&[u8]>, method: u16) -> Option<(usize, &Route)> {
-        let mut lower = [0u8; MAX_HOST];
-        let host: &[u8] = match host {
-            Some(h) if self.uses_hosts => {
-                let h = strip_port(h);
-                let n = h.len().min(MAX_HOST);
-                for (d, s) in lower[..n].iter_mut().zip(h) {
-                    *d = s.to_ascii_lowercase();
-                }
-                &lower[..n]
-            }
-            _ => b"",
-        };
+        let host = host.unwrap_or_default();
         let fits = |&&i: &&u32| {
             let r = &self.routes[i as usize];
             (r.methods == 0 || r.methods & method != 0)
@@ -162,19 +146,6 @@ impl RouteTable {
             .iter()
             .flat_map(|r| r.upstream.nodes.iter().map(|n| n.addr))
             .collect()
-    }
-}
-
-fn strip_port(h: &[u8]) -> &[u8] {
-    if h.first() == Some(&b'[') {
-        return match h.iter().position(|&b| b == b']') {
-            Some(end) => &h[..=end],
-            None => h,
-        };
-    }
-    match h.iter().rposition(|&b| b == b':') {
-        Some(i) => &h[..i],
-        None => h,
     }
 }
 
@@ -300,7 +271,7 @@ mod tests {
         assert_eq!(id(&t, "/form", None, "POST"), Some("post"));
         assert_eq!(id(&t, "/form", None, "GET"), Some("all"));
         assert_eq!(
-            id(&t, "/h", Some("WWW.Example.com:8080"), "GET"),
+            id(&t, "/h", Some("www.example.com"), "GET"),
             Some("hosted")
         );
         assert_eq!(id(&t, "/h2", Some("a.test"), "GET"), Some("hosted"));

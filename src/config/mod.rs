@@ -301,6 +301,8 @@ impl Default for RawRuntime {
 struct RawLimits {
     max_header_bytes: i64,
     max_headers: i64,
+    max_response_header_bytes: i64,
+    max_response_headers: i64,
     header_read_timeout: f64,
     body_read_timeout: f64,
     send_timeout: f64,
@@ -316,6 +318,8 @@ impl Default for RawLimits {
         Self {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
+            max_response_header_bytes: 64 * 1024,
+            max_response_headers: 500,
             header_read_timeout: 10.0,
             body_read_timeout: 60.0,
             send_timeout: 60.0,
@@ -384,6 +388,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Header lines; over it → 431.
     pub max_headers: usize,
+    /// Upstream status line plus headers, in bytes (with its trailers); over it → 502.
+    pub max_response_header_bytes: usize,
+    /// Upstream header lines (with its trailer lines); over it → 502.
+    pub max_response_headers: usize,
     /// Time for a client to send a whole request head once it started (and for the first one).
     pub header_read_timeout: Duration,
     /// Longest wait between two reads of a request body.
@@ -701,6 +709,20 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
             1,
             MAX_HEADERS_CEILING as i64,
             "limits.max_headers",
+            errors,
+        ) as usize,
+        max_response_header_bytes: ranged(
+            l.max_response_header_bytes,
+            1024,
+            1024 * 1024,
+            "limits.max_response_header_bytes",
+            errors,
+        ) as usize,
+        max_response_headers: ranged(
+            l.max_response_headers,
+            1,
+            MAX_HEADERS_CEILING as i64,
+            "limits.max_response_headers",
             errors,
         ) as usize,
         header_read_timeout: seconds(l.header_read_timeout, "limits.header_read_timeout", errors),

@@ -398,7 +398,9 @@ pub fn check_route(
         .iter()
         .enumerate()
         .filter_map(|(i, h)| {
+            // The parser drops a trailing dot from request hosts; patterns match that form.
             let lower = h.to_ascii_lowercase();
+            let lower = lower.strip_suffix('.').map(str::to_owned).unwrap_or(lower);
             let ok_chars = |s: &str| {
                 !s.is_empty()
                     && s.bytes()

@@ -159,7 +159,7 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
     };
     let found = routes.table.find(
         match_path,
-        head.host.map(|h| h.get(buf)),
+        head.host.map(|_| head.host_name.get(buf)),
         method_bit(method).unwrap_or(0),
     );
     let Some((idx, route)) = found else {
@@ -261,7 +261,7 @@ async fn read_head(conn: &mut Conn, w: &Worker) -> Result<Option<RequestHead>, P
     loop {
         if conn.pos < conn.rbuf.len() {
             let parsed = parse_request(
-                &conn.rbuf[conn.pos..],
+                &mut conn.rbuf[conn.pos..],
                 limits.max_headers,
                 &mut conn.headers,
             );

@@ -259,21 +259,25 @@ pub struct RequestHead {
     pub head_len: usize,
     /// Method.
     pub method: Span,
-    /// Request target as sent.
+    /// Request target in origin form (path and query), as sent.
     pub target: Span,
-    /// The path part of the target (origin form, without the query).
+    /// The path part of the target (without the query); empty only for an absolute-form target
+    /// without a path, which means `/`.
     pub path: Span,
     /// The query, including its `?`, or empty.
     pub query: Span,
     /// HTTP/1.0 (otherwise 1.1).
     pub http10: bool,
-    /// `Host` value (or the authority of an absolute-form target).
+    /// The authority the request is for (`Host`, or that of an absolute-form target), in normal
+    /// form: lower-case, without a trailing dot, with its port if one was given.
     pub host: Option<Span>,
+    /// The host name of [`RequestHead::host`] without the port: what routes match.
+    pub host_name: Span,
     /// Body framing.
     pub body: BodyKind,
     /// Whether the client wants the connection kept open.
     pub keep_alive: bool,
-    /// `Expect: 100-continue`.
+    /// `Expect: 100-continue` from an HTTP/1.1 client (1.0 clients never get a 100).
     pub expect_continue: bool,
     /// `Connection` lists header names, which must then be dropped too.
     pub connection_names_others: bool,
@@ -281,9 +285,146 @@ pub struct RequestHead {
     pub is_head: bool,
 }
 
-/// Parse a request head from `buf`. `Ok(None)` means more bytes are needed.
+/// Longest host name (RFC 1035, without the trailing dot).
+const MAX_HOST_NAME: usize = 253;
+/// Longest label of a host name.
+const MAX_LABEL: usize = 63;
+
+/// Check an authority (`Host` value or the authority of an absolute-form target) and put it in
+/// normal form in place: lower-case, one trailing dot of the name dropped, an empty port dropped.
+/// Returns the spans of the whole normal authority and of the host name alone.
+///
+/// Routes and upstreams must agree on which host a request is for, so anything an upstream
+/// could read differently from us (a doubled port, an empty label, a stray character) is
+/// refused instead of being matched loosely.
+fn normalize_authority(buf: &mut [u8], at: Span) -> Result<(Span, Span), ProxyError> {
+    let bad = |why| Err(ProxyError::BadRequest(why));
+    let start = at.start as usize;
+    let raw = &mut buf[start..at.end as usize];
+    if raw.is_empty() {
+        return bad("empty Host");
+    }
+    let name_end = if raw[0] == b'[' {
+        let Some(close) = raw.iter().position(|&b| b == b']') else {
+            return bad("invalid Host: unclosed IPv6 literal");
+        };
+        let literal = &mut raw[1..close];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return bad("invalid Host: bad IPv6 literal");
+        }
+        literal.make_ascii_lowercase();
+        let text = std::str::from_utf8(literal).unwrap_or("");
+        if text.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("invalid Host: bad IPv6 literal");
+        }
+        close + 1
+    } else {
+        raw.iter().position(|&b| b == b':').unwrap_or(raw.len())
+    };
+    let port = &raw[name_end..];
+    let port_digits = match port.split_first() {
+        None => &port[..0],
+        Some((b':', digits)) => digits,
+        Some(_) => return bad("invalid Host: junk after the IPv6 literal"),
+    };
+    let port_len = port_digits.len();
+    if port_digits.len() > 5
+        || !port_digits.iter().all(u8::is_ascii_digit)
+        || port_digits
+            .iter()
+            .fold(0u32, |n, &d| n * 10 + (d - b'0') as u32)
+            > 65535
+    {
+        return bad("invalid Host: the port is not a decimal port number");
+    }
+    let mut name_len = name_end;
+    if raw[0] != b'[' {
+        let mut name = &mut raw[..name_end];
+        if name.last() == Some(&b'.') {
+            name_len -= 1;
+            name = &mut name[..name_len];
+        }
+        if name.is_empty() || name.len() > MAX_HOST_NAME {
+            return bad("invalid Host: the name is empty or longer than 253 bytes");
+        }
+        for label in name.split(|&b| b == b'.') {
+            if label.is_empty() || label.len() > MAX_LABEL {
+                return bad("invalid Host: a label is empty or longer than 63 bytes");
+            }
+            if !label
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad("invalid Host: not a host name or IP literal");
+            }
+        }
+        name.make_ascii_lowercase();
+    }
+    // Close the gap a dropped dot leaves, so the normal authority stays one span.
+    let mut len = name_len;
+    if port_len > 0 {
+        raw.copy_within(name_end..name_end + 1 + port_len, name_len);
+        len += 1 + port_len;
+    }
+    let start = start as u32;
+    Ok((
+        Span {
+            start,
+            end: start + len as u32,
+        },
+        Span {
+            start,
+            end: start + name_len as u32,
+        },
+    ))
+}
+
+/// Bytes allowed unescaped in a request path: RFC 3986 `pchar` and `/`, plus `[ ] | ^`, which
+/// browsers send as they are, and `\`, which path normalisation refuses with its own reason.
+const PATH_BYTES: [bool; 256] = byte_set(b"-._~!$&'()*+,;=:@/%[]|^\\");
+/// Bytes allowed unescaped in a query: the path's, `?`, and the ones browsers leave unescaped
+/// there (`` ` { } ``).
+const QUERY_BYTES: [bool; 256] = byte_set(b"-._~!$&'()*+,;=:@/%[]|^\\?`{}");
+
+const fn byte_set(extra: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        set[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        set[extra[i] as usize] = true;
+        i += 1;
+    }
+    set
+}
+
+/// Check the origin-form part of a target (RFC 9112 §3.2.1, RFC 3986 §3.3–3.4). A `#` never
+/// belongs in a request: upstreams cut the target there, so `/admin#x` would be routed as
+/// itself and served as `/admin`.
+fn check_target(path: &[u8], query: &[u8]) -> Result<(), ProxyError> {
+    if path.iter().chain(query).any(|&b| b == b'#') {
+        return Err(ProxyError::BadRequest("`#` in the request target"));
+    }
+    if !path.iter().all(|&b| PATH_BYTES[b as usize]) {
+        return Err(ProxyError::BadRequest("invalid byte in the request path"));
+    }
+    if !query.iter().all(|&b| QUERY_BYTES[b as usize]) {
+        return Err(ProxyError::BadRequest("invalid byte in the query"));
+    }
+    Ok(())
+}
+
+/// Parse a request head from `buf`. `Ok(None)` means more bytes are needed. The authority is
+/// put in normal form in place (see [`RequestHead::host`]).
 pub fn parse_request(
-    buf: &[u8],
+    buf: &mut [u8],
     max_headers: usize,
     out: &mut Vec<HeaderIdx>,
 ) -> Result<Option<RequestHead>, ProxyError> {
@@ -306,6 +447,7 @@ pub fn parse_request(
     out.clear();
     let mut flags = ConnFlags::default();
     let mut host = None;
+    let mut host_header = usize::MAX;
     let mut expect_continue = false;
     for h in req.headers.iter() {
         let kind = kind_of(h.name.as_bytes());
@@ -317,6 +459,7 @@ pub fn parse_request(
                     return Err(ProxyError::BadRequest("more than one Host header"));
                 }
                 host = Some(value);
+                host_header = out.len();
             }
             HeaderKind::Expect => expect_continue = h.value.eq_ignore_ascii_case(b"100-continue"),
             _ => {}
@@ -331,6 +474,10 @@ pub fn parse_request(
     if !http10 && host.is_none() {
         return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
     }
+    let is_head = method == "HEAD";
+    let is_options = method == "OPTIONS";
+    let method = Span::of(base, method.as_bytes());
+    let target = Span::of(base, target.as_bytes());
     let body = framing(buf, out)
         .map_err(ProxyError::BadRequest)?
         .unwrap_or(BodyKind::None);
@@ -339,15 +486,15 @@ pub fn parse_request(
             "chunked body in an HTTP/1.0 request",
         ));
     }
-    let mut origin = Span::of(base, target.as_bytes());
-    let t = target.as_bytes();
+    let mut origin = target;
+    let t = target.get(buf);
     if t.first() != Some(&b'/') {
         // Absolute form (RFC 9112 §3.2.2): the authority replaces Host.
         let lower_scheme = t.len() > 8
             && (t[..7].eq_ignore_ascii_case(b"http://")
                 || t[..8].eq_ignore_ascii_case(b"https://"));
         if !lower_scheme {
-            if t == b"*" && method == "OPTIONS" {
+            if t == b"*" && is_options {
                 return Err(ProxyError::BadRequest("OPTIONS * is not proxied"));
             }
             return Err(ProxyError::BadRequest("request target is not a path"));
@@ -356,13 +503,22 @@ pub fn parse_request(
         let rest = &t[after..];
         let auth_end = rest
             .iter()
-            .position(|&b| b == b'/' || b == b'?')
+            .position(|&b| matches!(b, b'/' | b'?' | b'#'))
             .unwrap_or(rest.len());
         if auth_end == 0 {
             return Err(ProxyError::BadRequest("absolute target without authority"));
         }
-        host = Some(Span::of(base, &rest[..auth_end]));
-        origin = Span::of(base, &rest[auth_end..]);
+        if rest[..auth_end].contains(&b'@') {
+            // RFC 9110 §4.2.4: userinfo in an http(s) URI is treated as an error.
+            return Err(ProxyError::BadRequest("userinfo in the request target"));
+        }
+        host_header = usize::MAX;
+        let authority_start = target.start + after as u32;
+        host = Some(Span {
+            start: authority_start,
+            end: authority_start + auth_end as u32,
+        });
+        origin.start = authority_start + auth_end as u32;
     }
     let o = origin.get(buf);
     let qpos = o.iter().position(|&b| b == b'?').unwrap_or(o.len());
@@ -374,6 +530,18 @@ pub fn parse_request(
         start: path.end,
         end: origin.end,
     };
+    check_target(path.get(buf), query.get(buf))?;
+    let (host, host_name) = match host {
+        Some(h) => {
+            let (authority, name) = normalize_authority(buf, h)?;
+            // The header now reads as its normal form, never the shifted bytes past it.
+            if let Some(header) = out.get_mut(host_header) {
+                header.value = authority;
+            }
+            (Some(authority), name)
+        }
+        None => (None, Span::default()),
+    };
     let keep_alive = if http10 {
         flags.keep_alive && !flags.close
     } else {
@@ -381,17 +549,18 @@ pub fn parse_request(
     };
     Ok(Some(RequestHead {
         head_len,
-        method: Span::of(base, method.as_bytes()),
+        method,
         target: origin,
         path,
         query,
         http10,
         host,
+        host_name,
         body,
         keep_alive,
-        expect_continue: expect_continue && body != BodyKind::None,
+        expect_continue: expect_continue && body != BodyKind::None && !http10,
         connection_names_others: flags.names_others,
-        is_head: method == "HEAD",
+        is_head,
     }))
 }
 
@@ -439,6 +608,11 @@ pub fn parse_response(
     let (Some(code), Some(version)) = (resp.code, resp.version) else {
         return Err(ProxyError::UpstreamBadResponse("malformed status line"));
     };
+    // httparse takes any three digits; anything outside RFC 9110's classes is not an answer
+    // (and a code under 100 must not be taken for an interim one).
+    if !(100..=599).contains(&code) {
+        return Err(ProxyError::UpstreamBadResponse("status code out of range"));
+    }
     out.clear();
     let mut flags = ConnFlags::default();
     for h in resp.headers.iter() {
@@ -489,7 +663,30 @@ enum ChunkState {
     Done,
 }
 
-/// Finds where a chunked body ends, without changing it.
+/// Why a chunked body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkError {
+    /// The framing or a trailer field is malformed.
+    Malformed(&'static str),
+    /// The trailer section is over what is left of the head limits.
+    TrailersTooLarge,
+}
+
+/// How much of one buffer a [`ChunkedScanner::scan`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scanned {
+    /// Bytes that belong to the body (all of the buffer unless the body ends in it).
+    pub consumed: usize,
+    /// Leading bytes to pass on as they are. Once trailer fields begin they are held back (see
+    /// [`ChunkedScanner::trailers`]), so this stops short of `consumed`.
+    pub raw: usize,
+}
+
+/// Finds where a chunked body ends, without changing it, and vets its trailer fields.
+///
+/// Trailer fields get the checks header fields get, and only ordinary fields are passed on:
+/// framing, hop-by-hop, forwarding and identity names (which a lenient upstream could merge
+/// into its headers) are dropped. Trailers are rare, so the scanner only allocates for them.
 #[derive(Debug, Clone)]
 pub struct ChunkedScanner {
     state: ChunkState,
@@ -497,28 +694,36 @@ pub struct ChunkedScanner {
     digits: u8,
     remaining: u64,
     data_total: u64,
+    ext_total: u64,
     line_len: usize,
+    trailer_budget: usize,
+    trailer_lines_left: usize,
+    /// Kept trailer lines (each with its CRLF), then the line being read.
+    trailers: Vec<u8>,
+    line_start: usize,
+    has_trailers: bool,
 }
 
-impl Default for ChunkedScanner {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Longest chunk extension or trailer line we accept.
-const MAX_CHUNK_LINE: usize = 4096;
+/// Longest chunk extension we accept.
+const MAX_CHUNK_EXT: usize = 4096;
 
 impl ChunkedScanner {
-    /// A scanner at the start of a body.
-    pub fn new() -> Self {
+    /// A scanner at the start of a body whose trailer section may take `max_bytes` bytes in
+    /// `max_lines` lines (what the head left of the head limits).
+    pub fn new(max_bytes: usize, max_lines: usize) -> Self {
         ChunkedScanner {
             state: ChunkState::Size,
             size: 0,
             digits: 0,
             remaining: 0,
             data_total: 0,
+            ext_total: 0,
             line_len: 0,
+            trailer_budget: max_bytes,
+            trailer_lines_left: max_lines,
+            trailers: Vec::new(),
+            line_start: 0,
+            has_trailers: false,
         }
     }
 
@@ -532,14 +737,69 @@ impl ChunkedScanner {
         self.data_total
     }
 
-    /// Scan `buf`; returns how many bytes belong to the body (all of `buf` unless it ends).
-    /// `on_data` receives the ranges of `buf` that are payload, for de-chunking.
+    /// What the body cap counts: payload plus chunk extensions, so extensions cannot carry
+    /// an unbounded body past it.
+    pub fn capped_total(&self) -> u64 {
+        self.data_total + self.ext_total
+    }
+
+    /// Once [`is_done`](Self::is_done): the trailer section to send after the raw bytes (the
+    /// kept fields and the final CRLF), or nothing when the body had no trailer fields (the raw
+    /// bytes then end with the final CRLF).
+    pub fn trailers(&self) -> &[u8] {
+        if self.has_trailers && self.is_done() {
+            &self.trailers
+        } else {
+            &[]
+        }
+    }
+
+    fn trailer_byte(&mut self) -> Result<(), ChunkError> {
+        if self.trailer_budget == 0 {
+            return Err(ChunkError::TrailersTooLarge);
+        }
+        self.trailer_budget -= 1;
+        Ok(())
+    }
+
+    /// Vet the trailer line just completed (CRLF included at the end of `trailers`), and drop
+    /// it unless it is an ordinary field.
+    fn end_trailer_line(&mut self) -> Result<(), ChunkError> {
+        let bad = |why| Err(ChunkError::Malformed(why));
+        if self.trailer_lines_left == 0 {
+            return Err(ChunkError::TrailersTooLarge);
+        }
+        self.trailer_lines_left -= 1;
+        let line = &self.trailers[self.line_start..self.trailers.len() - 2];
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return bad("trailer field without a colon");
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+            return bad("invalid trailer field name");
+        }
+        if value
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return bad("invalid trailer field value");
+        }
+        if kind_of(name) != HeaderKind::Other {
+            self.trailers.truncate(self.line_start);
+        }
+        self.line_start = self.trailers.len();
+        Ok(())
+    }
+
+    /// Scan `buf`. `on_data` receives the ranges of `buf` that are payload, for de-chunking.
     pub fn scan(
         &mut self,
         buf: &[u8],
         mut on_data: impl FnMut(Range<usize>),
-    ) -> Result<usize, &'static str> {
+    ) -> Result<Scanned, ChunkError> {
+        let bad = |why| Err(ChunkError::Malformed(why));
         let mut i = 0;
+        let mut trailers_from = None;
         while i < buf.len() && self.state != ChunkState::Done {
             let b = buf[i];
             match self.state {
@@ -553,18 +813,19 @@ impl ChunkedScanner {
                     match digit {
                         Some(d) => {
                             if self.digits == 15 {
-                                return Err("chunk size too large");
+                                return bad("chunk size too large");
                             }
                             self.size = self.size * 16 + d as u64;
                             self.digits += 1;
                         }
-                        None if self.digits == 0 => return Err("invalid chunk size"),
+                        None if self.digits == 0 => return bad("invalid chunk size"),
                         None if b == b';' => {
                             self.state = ChunkState::Ext;
                             self.line_len = 0;
+                            self.ext_total += 1;
                         }
                         None if b == b'\r' => self.state = ChunkState::SizeLf,
-                        None => return Err("invalid chunk size"),
+                        None => return bad("invalid chunk size"),
                     }
                     i += 1;
                 }
@@ -572,17 +833,19 @@ impl ChunkedScanner {
                     if b == b'\r' {
                         self.state = ChunkState::SizeLf;
                     } else if b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f {
-                        return Err("invalid chunk extension");
+                        return bad("invalid chunk extension");
+                    } else {
+                        self.ext_total += 1;
                     }
                     self.line_len += 1;
-                    if self.line_len > MAX_CHUNK_LINE {
-                        return Err("chunk extension too long");
+                    if self.line_len > MAX_CHUNK_EXT {
+                        return bad("chunk extension too long");
                     }
                     i += 1;
                 }
                 ChunkState::SizeLf => {
                     if b != b'\n' {
-                        return Err("chunk size line not ended by CRLF");
+                        return bad("chunk size line not ended by CRLF");
                     }
                     i += 1;
                     if self.size == 0 {
@@ -606,14 +869,14 @@ impl ChunkedScanner {
                 }
                 ChunkState::DataCr => {
                     if b != b'\r' {
-                        return Err("chunk data not followed by CRLF");
+                        return bad("chunk data not followed by CRLF");
                     }
                     self.state = ChunkState::DataLf;
                     i += 1;
                 }
                 ChunkState::DataLf => {
                     if b != b'\n' {
-                        return Err("chunk data not followed by CRLF");
+                        return bad("chunk data not followed by CRLF");
                     }
                     self.state = ChunkState::Size;
                     i += 1;
@@ -621,35 +884,50 @@ impl ChunkedScanner {
                 ChunkState::TrailerStart => {
                     if b == b'\r' {
                         self.state = ChunkState::FinalLf;
-                    } else {
-                        self.state = ChunkState::TrailerLine;
-                        self.line_len = 0;
+                        i += 1;
                         continue;
+                    }
+                    self.trailer_byte()?;
+                    if b == b' ' || b == b'\t' {
+                        // A continuation line (obs-fold) is refused in heads too.
+                        return bad("folded trailer field");
+                    } else {
+                        if !self.has_trailers {
+                            self.has_trailers = true;
+                            trailers_from = Some(i);
+                        }
+                        self.state = ChunkState::TrailerLine;
+                        self.trailers.push(b);
                     }
                     i += 1;
                 }
                 ChunkState::TrailerLine => {
-                    if b == b'\r' {
-                        self.state = ChunkState::TrailerLf;
-                    } else if b == b'\n' {
-                        return Err("trailer line not ended by CRLF");
+                    self.trailer_byte()?;
+                    match b {
+                        b'\r' => self.state = ChunkState::TrailerLf,
+                        b'\n' => return bad("trailer line not ended by CRLF"),
+                        0 => return bad("invalid trailer field value"),
+                        _ => {}
                     }
-                    self.line_len += 1;
-                    if self.line_len > MAX_CHUNK_LINE {
-                        return Err("trailer line too long");
-                    }
+                    self.trailers.push(b);
                     i += 1;
                 }
                 ChunkState::TrailerLf => {
+                    self.trailer_byte()?;
                     if b != b'\n' {
-                        return Err("trailer line not ended by CRLF");
+                        return bad("trailer line not ended by CRLF");
                     }
+                    self.trailers.push(b);
+                    self.end_trailer_line()?;
                     self.state = ChunkState::TrailerStart;
                     i += 1;
                 }
                 ChunkState::FinalLf => {
                     if b != b'\n' {
-                        return Err("chunked body not ended by CRLF");
+                        return bad("chunked body not ended by CRLF");
+                    }
+                    if self.has_trailers {
+                        self.trailers.extend_from_slice(b"\r\n");
                     }
                     self.state = ChunkState::Done;
                     i += 1;
@@ -657,8 +935,18 @@ impl ChunkedScanner {
                 ChunkState::Done => unreachable!("loop condition excludes Done"),
             }
         }
-        Ok(i)
+        let raw = match (self.has_trailers, trailers_from) {
+            (false, _) => i,
+            (true, Some(from)) => from,
+            (true, None) => 0,
+        };
+        Ok(Scanned { consumed: i, raw })
     }
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -666,8 +954,122 @@ mod tests {
     use super::*;
 
     fn req(s: &str) -> Result<Option<RequestHead>, ProxyError> {
+        parse(s).map(|(h, _)| h)
+    }
+
+    /// The parse result and the buffer after in-place normalisation.
+    fn parse(s: &str) -> Result<(Option<RequestHead>, Vec<u8>), ProxyError> {
         let mut h = Vec::new();
-        parse_request(s.as_bytes(), 100, &mut h)
+        let mut buf = s.as_bytes().to_vec();
+        let head = parse_request(&mut buf, 100, &mut h)?;
+        Ok((head, buf))
+    }
+
+    fn host_of(host: &str) -> Result<(String, String), ProxyError> {
+        let (h, buf) = parse(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"))?;
+        let h = h.unwrap();
+        let text = |s: Span| String::from_utf8(s.get(&buf).to_vec()).unwrap();
+        Ok((text(h.host.unwrap()), text(h.host_name)))
+    }
+
+    #[test]
+    fn hosts_are_normalised_once_in_the_parser() {
+        for (sent, authority, name) in [
+            ("Example.com", "example.com", "example.com"),
+            ("SECURE.example.com.", "secure.example.com", "secure.example.com"),
+            ("secure.example.com.:8080", "secure.example.com:8080", "secure.example.com"),
+            ("a_b.example:80", "a_b.example:80", "a_b.example"),
+            ("h:", "h", "h"),
+            ("10.0.0.1:81", "10.0.0.1:81", "10.0.0.1"),
+            ("[::1]", "[::1]", "[::1]"),
+            ("[FE80::A]:443", "[fe80::a]:443", "[fe80::a]"),
+        ] {
+            let (a, n) = host_of(sent).unwrap();
+            assert_eq!((a.as_str(), n.as_str()), (authority, name), "{sent}");
+        }
+        let long_label = "a".repeat(64);
+        let long_name = format!("{}.com", ["abcdefghi"; 26].join("."));
+        for bad in [
+            "host:80:80",
+            "host:8o",
+            "host:123456",
+            "host:65536",
+            "a..b",
+            ".a",
+            "a b",
+            "a,b",
+            "a/b",
+            "a@b",
+            "[::1",
+            "[::g]",
+            "[::1]x",
+            "[]",
+            "..",
+            ".",
+            long_label.as_str(),
+            long_name.as_str(),
+        ] {
+            assert!(
+                matches!(host_of(bad), Err(ProxyError::BadRequest(_))),
+                "{bad:?} was accepted"
+            );
+        }
+        // 253 bytes: the longest name.
+        assert!(host_of(&format!("{}.com", ["abcdefghi"; 25].join("."))).is_ok());
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\nHost:\r\n\r\n"),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn request_targets_follow_the_uri_grammar() {
+        for bad in [
+            "/admin#x",
+            "/admin?x#y",
+            "/a\"b",
+            "/a<b",
+            "/a{b",
+            "/a`b",
+            "/a\x7fb",
+            "/caf\u{e9}",
+            "http://h#x/p",
+            "http://user@h/p",
+            "http://user:pw@h/p",
+        ] {
+            let r = req(&format!("GET {bad} HTTP/1.1\r\nHost: h\r\n\r\n"));
+            assert!(
+                matches!(r, Err(ProxyError::BadRequest(_))),
+                "{bad:?} was accepted"
+            );
+        }
+        for good in [
+            "/a/b;c=d/e:f@g!$&'()*+,=~._-",
+            "/a[1]|x^y",
+            "/p?q=a[]&r={x}|`y`^z/?k",
+            "/%2e%41",
+        ] {
+            let r = req(&format!("GET {good} HTTP/1.1\r\nHost: h\r\n\r\n"));
+            assert!(matches!(r, Ok(Some(_))), "{good:?}: {r:?}");
+        }
+        // An absolute-form target with an empty path means `/` (path empty, query kept).
+        let (h, buf) = parse("GET http://H.example.?q=1 HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
+        let h = h.unwrap();
+        assert!(h.path.get(&buf).is_empty());
+        assert_eq!(h.query.get(&buf), b"?q=1");
+        assert_eq!(h.host.unwrap().get(&buf), b"h.example");
+    }
+
+    #[test]
+    fn http10_clients_never_expect_continue() {
+        let h = req("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.expect_continue);
+        let h = req("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.expect_continue);
     }
 
     #[test]
@@ -677,7 +1079,8 @@ mod tests {
         assert_eq!(h.head_len, s.len() - 4);
         assert_eq!(h.path.get(s.as_bytes()), b"/a/b");
         assert_eq!(h.query.get(s.as_bytes()), b"?x=1");
-        assert_eq!(h.host.unwrap().get(s.as_bytes()), b"Example.com");
+        let (_, buf) = parse(s).unwrap();
+        assert_eq!(h.host.unwrap().get(&buf), b"example.com");
         assert!(h.keep_alive && !h.http10);
         assert_eq!(h.body, BodyKind::None);
     }
@@ -709,7 +1112,7 @@ mod tests {
         let mut h = Vec::new();
         let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "X: y\r\n".repeat(10));
         assert!(matches!(
-            parse_request(many.as_bytes(), 5, &mut h),
+            parse_request(&mut many.into_bytes(), 5, &mut h),
             Err(ProxyError::TooManyHeaders)
         ));
     }
@@ -772,26 +1175,111 @@ mod tests {
         assert_eq!(r.body, BodyKind::Length(2));
     }
 
+    /// Scan `body` in two pieces split at `split`; returns the bytes passed on and the payload.
+    fn scan_split(
+        s: &mut ChunkedScanner,
+        body: &[u8],
+        split: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>, usize), ChunkError> {
+        let (mut out, mut data, mut consumed) = (Vec::new(), Vec::new(), 0);
+        for part in [&body[..split], &body[split..]] {
+            if s.is_done() {
+                break;
+            }
+            let r = s.scan(part, |r| data.extend_from_slice(&part[r]))?;
+            out.extend_from_slice(&part[..r.raw]);
+            consumed += r.consumed;
+        }
+        out.extend_from_slice(s.trailers());
+        Ok((out, data, consumed))
+    }
+
     #[test]
     fn chunked_scanner_finds_the_end_across_splits() {
-        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\n\r\nNEXT";
         for split in 0..=body.len() - 4 {
-            let mut s = ChunkedScanner::new();
-            let mut data = Vec::new();
-            let a = s
-                .scan(&body[..split], |r| data.extend_from_slice(&body[r]))
-                .unwrap();
-            assert_eq!(a, split);
-            let b = s
-                .scan(&body[split..], |r| {
-                    data.extend_from_slice(&body[split..][r])
-                })
-                .unwrap();
+            let mut s = ChunkedScanner::new(1024, 10);
+            let (out, data, consumed) = scan_split(&mut s, body, split).unwrap();
             assert!(s.is_done());
-            assert_eq!(split + b, body.len() - 4);
+            assert_eq!(consumed, body.len() - 4);
+            assert_eq!(out, &body[..body.len() - 4]);
             assert_eq!(data, b"hello0123456789abcdef");
             assert_eq!(s.data_total(), 21);
+            assert_eq!(s.capped_total(), 21 + 6);
         }
+    }
+
+    #[test]
+    fn trailers_are_vetted_and_only_ordinary_fields_pass() {
+        let body = b"3\r\nabc\r\n0\r\nX-Checksum: 1\r\nX-Userinfo: forged\r\nx_access_token: f\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nHost: evil\r\nContent-Length: 9\r\nAuthorization: Bearer x\r\nX-Forwarded-For: 6.6.6.6\r\nEtag: \"e\"\r\n\r\nNEXT";
+        for split in 0..=body.len() - 4 {
+            let mut s = ChunkedScanner::new(1024, 20);
+            let (out, _, consumed) = scan_split(&mut s, body, split).unwrap();
+            assert_eq!(consumed, body.len() - 4);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "3\r\nabc\r\n0\r\nX-Checksum: 1\r\nEtag: \"e\"\r\n\r\n",
+                "split at {split}"
+            );
+        }
+        for bad in [
+            &b"0\r\nNoColon\r\n\r\n"[..],
+            b"0\r\nX-A: 1\r\n folded\r\n\r\n",
+            b"0\r\n\tX: 1\r\n\r\n",
+            b"0\r\nX A: 1\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nX-A: a\x00b\r\n\r\n",
+            b"0\r\nX-A: a\x01b\r\n\r\n",
+            b"0\r\nX-A: 1\n\r\n",
+        ] {
+            let r = ChunkedScanner::new(1024, 10).scan(bad, |_| {});
+            assert!(
+                matches!(r, Err(ChunkError::Malformed(_))),
+                "{:?}: {r:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_count_against_the_head_limits() {
+        let body = b"0\r\nX-A: 1\r\nX-B: 2\r\n\r\n";
+        assert!(ChunkedScanner::new(16, 2).scan(body, |_| {}).is_ok());
+        assert_eq!(
+            ChunkedScanner::new(15, 2).scan(body, |_| {}),
+            Err(ChunkError::TrailersTooLarge)
+        );
+        assert_eq!(
+            ChunkedScanner::new(1024, 1).scan(body, |_| {}),
+            Err(ChunkError::TrailersTooLarge)
+        );
+        // No trailers need no budget at all.
+        assert!(ChunkedScanner::new(0, 0)
+            .scan(b"0\r\n\r\n", |_| {})
+            .is_ok_and(|r| r.raw == 5));
+        // Many small lines stop at the budget, however they arrive.
+        let mut s = ChunkedScanner::new(32 * 1024, 100);
+        assert!(s.scan(b"0\r\n", |_| {}).is_ok());
+        let line = b"X-Pad: 0123456789\r\n";
+        let mut refused = false;
+        for _ in 0..10_000 {
+            if s.scan(line, |_| {}).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
+    }
+
+    #[test]
+    fn chunk_extensions_count_against_the_body_cap() {
+        let mut s = ChunkedScanner::new(0, 0);
+        let chunk = format!("1;{}\r\nx\r\n", "e".repeat(4000));
+        for _ in 0..10 {
+            s.scan(chunk.as_bytes(), |_| {}).unwrap();
+        }
+        assert_eq!(s.data_total(), 10);
+        assert_eq!(s.capped_total(), 10 + 10 * 4001);
     }
 
     #[test]
@@ -804,10 +1292,26 @@ mod tests {
             b"0\r\n\r\r",
         ] {
             assert!(
-                ChunkedScanner::new().scan(bad, |_| {}).is_err(),
+                ChunkedScanner::new(1024, 10).scan(bad, |_| {}).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn status_codes_outside_the_classes_are_refused() {
+        let mut h = Vec::new();
+        for code in ["000", "099", "600", "999"] {
+            let head = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            assert!(
+                matches!(
+                    parse_response(head.as_bytes(), 100, false, &mut h),
+                    Err(ProxyError::UpstreamBadResponse(_))
+                ),
+                "{code}"
+            );
+        }
+        assert!(parse_response(b"HTTP/1.1 599 X\r\n\r\n", 100, false, &mut h).is_ok());
     }
 }

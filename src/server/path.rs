@@ -42,13 +42,14 @@ fn is_normal(raw: &[u8]) -> bool {
     true
 }
 
-/// Normalise `raw` (a path starting with `/`): decode percent-escapes of unreserved characters,
-/// upper-case the others, merge repeated slashes and resolve `.` and `..` segments. Returns
-/// `false` when `raw` is already normal (and `out` is untouched), `true` when `out` holds the
+/// Normalise `raw` (a path starting with `/`, or empty for `/`): decode percent-escapes of
+/// unreserved characters, upper-case the others, merge repeated slashes and resolve `.` and `..`
+/// segments. Returns `false` when `raw` is already normal (and `out` is untouched), `true` when `out` holds the
 /// normal form. Encoded `/`, `\` or NUL, any `\`, a malformed escape, or `..` above the root are
 /// refused, as upstreams disagree on what they mean.
 pub fn normalize(raw: &[u8], out: &mut Vec<u8>) -> Result<bool, ProxyError> {
-    if is_normal(raw) {
+    // An empty path (an absolute-form target without one) means `/` (RFC 9112 §3.2.2).
+    if !raw.is_empty() && is_normal(raw) {
         return Ok(false);
     }
     let bad = |why| Err(ProxyError::BadRequest(why));

@@ -19,16 +19,15 @@ use crate::oidc::Identity;
 use crate::router::{Node, Route, Upstream};
 use crate::server::conn::{read_append, Conn, STREAM_CHUNK};
 use crate::server::h1::{
-    named_in_connection, parse_response, BodyKind, ChunkedScanner, HeaderKind, RequestHead,
-    ResponseHead,
+    named_in_connection, parse_response, BodyKind, ChunkError, ChunkedScanner, HeaderKind,
+    RequestHead, ResponseHead,
 };
 use crate::server::worker::Worker;
+use crate::config::Limits;
 
 /// Request bodies up to this size that arrived with the head are sent in the same write, and
 /// such a request can be replayed on a fresh connection when a pooled one turns out dead.
 const INLINE_BODY: usize = 64 * 1024;
-/// Longest upstream response head accepted.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// How a forwarded request ended, for the access log and the connection loop.
 pub struct Outcome {
@@ -48,6 +47,32 @@ fn timed_out(what: &'static str) -> ProxyError {
     ProxyError::UpstreamTimeout(what)
 }
 
+/// A request body's framing error: malformed is a 400, trailers past the head limits a 431.
+fn request_chunk_error(e: ChunkError) -> ProxyError {
+    match e {
+        ChunkError::Malformed(why) => ProxyError::BadRequest(why),
+        ChunkError::TrailersTooLarge => ProxyError::HeaderTooLarge,
+    }
+}
+
+fn response_chunk_error(e: ChunkError) -> ProxyError {
+    match e {
+        ChunkError::Malformed(why) => ProxyError::UpstreamBadResponse(why),
+        ChunkError::TrailersTooLarge => {
+            ProxyError::UpstreamBadResponse("response trailers over the head limits")
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2's idempotent methods: only these are sent again after a pooled connection
+/// failed, as the upstream may have acted on the first copy. Methods are case-sensitive.
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
 /// Forward `head` (parsed at `conn.pos`) along `route`; on `Err` nothing was sent to the client.
 pub async fn forward(
     conn: &mut Conn,
@@ -62,26 +87,28 @@ pub async fn forward(
     let t = up.timeouts;
     let body_start = conn.pos + head.head_len;
     let avail = conn.rbuf.len() - body_start;
-    let mut scanner = ChunkedScanner::new();
-    let (in_buf, complete) = match head.body {
-        BodyKind::None | BodyKind::UntilClose => (0, true),
+    // Trailer fields share the head's limits with the head before them.
+    let mut scanner = ChunkedScanner::new(
+        w.limits.max_header_bytes.saturating_sub(head.head_len),
+        w.limits.max_headers.saturating_sub(conn.headers.len()),
+    );
+    // `in_buf` body bytes arrived with the head; the first `in_raw` of them are sent as they are.
+    let (in_buf, in_raw, complete) = match head.body {
+        BodyKind::None | BodyKind::UntilClose => (0, 0, true),
         BodyKind::Length(n) => {
             let k = (avail as u64).min(n) as usize;
-            (k, k as u64 == n)
+            (k, k, k as u64 == n)
         }
         BodyKind::Chunked => {
-            let k = scanner
+            let s = scanner
                 .scan(&conn.rbuf[body_start..], |_| {})
-                .map_err(ProxyError::BadRequest)?;
+                .map_err(request_chunk_error)?;
             check_body_cap(w, &scanner)?;
-            (k, scanner.is_done())
+            (s.consumed, s.raw, scanner.is_done())
         }
     };
     let replayable = complete && in_buf <= INLINE_BODY;
-    let idempotent = !matches!(
-        head.method.get(&conn.rbuf[conn.pos..]),
-        b"POST" | b"PATCH" | b"CONNECT"
-    );
+    let idempotent = is_idempotent(head.method.get(&conn.rbuf[conn.pos..]));
 
     let (node, addr, mut upc, mut reused) = match acquire(w, up, balancer, replayable).await {
         Ok(a) => a,
@@ -111,8 +138,12 @@ pub async fn forward(
     );
     if replayable {
         conn.wbuf
-            .extend_from_slice(&conn.rbuf[body_start..body_start + in_buf]);
+            .extend_from_slice(&conn.rbuf[body_start..body_start + in_raw]);
+        conn.wbuf.extend_from_slice(scanner.trailers());
         conn.pos = body_start + in_buf;
+        // The request is read whole: an upstream failure from here on leaves the client's
+        // stream in step, so it keeps its connection.
+        conn.body_consumed = true;
     }
 
     let resp = loop {
@@ -125,13 +156,13 @@ pub async fn forward(
                     &mut upc,
                     head,
                     body_start,
-                    in_buf,
+                    (in_buf, in_raw),
                     &mut scanner,
                     t.send,
                 )
                 .await?;
             }
-            read_response_head(&mut upc, conn, w.limits.max_headers, head.is_head, t.read).await
+            read_response_head(&mut upc, conn, &w.limits, head.is_head, t.read).await
         };
         match attempt.await {
             Ok(resp) => break resp,
@@ -189,7 +220,7 @@ pub async fn forward(
 
 fn check_body_cap(w: &Worker, scanner: &ChunkedScanner) -> Result<(), ProxyError> {
     match w.limits.max_body_bytes {
-        Some(max) if scanner.data_total() > max => Err(ProxyError::BodyTooLarge),
+        Some(max) if scanner.capped_total() > max => Err(ProxyError::BodyTooLarge),
         _ => Ok(()),
     }
 }
@@ -317,7 +348,8 @@ async fn send_range(
     }
 }
 
-/// Stream the rest of a request body that did not arrive with its head.
+/// Stream the rest of a request body that did not arrive with its head; `(in_buf, in_raw)`:
+/// the body bytes that came with the head, and how many of them go out as they are.
 #[allow(clippy::too_many_arguments)]
 async fn stream_request_body(
     conn: &mut Conn,
@@ -325,15 +357,15 @@ async fn stream_request_body(
     upc: &mut UpstreamConn,
     head: &RequestHead,
     body_start: usize,
-    in_buf: usize,
+    (in_buf, in_raw): (usize, usize),
     scanner: &mut ChunkedScanner,
     send_timeout: Duration,
 ) -> Result<(), ProxyError> {
-    if in_buf > 0 {
+    if in_raw > 0 {
         send_range(
             upc,
             &mut conn.rbuf,
-            body_start..body_start + in_buf,
+            body_start..body_start + in_raw,
             send_timeout,
         )
         .await?;
@@ -348,6 +380,7 @@ async fn stream_request_body(
         _ => remaining == 0,
     };
     if done(remaining, scanner) {
+        send_trailers(conn, upc, scanner, send_timeout).await?;
         conn.body_consumed = true;
         return Ok(());
     }
@@ -374,50 +407,84 @@ async fn stream_request_body(
         if n == 0 {
             return Err(ProxyError::ClientIo(io::ErrorKind::UnexpectedEof.into()));
         }
-        let k = match head.body {
+        let (k, raw) = match head.body {
             BodyKind::Chunked => {
-                let k = scanner
+                let s = scanner
                     .scan(&conn.rbuf, |_| {})
-                    .map_err(ProxyError::BadRequest)?;
+                    .map_err(request_chunk_error)?;
                 check_body_cap(w, scanner)?;
-                k
+                (s.consumed, s.raw)
             }
             _ => {
                 let k = (conn.rbuf.len() as u64).min(remaining);
                 remaining -= k;
-                k as usize
+                (k as usize, k as usize)
             }
         };
-        send_range(upc, &mut conn.rbuf, 0..k, send_timeout).await?;
+        if raw > 0 {
+            send_range(upc, &mut conn.rbuf, 0..raw, send_timeout).await?;
+        }
         conn.pos = k;
     }
+    send_trailers(conn, upc, scanner, send_timeout).await?;
     conn.body_consumed = true;
     Ok(())
+}
+
+/// Send the vetted trailer section a finished chunked body held back, if it had one.
+async fn send_trailers(
+    conn: &mut Conn,
+    upc: &mut UpstreamConn,
+    scanner: &ChunkedScanner,
+    send_timeout: Duration,
+) -> Result<(), ProxyError> {
+    if scanner.trailers().is_empty() {
+        return Ok(());
+    }
+    conn.wbuf.clear();
+    conn.wbuf.extend_from_slice(scanner.trailers());
+    send_wbuf(upc, &mut conn.wbuf, send_timeout).await
 }
 
 /// Read the upstream's response head into `conn.ubuf`, skipping interim (1xx) responses.
 async fn read_response_head(
     upc: &mut UpstreamConn,
     conn: &mut Conn,
-    max_headers: usize,
+    limits: &Limits,
     is_head: bool,
     timeout: Duration,
 ) -> Result<ResponseHead, ProxyError> {
+    let max_bytes = limits.max_response_header_bytes;
+    let mut interim = 0;
     conn.ubuf.clear();
     loop {
         if !conn.ubuf.is_empty() {
-            match parse_response(&conn.ubuf, max_headers, is_head, &mut conn.resp_headers)? {
+            let parsed = parse_response(
+                &conn.ubuf,
+                limits.max_response_headers,
+                is_head,
+                &mut conn.resp_headers,
+            )?;
+            match parsed {
+                Some(h) if h.head_len > max_bytes => {
+                    return Err(ProxyError::UpstreamBadResponse("response head too large"))
+                }
                 Some(h) if h.status == 101 => {
                     return Err(ProxyError::UpstreamBadResponse(
                         "unexpected protocol switch",
                     ))
                 }
                 Some(h) if h.status < 200 => {
+                    // Interim heads share the limit, so endless 1xx answers end too.
+                    interim += h.head_len;
+                    if interim > max_bytes {
+                        return Err(ProxyError::UpstreamBadResponse("too many interim responses"));
+                    }
                     conn.ubuf.drain(..h.head_len);
                     continue;
                 }
                 Some(h) => return Ok(h),
-                None if conn.ubuf.len() > MAX_RESPONSE_HEAD => {
+                None if conn.ubuf.len() >= max_bytes => {
                     return Err(ProxyError::UpstreamBadResponse("response head too large"))
                 }
                 None => {}
@@ -599,20 +666,29 @@ async fn relay_response(
         }
         BodyKind::Chunked => {
             let dechunk = head.http10;
-            let mut scanner = ChunkedScanner::new();
+            let limits = &w.limits;
+            let mut scanner = ChunkedScanner::new(
+                limits
+                    .max_response_header_bytes
+                    .saturating_sub(resp.head_len),
+                limits
+                    .max_response_headers
+                    .saturating_sub(conn.resp_headers.len()),
+            );
             let (wbuf, ubuf) = (&mut conn.wbuf, &conn.ubuf[body_at..]);
-            let k = scanner
+            let s = scanner
                 .scan(ubuf, |r| {
                     if dechunk {
                         wbuf.extend_from_slice(&ubuf[r])
                     }
                 })
-                .map_err(ProxyError::UpstreamBadResponse)?;
+                .map_err(response_chunk_error)?;
             if !dechunk {
-                wbuf.extend_from_slice(&ubuf[..k]);
+                wbuf.extend_from_slice(&ubuf[..s.raw]);
+                wbuf.extend_from_slice(scanner.trailers());
             }
             write_client(conn, send_timeout, progress).await?;
-            let mut clean = k == avail;
+            let mut clean = s.consumed == avail;
             while !scanner.is_done() {
                 let got = read_upstream(upc, conn, read_timeout).await?;
                 if got == 0 {
@@ -623,17 +699,24 @@ async fn relay_response(
                 if dechunk {
                     let (wbuf, ubuf) = (&mut conn.wbuf, &conn.ubuf);
                     wbuf.clear();
-                    let k = scanner
+                    let s = scanner
                         .scan(ubuf, |r| wbuf.extend_from_slice(&ubuf[r]))
-                        .map_err(ProxyError::UpstreamBadResponse)?;
-                    clean = k == got;
+                        .map_err(response_chunk_error)?;
+                    clean = s.consumed == got;
                     write_client(conn, send_timeout, progress).await?;
                 } else {
-                    let k = scanner
+                    let s = scanner
                         .scan(&conn.ubuf, |_| {})
-                        .map_err(ProxyError::UpstreamBadResponse)?;
-                    clean = k == got;
-                    send_ubuf_range(conn, k, send_timeout, progress).await?;
+                        .map_err(response_chunk_error)?;
+                    clean = s.consumed == got;
+                    if s.raw > 0 {
+                        send_ubuf_range(conn, s.raw, send_timeout, progress).await?;
+                    }
+                    if !scanner.trailers().is_empty() {
+                        conn.wbuf.clear();
+                        conn.wbuf.extend_from_slice(scanner.trailers());
+                        write_client(conn, send_timeout, progress).await?;
+                    }
                 }
             }
             Ok(clean)

@@ -217,7 +217,7 @@ mod tests {
         let table = RouteTable::compile(&[spec], &per_core, &crate::idp::Idp::start().unwrap());
         let route = &table.routes[0];
         let mut hs = Vec::new();
-        let head = parse_request(req.as_bytes(), 100, &mut hs)
+        let head = parse_request(&mut req.as_bytes().to_vec(), 100, &mut hs)
             .unwrap()
             .unwrap();
         let mut out = Vec::new();
