@@ -352,6 +352,17 @@ routes:
       nodes: {{ "127.0.0.1:1980": 1 }}
 "#
     );
+    let out = refused_at_start(&yaml, port);
+    let l = line_with(&out, "key-auth");
+    assert!(
+        l.contains("routes[0].plugins"),
+        "same message as check: {l}"
+    );
+}
+
+/// Starts the proxy on `yaml` (listening on `port`, `{DATA}` replaced) and asserts it exits
+/// non-zero without ever accepting a connection; returns its output.
+fn refused_at_start(yaml: &str, port: u16) -> String {
     let dir = TempDir::new();
     let data = dir.path().join("data");
     let yaml = yaml.replace("{DATA}", &data.to_string_lossy());
@@ -379,12 +390,8 @@ routes:
         "bad config: exit {status}; output:\n{out}"
     );
     assert!(!listened, "the proxy listened although its config is bad");
-    let l = line_with(&out, "key-auth");
-    assert!(
-        l.contains("routes[0].plugins"),
-        "same message as check: {l}"
-    );
     assert!(!can_connect(port));
+    out
 }
 
 #[test]
@@ -423,4 +430,154 @@ fn every_problem_line_follows_the_spec_format() {
         "problem lines should read `<field path>: <what is wrong> (allowed: …)`; these do not:\n{}",
         bad.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Duplicate keys: YAML libraries keep one of the two silently, so a second `plugins:` would
+// drop a route's authentication. Every duplicate is an error naming the key and its mapping.
+// ---------------------------------------------------------------------------------------------
+
+const ONCE: &str = "(allowed: each key once in a mapping)";
+
+/// A route with `openid-connect` options `oidc_extra` (indented 8) after its client_id, then
+/// `route_extra` (indented 4) after its plugins, then an upstream with `nodes` (indented 6).
+fn oidc_route_yaml(oidc_extra: &str, route_extra: &str, nodes: &str) -> String {
+    format!(
+        r#"
+data_dir: {{DATA}}
+routes:
+  - id: "1"
+    uri: /api/*
+    plugins:
+      openid-connect:
+        client_id: portcullis
+{oidc_extra}        client_secret: secret
+        discovery: http://127.0.0.1:1/.well-known/openid-configuration
+        bearer_only: true
+        use_jwks: true
+{route_extra}    upstream:
+      type: roundrobin
+      nodes:
+{nodes}"#
+    )
+}
+
+const ONE_NODE: &str = "        \"127.0.0.1:1980\": 1\n";
+
+/// Asserts `check` fails with a line `<path>: duplicate key "<key>" (allowed: …)`.
+fn assert_duplicate_reported(out: &str, path: &str, key: &str) {
+    let want = format!("{path}: duplicate key \"{key}\" {ONCE}");
+    assert!(
+        out.lines().any(|l| l.trim() == want),
+        "expected the line {want:?}; output:\n{out}"
+    );
+}
+
+#[test]
+fn check_accepts_the_duplicate_test_base_config() {
+    // The cases below differ from this one only by their duplicate.
+    let (ok, out) = check_config(&oidc_route_yaml("", "", ONE_NODE));
+    assert!(ok, "base config rejected:\n{out}");
+}
+
+#[test]
+fn check_rejects_a_duplicate_top_level_key() {
+    let out = check_fails("listen: 127.0.0.1:19084\nworkers: 1\nlisten: 127.0.0.1:19085\n");
+    assert_duplicate_reported(&out, ".", "listen");
+}
+
+#[test]
+fn check_rejects_a_second_plugins_in_a_route() {
+    let out = check_fails(&oidc_route_yaml("", "    plugins: {}\n", ONE_NODE));
+    assert_duplicate_reported(&out, "routes[0]", "plugins");
+}
+
+#[test]
+fn check_rejects_a_plugin_named_twice() {
+    let second = "      openid-connect: { client_id: x, client_secret: y, discovery: http://127.0.0.1:1/d, bearer_only: false }\n";
+    let yaml = oidc_route_yaml("", "", ONE_NODE).replace(
+        "        use_jwks: true\n",
+        &format!("        use_jwks: true\n{second}"),
+    );
+    let out = check_fails(&yaml);
+    assert_duplicate_reported(&out, "routes[0].plugins", "openid-connect");
+}
+
+#[test]
+fn check_rejects_a_duplicate_openid_connect_option() {
+    let out = check_fails(&oidc_route_yaml(
+        "        bearer_only: false\n",
+        "",
+        ONE_NODE,
+    ));
+    assert_duplicate_reported(&out, "routes[0].plugins.openid-connect", "bearer_only");
+}
+
+#[test]
+fn check_rejects_a_node_given_twice() {
+    let nodes = "        \"127.0.0.1:1980\": 1\n        \"127.0.0.1:1980\": 100\n";
+    let out = check_fails(&oidc_route_yaml("", "", nodes));
+    assert_duplicate_reported(&out, "routes[0].upstream.nodes", "127.0.0.1:1980");
+}
+
+#[test]
+fn check_rejects_a_duplicate_inside_a_list_of_mappings() {
+    let nodes = "        - { host: 127.0.0.1, port: 1980, weight: 1, host: 10.9.9.9 }\n";
+    let out = check_fails(&oidc_route_yaml("", "", nodes));
+    assert_duplicate_reported(&out, "routes[0].upstream.nodes[0]", "host");
+}
+
+#[test]
+fn check_reports_every_duplicate_and_every_other_problem() {
+    let yaml = format!(
+        "workers: 1\nworkers: 2\nlimits:\n  max_headers: 10\n  max_headers: 20\n  max_header_bytes: lots\n{}",
+        oidc_route_yaml(
+            "        client_id: other\n",
+            "    plugins: {}\n    uri: /other\n",
+            "        \"127.0.0.1:1980\": 1\n        \"127.0.0.1:1980\": 1\n",
+        )
+    );
+    let out = check_fails(&yaml);
+    assert_duplicate_reported(&out, ".", "workers");
+    assert_duplicate_reported(&out, "limits", "max_headers");
+    assert_duplicate_reported(&out, "routes[0].plugins.openid-connect", "client_id");
+    assert_duplicate_reported(&out, "routes[0]", "plugins");
+    assert_duplicate_reported(&out, "routes[0]", "uri");
+    assert_duplicate_reported(&out, "routes[0].upstream.nodes", "127.0.0.1:1980");
+    // Problems that are not duplicates are still reported beside them.
+    line_with(&out, "limits.max_header_bytes");
+    let dups = out.lines().filter(|l| l.contains("duplicate key")).count();
+    assert_eq!(dups, 6, "one line per duplicated key:\n{out}");
+}
+
+#[test]
+fn check_accepts_anchors_and_aliases() {
+    // Top-level keys are a closed set, so the anchor sits on the first route.
+    let yaml = r#"
+routes:
+  - id: "1"
+    uri: /a
+    upstream: &up
+      type: roundrobin
+      nodes: { "127.0.0.1:1980": 1, "127.0.0.1:1981": 1 }
+  - id: "2"
+    uri: /b
+    upstream: *up
+"#;
+    let (ok, out) = check_config(yaml);
+    assert!(
+        ok,
+        "an alias (same keys in two places) is not a duplicate:\n{out}"
+    );
+}
+
+#[test]
+fn run_with_a_duplicate_key_exits_nonzero_and_does_not_listen() {
+    let port = free_port();
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\nworkers: 1\ncpu_affinity: false\n{}",
+        oidc_route_yaml("", "    plugins: {}\n", ONE_NODE)
+    );
+    let out = refused_at_start(&yaml, port);
+    assert_duplicate_reported(&out, "routes[0]", "plugins");
 }

@@ -4,6 +4,7 @@
 //! `<field path>: <what is wrong> (allowed: …)`, the same text the Admin API will answer with.
 
 pub mod route;
+mod yaml;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -515,12 +516,13 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     parse_yaml(&text)
 }
 
-/// Validate a YAML config document.
+/// Validate a YAML config document. A key given twice in one mapping is an error: YAML
+/// libraries keep one of the two silently, and a lost `plugins:` would lose authentication.
 pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
-    let doc: serde_json::Value = if text.trim().is_empty() {
-        serde_json::Value::Object(Default::default())
+    let (doc, mut errors) = if text.trim().is_empty() {
+        (serde_json::Value::Object(Default::default()), Vec::new())
     } else {
-        serde_yaml::from_str(text).map_err(|e| {
+        yaml::parse(text).map_err(|e| {
             ConfigErrors(vec![ConfigError::plain(".", format!("invalid YAML: {e}"))])
         })?
     };
@@ -530,7 +532,6 @@ pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
             "the document must be a mapping of options",
         )]));
     }
-    let mut errors = Vec::new();
     let raw = raw_sections(doc, &mut errors);
     let config = validate(raw, &mut errors);
     if errors.is_empty() {
@@ -849,6 +850,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("limits.max_header_byte: unknown option `max_header_byte` (allowed: max_header_bytes,"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_beside_the_other_problems() {
+        let err = parse_yaml(
+            "workers: 1\nworkers: 2\nlimits: {max_headers: 0, max_headers: 5}\nlisten: nowhere\n",
+        )
+        .unwrap_err()
+        .to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(
+            lines.contains(&".: duplicate key \"workers\" (allowed: each key once in a mapping)"),
+            "{err}"
+        );
+        assert!(
+            lines.contains(
+                &"limits: duplicate key \"max_headers\" (allowed: each key once in a mapping)"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("listen[0]: `nowhere` is not an address"),
+            "{err}"
+        );
     }
 
     #[test]
