@@ -84,9 +84,12 @@ impl Control {
         match config::load_file(&self.config_path) {
             Err(errors) => tracing::error!("reload refused, the running config stays:\n{errors}"),
             Ok(new) => {
-                if new.listen != self.config.listen || new.workers != self.config.workers {
+                // Workers copy these at start (limits, trusted addresses, caches, pools, the
+                // runtime itself), so a reload can only say so. Compared with what runs, not
+                // with the previous file: a second reload still names a change not yet applied.
+                for field in self.config.settings.changed(&new.settings) {
                     tracing::warn!(
-                        "reload applies routes only; restart to change listen addresses or workers"
+                        "config reload: \"{field}\" changed but applies only at restart"
                     );
                 }
                 let table = RouteTable::compile(&new.routes, &self.config.per_core, &self.idp);

@@ -1,4 +1,5 @@
-//! SIGHUP against the real binary: a file with a duplicate key is refused like any broken file.
+//! SIGHUP against the real binary: a file with a duplicate key is refused like any broken file,
+//! and settings a reload cannot apply are named in the log instead of ignored silently.
 
 mod common;
 
@@ -52,6 +53,14 @@ fn reload_with(p: &Proxy, yaml: &str) {
     p.signal(libc::SIGHUP);
 }
 
+fn wait_for_log(p: &Proxy, needle: &str) {
+    assert!(
+        eventually(RELOAD_WITHIN, || p.stderr().contains(needle)),
+        "the log never said {needle:?}:\n{}",
+        p.log()
+    );
+}
+
 #[test]
 fn sighup_refuses_a_second_plugins_key_and_the_route_keeps_authenticating() {
     let up = Upstream::start("U");
@@ -98,4 +107,64 @@ fn sighup_refuses_a_second_plugins_key_and_the_route_keeps_authenticating() {
         "the refusal should name the key and its path:\n{log}"
     );
     assert!(!log.contains("routes reloaded"), "{log}");
+}
+
+#[test]
+fn sighup_names_each_setting_it_cannot_apply_and_still_applies_the_routes() {
+    let up = Upstream::start("U");
+    let base = |extra_top: &str, extra_route: &str| {
+        format!(
+            "listen: 127.0.0.1:{{PORT}}\nworkers: 1\ncpu_affinity: false\ndata_dir: {{DATA}}\n{extra_top}routes:\n  - id: \"1\"\n    uri: /a\n    upstream:\n      nodes: {{ \"{addr}\": 1 }}\n{extra_route}",
+            addr = up.addr()
+        )
+    };
+    let p = Proxy::start_yaml(&base(
+        "limits:\n  max_header_bytes: 32768\n  max_headers: 100\ntrusted_addresses: []\n",
+        "",
+    ));
+    // A 4 KB header fits the running 32 KB limit.
+    let big = "v".repeat(4096);
+    let with_big = |p: &Proxy| {
+        p.client()
+            .request("GET", "/a", &[("X-Big", big.as_str())], b"")
+            .status
+    };
+    assert_eq!(with_big(&p), 200, "{}", p.log());
+
+    // Both fixed settings change, one that is the same is rewritten, and a route is added.
+    let route_b = format!(
+        "  - id: \"2\"\n    uri: /b\n    upstream:\n      nodes: {{ \"{}\": 1 }}\n",
+        up.addr()
+    );
+    reload_with(
+        &p,
+        &base(
+            "limits:\n  max_headers: 100\n  max_header_bytes: 2048\ntrusted_addresses: [\"10.0.0.0/8\"]\n",
+            &route_b,
+        ),
+    );
+    wait_for_log(&p, "routes reloaded");
+    let log = p.stderr();
+    for field in ["limits.max_header_bytes", "trusted_addresses"] {
+        let line = format!("config reload: \"{field}\" changed but applies only at restart");
+        assert_eq!(
+            log.matches(&line).count(),
+            1,
+            "expected {line:?} once:\n{log}"
+        );
+        assert!(
+            log.lines().any(|l| l.contains(&line) && l.contains("WARN")),
+            "{field} should be a warning:\n{log}"
+        );
+    }
+    let named = log.matches("config reload: \"").count();
+    assert_eq!(named, 2, "only the changed settings are named:\n{log}");
+
+    // The routes were applied; the limit, as the log says, was not.
+    assert_eq!(p.get("/b").status, 200, "{}", p.log());
+    assert_eq!(
+        with_big(&p),
+        200,
+        "the header limit changed without a restart"
+    );
 }

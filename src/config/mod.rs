@@ -6,13 +6,14 @@
 pub mod route;
 mod yaml;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use route::{RouteConfig, RouteSpec};
 
@@ -178,7 +179,7 @@ fn serde_message(path: &str, msg: &str) -> ConfigError {
 }
 
 /// Which I/O driver the workers run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DriverChoice {
     /// io_uring where the kernel allows it, epoll otherwise.
@@ -191,7 +192,7 @@ pub enum DriverChoice {
 }
 
 /// io_uring setup flags; measured here, the defaults cost ~60 % more CPU per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum UringFlags {
     /// IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG.
@@ -220,19 +221,32 @@ impl OneOrMany {
     }
 }
 
+// Always a list, so that `listen: a` and `listen: [a]` compare equal across a reload.
+impl Serialize for OneOrMany {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OneOrMany::One(one) => std::slice::from_ref(one).serialize(s),
+            OneOrMany::Many(many) => many.serialize(s),
+        }
+    }
+}
+
 /// `workers: auto` or a count.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 enum WorkersValue {
     Count(i64),
     Word(String),
 }
 
-#[derive(Debug)]
+/// The document as read, defaults filled in. Serialising it (routes aside) gives the
+/// [`Settings`] a reload compares, so a section added here is compared without more code.
+#[derive(Debug, Serialize)]
 struct RawConfig {
     listen: OneOrMany,
     workers: WorkersValue,
     cpu_affinity: bool,
+    #[serde(serialize_with = "path_text")]
     data_dir: PathBuf,
     admin: RawAdmin,
     trusted_addresses: Vec<String>,
@@ -241,7 +255,14 @@ struct RawConfig {
     per_core: RawPerCore,
     log: RawLog,
     dns: RawDns,
+    // Routes are what a reload applies; they are compared by the router, not here.
+    #[serde(skip)]
     routes: Vec<serde_json::Value>,
+}
+
+// A data_dir that is not UTF-8 still compares, instead of failing the whole comparison.
+fn path_text<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
 }
 
 impl Default for RawConfig {
@@ -263,7 +284,7 @@ impl Default for RawConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     listen: String,
@@ -279,7 +300,7 @@ impl Default for RawAdmin {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawRuntime {
     driver: DriverChoice,
@@ -297,7 +318,7 @@ impl Default for RawRuntime {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawLimits {
     max_header_bytes: i64,
@@ -333,7 +354,7 @@ impl Default for RawLimits {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawPerCore {
     token_cache_entries: i64,
@@ -353,7 +374,7 @@ impl Default for RawPerCore {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawLog {
     access: bool,
@@ -365,7 +386,7 @@ impl Default for RawLog {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawDns {
     refresh_interval: f64,
@@ -474,6 +495,63 @@ impl Cidr {
     }
 }
 
+/// Every setting outside `routes` as it takes effect (defaults filled in), keyed by field path
+/// (`limits.max_header_bytes`); a reload compares them with the running ones.
+#[derive(Clone, Default, PartialEq)]
+pub struct Settings(BTreeMap<String, serde_json::Value>);
+
+impl Settings {
+    fn of(raw: &RawConfig) -> Settings {
+        let mut map = BTreeMap::new();
+        // Cannot fail: every field is plain data with string keys (data_dir goes through
+        // path_text). The unit test `settings_cover_every_section` catches a field that breaks it.
+        if let Ok(v) = serde_json::to_value(raw) {
+            flatten("", v, &mut map);
+        }
+        Settings(map)
+    }
+
+    /// Field paths whose value differs between `self` and `other`, in path order.
+    pub fn changed<'a>(&'a self, other: &'a Settings) -> Vec<&'a str> {
+        let mut paths: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(k, v)| other.0.get(*k) != Some(*v))
+            .map(|(k, _)| k.as_str())
+            .chain(
+                other
+                    .0
+                    .keys()
+                    .filter(|k| !self.0.contains_key(*k))
+                    .map(String::as_str),
+            )
+            .collect();
+        paths.sort_unstable();
+        paths
+    }
+}
+
+// Names only: the values include `admin.key`, and a Debug print must not show it.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// Sections become dotted paths; lists stay whole, since an entry has no name of its own.
+fn flatten(prefix: &str, v: serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                flatten(&join_path(prefix, &k), v, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_string(), leaf);
+        }
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -503,6 +581,8 @@ pub struct Config {
     pub dns_refresh_interval: Duration,
     /// Routes as written, checked; compiled into a table by the router.
     pub routes: Vec<RouteSpec>,
+    /// Every other setting by field path, for a reload to tell which ones changed.
+    pub settings: Settings,
 }
 
 /// Read and validate a config file.
@@ -641,6 +721,7 @@ pub fn ranged(v: i64, lo: i64, hi: i64, path: &str, errors: &mut Vec<ConfigError
 }
 
 fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
+    let settings = Settings::of(&raw);
     let listen_list = raw.listen.into_vec();
     if listen_list.is_empty() {
         errors.push(ConfigError::new(
@@ -812,6 +893,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         access_log: raw.log.access,
         dns_refresh_interval,
         routes,
+        settings,
     }
 }
 
@@ -874,6 +956,48 @@ mod tests {
             err.contains("listen[0]: `nowhere` is not an address"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn settings_cover_every_section() {
+        let s = parse_yaml("").unwrap().settings;
+        for path in [
+            "listen",
+            "workers",
+            "cpu_affinity",
+            "data_dir",
+            "admin.listen",
+            "admin.key",
+            "trusted_addresses",
+            "runtime.driver",
+            "limits.max_header_bytes",
+            "per_core.token_cache_entries",
+            "log.access",
+            "dns.refresh_interval",
+        ] {
+            assert!(s.0.contains_key(path), "{path} missing from {s:?}");
+        }
+        assert!(!s.0.keys().any(|k| k.starts_with("routes")), "{s:?}");
+    }
+
+    #[test]
+    fn settings_name_each_changed_field_and_nothing_else() {
+        let old = parse_yaml("listen: 127.0.0.1:9080\nlimits: {max_header_bytes: 32768}\n")
+            .unwrap()
+            .settings;
+        // The same values written differently, and a route added: nothing to report.
+        let same = parse_yaml("listen: [127.0.0.1:9080]\nroutes: [{uri: /x, upstream: {nodes: {\"127.0.0.1:1\": 1}}}]\n")
+            .unwrap()
+            .settings;
+        assert!(old.changed(&same).is_empty(), "{:?}", old.changed(&same));
+        let new = parse_yaml("listen: 127.0.0.1:9080\nlimits: {max_header_bytes: 4096}\ntrusted_addresses: [10.0.0.0/8]\nadmin: {key: a-new-key-of-16-chars}\n")
+            .unwrap()
+            .settings;
+        assert_eq!(
+            old.changed(&new),
+            ["admin.key", "limits.max_header_bytes", "trusted_addresses"]
+        );
+        assert!(!format!("{new:?}").contains("a-new-key"), "{new:?}");
     }
 
     #[test]
