@@ -1074,6 +1074,66 @@ fn real_idp_required_scopes_and_a_wrong_client_secret() {
     assert!(started.elapsed() < Duration::from_secs(3) + MARGIN);
 }
 
+#[test]
+fn real_idp_introspection_answers_are_held_to_claim_validator() {
+    let idp = RealIdp::start();
+    let up = Upstream::start("up");
+    let issuers = |list: Value| json!({"claim_validator": {"issuer": {"valid_issuers": list}}});
+    let audience = |rule: Value| json!({"claim_validator": {"audience": rule}});
+    let proxy = start_routes(
+        vec![
+            real_route(
+                &idp,
+                "listed",
+                "/listed/*",
+                &up,
+                issuers(json!([idp.issuer()])),
+            ),
+            real_route(
+                &idp,
+                "other",
+                "/other/*",
+                &up,
+                issuers(json!(["https://other.example"])),
+            ),
+            real_route(
+                &idp,
+                "client",
+                "/client/*",
+                &up,
+                audience(json!({"claim": "client_id", "match_with_client_id": true})),
+            ),
+            real_route(
+                &idp,
+                "aud",
+                "/aud/*",
+                &up,
+                audience(json!({"required": true})),
+            ),
+        ],
+        &up,
+    );
+    let t = idp.client_credentials_opaque("read");
+    let answer = idp.introspect(&t);
+    assert_eq!(
+        answer["aud"],
+        Value::Null,
+        "an opaque token issued without a resource has no audience: {answer}"
+    );
+    assert_real_accepted(&idp, &proxy, &bearer_at(&proxy, "/listed/x", &t), &t);
+    assert_real_accepted(&idp, &proxy, &bearer_at(&proxy, "/client/x", &t), &t);
+    let before = up.requests();
+    let d = assert_invalid_token(&bearer_at(&proxy, "/other/x", &t), &t);
+    assert_mentions(&d, &["iss"], "issuer not listed");
+    let why = assert_forbidden(&bearer_at(&proxy, "/aud/x", &t), &t);
+    assert_mentions(&why, &["aud"], "no audience in the answer");
+    assert_eq!(
+        up.requests(),
+        before,
+        "nothing refused may reach the upstream"
+    );
+}
+
 /// Guards the test helpers themselves: the handler answers what it was told.
 #[test]
 fn helper_introspection_handler_answers_as_told() {

@@ -125,9 +125,7 @@ pub struct IntrospectAnswer {
     pub active: bool,
     /// `exp`, when given.
     pub exp: Option<f64>,
-    /// `scope`, when given.
-    pub scope: Option<String>,
-    /// The JSON as received (for `X-Userinfo`).
+    /// The JSON as received (for `X-Userinfo`, and the claims the routes check).
     pub body: Vec<u8>,
 }
 
@@ -489,10 +487,6 @@ async fn introspect(
     Ok(IntrospectAnswer {
         active,
         exp: json.get("exp").and_then(|e| e.as_f64()),
-        scope: json
-            .get("scope")
-            .and_then(|s| s.as_str())
-            .map(str::to_string),
         body: bytes.to_vec(),
     })
 }

@@ -367,6 +367,20 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<O
             UnauthAction::Auth
         }
     };
+    // Refused rather than ignored: an operator who names an algorithm believes it is enforced.
+    // Tokens only introspected are never parsed as JWTs; only the login flow's ID token (a
+    // route that may log in) or a JWT validator could use it.
+    let introspected_only = raw.public_key.is_none()
+        && !raw.use_jwks
+        && (raw.bearer_only || raw.introspection_endpoint.is_some());
+    let may_log_in = !raw.bearer_only && unauth_action == UnauthAction::Auth;
+    if raw.token_signing_alg_values_expected.is_some() && introspected_only && !may_log_in {
+        errors.push(ConfigError::new(
+            p("token_signing_alg_values_expected"),
+            "does not apply to tokens checked by introspection, which are never read as JWTs",
+            "with public_key or use_jwks, or with bearer_only: false and unauth_action: auth (the login flow's ID token)",
+        ));
+    }
     let timeout = match raw.timeout {
         None => Duration::from_secs(3),
         Some(t) if (1.0..=3600.0).contains(&t) => Duration::from_secs_f64(t),
@@ -549,6 +563,39 @@ mod tests {
         );
         assert_eq!(c.iat_slack, Duration::from_secs(120));
         assert!(!c.takes_bearer());
+    }
+
+    #[test]
+    fn an_expected_algorithm_is_refused_where_no_jwt_is_read() {
+        let base = json!({"client_id": "a", "client_secret": "b", "discovery": "http://idp/d",
+            "token_signing_alg_values_expected": "RS256"});
+        let with = |extra: Value| {
+            let mut v = base.clone();
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            errs(v)
+        };
+        for introspected in [
+            json!({"bearer_only": true}),
+            json!({"bearer_only": true, "introspection_endpoint": "http://idp/i"}),
+            json!({"introspection_endpoint": "http://idp/i", "unauth_action": "deny"}),
+        ] {
+            let e = with(introspected.clone());
+            assert_eq!(e.len(), 1, "{introspected}: {e:?}");
+            assert!(
+                e[0].starts_with("plugins.openid-connect.token_signing_alg_values_expected: does not apply to tokens checked by introspection")
+                    && e[0].contains("(allowed: with public_key or use_jwks"),
+                "{e:?}"
+            );
+        }
+        for applies in [
+            json!({"bearer_only": true, "use_jwks": true}),
+            json!({"bearer_only": true, "introspection_endpoint": "http://idp/i", "use_jwks": true}),
+            json!({"introspection_endpoint": "http://idp/i"}),
+        ] {
+            assert_eq!(with(applies.clone()), Vec::<String>::new(), "{applies}");
+        }
     }
 
     #[test]

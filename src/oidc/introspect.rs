@@ -11,22 +11,15 @@ use base64::Engine;
 use tokio::sync::Notify;
 
 use super::cache::{Expiring, TokenCache, TokenKey};
-use super::jwt::TokenError;
+use super::jwt::{self, Claims, MissingIssuer, TokenError};
 use super::OidcPlugin;
 use crate::idp::{IntrospectAnswer, IntrospectRequest};
 
 /// What this core remembers of an introspection answer.
 #[derive(Debug, Clone)]
 pub enum Verdict {
-    /// `active: true`.
-    Active {
-        /// Unix time the entry dies.
-        expires_at: f64,
-        /// `X-Userinfo`: base64 of the introspection JSON.
-        userinfo: Rc<str>,
-        /// The `scope` member, space separated.
-        scope: Rc<str>,
-    },
+    /// `active: true`; shared, so a cache hit costs a reference count, not a copy.
+    Active(Rc<Active>),
     /// `active: false` (kept briefly, so a flood of bad tokens is not a flood of IdP calls).
     Inactive {
         /// Unix time the entry dies.
@@ -34,10 +27,23 @@ pub enum Verdict {
     },
 }
 
+/// An active answer: what it says about the token, and what it sends upstream.
+#[derive(Debug)]
+pub struct Active {
+    /// Unix time the entry dies.
+    pub expires_at: f64,
+    /// `X-Userinfo`: base64 of the introspection JSON.
+    pub userinfo: Rc<str>,
+    /// The claims every route sharing this answer checks on each request (issuer, audience,
+    /// scopes, times), read as a JWT's are.
+    pub claims: Claims,
+}
+
 impl Expiring for Verdict {
     fn expires_at(&self) -> f64 {
         match self {
-            Verdict::Active { expires_at, .. } | Verdict::Inactive { expires_at } => *expires_at,
+            Verdict::Active(a) => a.expires_at,
+            Verdict::Inactive { expires_at } => *expires_at,
         }
     }
 }
@@ -82,21 +88,21 @@ pub fn ttl(p: &OidcPlugin, answer: &IntrospectAnswer, now: f64) -> Option<f64> {
     }
 }
 
-/// Check a cached or fresh verdict against the plugin's rules.
-pub fn judge(p: &OidcPlugin, v: &Verdict) -> Result<Rc<str>, TokenError> {
+/// Check a cached or fresh verdict against this route's rules, on every request: the answer is
+/// shared by every route asking the same endpoint as the same client, and each has its own
+/// `claim_validator` and `required_scopes`. `issuer` is the discovery issuer, or why it is not
+/// known.
+pub fn judge(
+    p: &OidcPlugin,
+    v: &Verdict,
+    issuer: Result<&str, &str>,
+    now: f64,
+) -> Result<Rc<str>, TokenError> {
     match v {
         Verdict::Inactive { .. } => Err(TokenError::Inactive),
-        Verdict::Active {
-            userinfo, scope, ..
-        } => {
-            if p.cfg
-                .required_scopes
-                .iter()
-                .any(|want| !scope.split(' ').any(|s| s == want))
-            {
-                return Err(TokenError::ScopeMissing);
-            }
-            Ok(userinfo.clone())
+        Verdict::Active(a) => {
+            jwt::check_claims(&a.claims, &p.cfg, issuer, now, MissingIssuer::Accepted)?;
+            Ok(a.userinfo.clone())
         }
     }
 }
@@ -171,11 +177,14 @@ async fn call(p: &OidcPlugin, token: &[u8], now: f64) -> Result<(Verdict, Option
     };
     let until = ttl(p, &answer, now);
     let verdict = if answer.active {
-        Verdict::Active {
+        // Read once per answer, with the claim the namespace's routes name as their audience.
+        let claims = Claims::parse(&answer.body, Some(p.audience_claim()))
+            .map_err(|_| "introspection answer has a duplicate or mistyped claim".to_string())?;
+        Verdict::Active(Rc::new(Active {
             expires_at: until.unwrap_or(now),
             userinfo: STANDARD.encode(&answer.body).into(),
-            scope: answer.scope.unwrap_or_default().into(),
-        }
+            claims,
+        }))
     } else {
         Verdict::Inactive {
             expires_at: until.unwrap_or(now),
@@ -203,7 +212,6 @@ mod tests {
         IntrospectAnswer {
             active,
             exp,
-            scope: None,
             body: b"{}".to_vec(),
         }
     }
@@ -222,19 +230,80 @@ mod tests {
         assert_eq!(ttl(&p, &answer(false, None), 1000.0), None);
     }
 
+    /// An active verdict for the answer `body`, read as `call` reads it for `p`.
+    fn active(p: &OidcPlugin, body: serde_json::Value) -> Verdict {
+        let body = body.to_string();
+        Verdict::Active(Rc::new(Active {
+            expires_at: f64::MAX,
+            userinfo: STANDARD.encode(&body).into(),
+            claims: Claims::parse(body.as_bytes(), Some(p.audience_claim())).unwrap(),
+        }))
+    }
+
+    const ISS: Result<&str, &str> = Ok("https://idp");
+
     #[test]
     fn scopes_are_checked_on_every_use() {
         let p = plugin(serde_json::json!({"required_scopes": ["read", "write"]}));
-        let v = |scope: &str| Verdict::Active {
-            expires_at: 0.0,
-            userinfo: "e30=".into(),
-            scope: scope.into(),
-        };
-        assert!(judge(&p, &v("read write admin")).is_ok());
-        assert_eq!(judge(&p, &v("read")), Err(TokenError::ScopeMissing));
+        let v = |scope: serde_json::Value| active(&p, serde_json::json!({"scope": scope}));
+        assert!(judge(&p, &v("read write admin".into()), ISS, 0.0).is_ok());
+        assert!(judge(&p, &v(serde_json::json!(["write", "read"])), ISS, 0.0).is_ok());
         assert_eq!(
-            judge(&p, &Verdict::Inactive { expires_at: 0.0 }),
+            judge(&p, &v("read".into()), ISS, 0.0),
+            Err(TokenError::ScopeMissing)
+        );
+        assert_eq!(
+            judge(&p, &Verdict::Inactive { expires_at: 0.0 }, ISS, 0.0),
             Err(TokenError::Inactive)
         );
+    }
+
+    #[test]
+    fn audience_and_issuer_rules_apply_to_answers() {
+        let p = plugin(serde_json::json!({"claim_validator": {
+            "audience": {"required": true, "match_with_client_id": true}}}));
+        let judged = |body: serde_json::Value| judge(&p, &active(&p, body), ISS, 0.0);
+        assert!(judged(serde_json::json!({"aud": "c"})).is_ok());
+        assert!(judged(serde_json::json!({"aud": ["x", "c"], "iss": "https://idp"})).is_ok());
+        assert_eq!(
+            judged(serde_json::json!({"aud": "other"})),
+            Err(TokenError::AudienceMismatch)
+        );
+        assert_eq!(
+            judged(serde_json::json!({"client_id": "c"})),
+            Err(TokenError::AudienceMissing)
+        );
+        assert_eq!(
+            judged(serde_json::json!({"aud": "c", "iss": "https://evil"})),
+            Err(TokenError::WrongIssuer)
+        );
+        // An answer that names no issuer speaks for the endpoint's own...
+        assert!(judge(
+            &p,
+            &active(&p, serde_json::json!({"aud": "c"})),
+            Err("down"),
+            0.0
+        )
+        .is_ok());
+        // ... but one that names one needs the discovery issuer to compare with.
+        assert!(matches!(
+            judge(
+                &p,
+                &active(&p, serde_json::json!({"aud": "c", "iss": "https://idp"})),
+                Err("down"),
+                0.0
+            ),
+            Err(TokenError::IssuerUnknown(_))
+        ));
+
+        let p = plugin(serde_json::json!({"claim_validator": {
+            "issuer": {"valid_issuers": ["https://a", "https://b"]}}}));
+        let judged = |body: serde_json::Value| judge(&p, &active(&p, body), Err("unused"), 0.0);
+        assert!(judged(serde_json::json!({"iss": "https://b"})).is_ok());
+        assert_eq!(
+            judged(serde_json::json!({"iss": "https://idp"})),
+            Err(TokenError::WrongIssuer)
+        );
+        assert_eq!(judged(serde_json::json!({})), Err(TokenError::WrongIssuer));
     }
 }

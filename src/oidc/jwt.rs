@@ -314,12 +314,26 @@ fn has_scope(claims: &Claims, want: &str) -> bool {
     claims.scope.as_ref().is_some_and(in_value) || claims.scp.as_ref().is_some_and(in_value)
 }
 
-/// Check time, issuer, audience and scopes. `issuer` is the discovery issuer, when known.
+/// What a token without `iss` means when no `valid_issuers` are listed (with a list, such a
+/// token is refused in every mode: the operator asked for the issuer to be checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingIssuer {
+    /// Refused: a JWT must say who issued it.
+    Refused,
+    /// Accepted: an introspection endpoint answers for its own issuer, and RFC 7662 makes
+    /// `iss` optional in its answers.
+    Accepted,
+}
+
+/// Check time, issuer, audience and scopes: the rules every mode applies to what a token
+/// says, whether its claims come from a verified JWT or an introspection answer. `issuer` is
+/// the discovery issuer when known, else why it is not.
 pub fn check_claims(
     c: &Claims,
     cfg: &OidcConfig,
     issuer: Result<&str, &str>,
     now: f64,
+    missing_issuer: MissingIssuer,
 ) -> Result<(), TokenError> {
     let slack = cfg.iat_slack.as_secs_f64();
     if let Some(exp) = c.exp {
@@ -342,7 +356,7 @@ pub fn check_claims(
         if !iss.is_some_and(|i| cfg.valid_issuers.iter().any(|v| v == i)) {
             return Err(TokenError::WrongIssuer);
         }
-    } else {
+    } else if iss.is_some() || missing_issuer == MissingIssuer::Refused {
         match issuer {
             Ok(expected) if iss == Some(expected) => {}
             Ok(_) => return Err(TokenError::WrongIssuer),

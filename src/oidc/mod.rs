@@ -16,12 +16,12 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use crate::error::ProxyError;
-use crate::idp::{Idp, Provider};
+use crate::idp::{Idp, Provider, ProviderState};
 use crate::server::h1::{HeaderIdx, HeaderKind, Span};
 use crate::server::worker::Worker;
 use cache::{token_key, TokenCache, TokenKey, Verified};
 use config::{OidcConfig, UnauthAction};
-use jwt::TokenError;
+use jwt::{MissingIssuer, TokenError};
 use keys::KeySet;
 
 /// How long a token without `exp` stays cached.
@@ -54,12 +54,14 @@ impl OidcPlugin {
     /// Compile a checked configuration (control plane).
     pub fn new(cfg: OidcConfig, idp: &Idp) -> OidcPlugin {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        // With a pinned key and listed issuers (or an explicit introspection endpoint), tokens
-        // need nothing from discovery, so the IdP is not polled for this route.
+        // With a pinned key and listed issuers (or an explicit introspection endpoint and listed
+        // issuers), tokens need nothing from discovery, so the IdP is not polled for this route.
+        // Without listed issuers, discovery's issuer is what a token's (or an introspection
+        // answer's) `iss` is compared with.
         let needs_discovery = match (&cfg.public_key, cfg.use_jwks) {
             (Some(_), _) => cfg.valid_issuers.is_empty(),
             (None, true) => true,
-            (None, false) => cfg.introspection_endpoint.is_none(),
+            (None, false) => cfg.introspection_endpoint.is_none() || cfg.valid_issuers.is_empty(),
         };
         let provider = idp.provider(&cfg, needs_discovery);
         let pinned = cfg
@@ -73,7 +75,9 @@ impl OidcPlugin {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             // The caching policy is part of the namespace: a route never sees an answer kept
-            // longer than its own rules allow.
+            // longer than its own rules allow. So is the audience claim an answer is read with
+            // (a cached answer keeps only that claim); the rest of `claim_validator` is checked
+            // per route on every request, so routes differing only there share answers.
             (
                 cfg.introspection_endpoint
                     .as_deref()
@@ -83,6 +87,7 @@ impl OidcPlugin {
                 cfg.ssl_verify,
                 cfg.introspection_interval,
                 cfg.introspection_negative_ttl,
+                audience_claim(&cfg),
             )
                 .hash(&mut h);
             h.finish()
@@ -98,6 +103,30 @@ impl OidcPlugin {
             introspection_namespace,
             cfg,
         }
+    }
+}
+
+/// The claim holding the audience: the configured one, else `aud` (read even without an
+/// audience rule, so that routes with and without one can share introspection answers).
+fn audience_claim(cfg: &OidcConfig) -> &str {
+    cfg.audience
+        .as_ref()
+        .map_or("aud", |rule| rule.claim.as_str())
+}
+
+impl OidcPlugin {
+    /// The claim holding the audience for this route's rules.
+    pub fn audience_claim(&self) -> &str {
+        audience_claim(&self.cfg)
+    }
+}
+
+/// The discovery issuer tokens are compared with, or why it is not known.
+fn discovery_issuer(state: &ProviderState) -> Result<&str, &str> {
+    match (&state.discovery, &state.problem) {
+        (Some(d), _) => Ok(d.issuer.as_str()),
+        (None, Some(problem)) => Err(problem.as_str()),
+        (None, None) => Err("discovery has not answered yet"),
     }
 }
 
@@ -305,6 +334,7 @@ async fn authenticate_by_introspection(
     let raw = token.get(buf);
     let now = now();
     let key = token_key(p.introspection_namespace, raw);
+    // A clone of a cached verdict is a reference count: no allocation on a hit.
     let cached = w.introspections.borrow_mut().cache.get(&key, now).cloned();
     let verdict = match cached {
         Some(v) => v,
@@ -312,8 +342,21 @@ async fn authenticate_by_introspection(
             .await
             .map_err(|r| p.invalid(r))?,
     };
-    let userinfo = introspect::judge(p, &verdict).map_err(|r| p.invalid(r))?;
-    Ok(Some(p.identity(token, userinfo)))
+    // Judged on every request, cached or not: the answer is shared by routes whose rules differ.
+    let judged = |verdict: &introspect::Verdict| {
+        let state = p.provider.state.load();
+        introspect::judge(p, verdict, discovery_issuer(&state), now)
+    };
+    let userinfo = match judged(&verdict) {
+        // An answer naming its issuer before discovery has answered: wait once for it, as a
+        // JWT does.
+        Err(TokenError::IssuerUnknown(_)) if p.provider.state.load().discovery.is_none() => {
+            let _ = monoio::time::timeout(p.cfg.timeout, p.idp.refresh_keys(&p.provider)).await;
+            judged(&verdict)
+        }
+        r => r,
+    };
+    Ok(Some(p.identity(token, userinfo.map_err(|r| p.invalid(r))?)))
 }
 
 /// The token in `Authorization: Bearer <token>`; `None` when there is no bearer credential.
@@ -386,12 +429,13 @@ pub fn verify_now(p: &OidcPlugin, token: &[u8], now: f64) -> Result<Verified, To
     jwt::verify_signature(&parsed, p.pinned.as_deref().unwrap_or(&state.keys))?;
     let audience_claim = cfg.audience.as_ref().map(|rule| rule.claim.as_str());
     let claims = jwt::Claims::parse(&parsed.payload, audience_claim)?;
-    let issuer = match (&state.discovery, &state.problem) {
-        (Some(d), _) => Ok(d.issuer.as_str()),
-        (None, Some(problem)) => Err(problem.as_str()),
-        (None, None) => Err("discovery has not answered yet"),
-    };
-    jwt::check_claims(&claims, cfg, issuer, now)?;
+    jwt::check_claims(
+        &claims,
+        cfg,
+        discovery_issuer(&state),
+        now,
+        MissingIssuer::Refused,
+    )?;
     Ok(Verified {
         // Accepted until exp + iat_slack, so cached as long: a token in that window would
         // otherwise be verified afresh on every request.
