@@ -3,7 +3,8 @@
 //!
 //! * `claim_validator` and `required_scopes` hold for introspection answers as they do for JWT
 //!   claims, on every request, also when the answer comes from a cache shared with laxer routes;
-//! * `check` refuses an option that cannot apply in a route's mode.
+//! * `check` refuses an option that cannot apply in a route's mode;
+//! * IdP answers are read up to 1 MiB and no further (discovery, JWKS, introspection).
 //!
 //! One worker per proxy; `/open/*` has no plugin.
 
@@ -11,16 +12,22 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::auth::*;
-use common::fake_idp::{FakeIdp, INTROSPECTION_PATH};
-use common::jwt::{now, unique, with};
+use common::fake_idp::{FakeIdp, Fault, INTROSPECTION_PATH, JWKS_PATH};
+use common::jwt::{claims, jwks, now, unique, with, SigningKey};
 use common::*;
 use serde_json::{json, Value};
 
 const REALM: &str = "hard";
 const CLIENT_ID: &str = "portcullis";
 const CLIENT_SECRET: &str = "hardening-s3cret";
+/// Extra time allowed past an IdP `timeout` for the proxy to answer.
+const MARGIN: Duration = Duration::from_millis(1500);
+/// What a failed fetch may have pushed into socket buffers beyond the 1 MiB cap (loopback
+/// send and receive buffers grow to a few MiB each); an uncapped read takes 256 MiB.
+const PER_FETCH_SLACK: u64 = 16 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // The introspection endpoint, answering per token
@@ -86,6 +93,19 @@ fn introspection(idp: &FakeIdp, extra: Value) -> Value {
         "discovery": idp.discovery_url(),
         "bearer_only": true,
         "introspection_endpoint": idp.introspection_url(),
+        "realm": REALM,
+    });
+    with(&base, extra)
+}
+
+/// JWKS plugin options for `idp` (bearer only) with `extra`.
+fn jwks_plugin(idp: &FakeIdp, extra: Value) -> Value {
+    let base = json!({
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "discovery": idp.discovery_url(),
+        "bearer_only": true,
+        "use_jwks": true,
         "realm": REALM,
     });
     with(&base, extra)
@@ -370,4 +390,146 @@ fn check_refuses_an_expected_algorithm_on_an_introspection_route() {
         "{common}{intro}        use_jwks: true\n        token_signing_alg_values_expected: RS256\n{claims_opts}"
     )));
     assert!(ok, "refused an expected algorithm on a JWKS route:\n{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// IdP answers are read up to 1 MiB
+// ---------------------------------------------------------------------------------------------
+
+/// A token signed by `key`, issued by `idp`.
+fn mint_for(idp: &FakeIdp, key: &SigningKey) -> String {
+    key.mint(&claims(&idp.issuer()))
+}
+
+#[test]
+fn an_endless_jwks_is_cut_at_1_mib_and_memory_stays_bounded() {
+    let key = SigningKey::rsa1();
+    let idp = FakeIdp::start_with_jwks(jwks(&[&key]));
+    idp.set_path_behaviour(JWKS_PATH, Fault::Endless, Duration::ZERO);
+    let up = Upstream::start("up");
+    let proxy = start_routes(
+        vec![oidc_route(
+            "1",
+            "/*",
+            &up,
+            jwks_plugin(&idp, json!({"timeout": 2})),
+        )],
+        &up,
+    );
+    let rss_before = proxy.peak_rss();
+    let t = mint_for(&idp, &key);
+    let started = Instant::now();
+    let r = bearer_at(&proxy, "/x", &t);
+    let d = assert_invalid(&r, &t);
+    assert!(
+        started.elapsed() < Duration::from_secs(2) + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        d, "no verification keys available: JWKS answer larger than 1 MiB",
+        "the description names the problem"
+    );
+    // The background refresh keeps trying (1 s, 2 s backoff): each try is cut at the cap.
+    assert!(eventually(Duration::from_secs(5), || idp.jwks_fetches() >= 3));
+    let fetches = idp.jwks_fetches() as u64 + 1;
+    let streamed = idp.streamed();
+    assert!(
+        streamed < fetches * PER_FETCH_SLACK,
+        "{fetches} JWKS fetches made the IdP stream {streamed} bytes"
+    );
+    let grown = proxy.peak_rss().saturating_sub(rss_before);
+    assert!(
+        grown < 48 << 20,
+        "the proxy's peak RSS grew by {grown} bytes"
+    );
+    // Other routes are served meanwhile.
+    assert_eq!(proxy.get("/open/x").status, 200);
+}
+
+#[test]
+fn a_jwks_announcing_a_huge_length_is_refused_without_reading_it() {
+    let key = SigningKey::rsa1();
+    let idp = FakeIdp::start_with_jwks(jwks(&[&key]));
+    // 10 GB announced, trickled: reading it (or waiting for it) would take the whole timeout.
+    idp.set_path_behaviour(JWKS_PATH, Fault::Announced(10_000_000_000), Duration::ZERO);
+    let up = Upstream::start("up");
+    let proxy = start_routes(
+        vec![oidc_route(
+            "1",
+            "/*",
+            &up,
+            jwks_plugin(&idp, json!({"timeout": 5})),
+        )],
+        &up,
+    );
+    assert!(eventually(Duration::from_secs(5), || idp.jwks_fetches() >= 1));
+    let t = mint_for(&idp, &key);
+    let started = Instant::now();
+    let d = assert_invalid(&bearer_at(&proxy, "/x", &t), &t);
+    assert_eq!(
+        d,
+        "no verification keys available: JWKS answer larger than 1 MiB"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused on the announced length, not after the 5 s timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_endless_or_oversized_introspection_answer_gets_a_precise_401() {
+    let idp = FakeIdp::start();
+    let answers = Answers::install(&idp);
+    idp.set_path_behaviour(INTROSPECTION_PATH, Fault::Endless, Duration::ZERO);
+    let up = Upstream::start("up");
+    let proxy = start_introspection_routes(&idp, &up, &[("1", "/*", json!({"timeout": 2}))]);
+    let rss_before = proxy.peak_rss();
+    let t = answers.token(json!({}));
+    for round in 1..=3 {
+        let started = Instant::now();
+        let d = assert_invalid(&refused(&proxy, &up, "/x", &t), &t);
+        assert_eq!(
+            d, "introspection failed: introspection answer larger than 1 MiB",
+            "round {round}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2) + MARGIN,
+            "{:?}",
+            started.elapsed()
+        );
+        // A failure is not cached: every request asks again, and each answer is cut.
+        assert_eq!(idp.introspections(), round);
+    }
+    let streamed = idp.streamed();
+    assert!(
+        streamed < 3 * PER_FETCH_SLACK,
+        "3 calls streamed {streamed} bytes"
+    );
+    let grown = proxy.peak_rss().saturating_sub(rss_before);
+    assert!(
+        grown < 48 << 20,
+        "the proxy's peak RSS grew by {grown} bytes"
+    );
+
+    idp.set_path_behaviour(
+        INTROSPECTION_PATH,
+        Fault::Announced(5_000_000),
+        Duration::ZERO,
+    );
+    let started = Instant::now();
+    let d = assert_invalid(&refused(&proxy, &up, "/x", &t), &t);
+    assert_eq!(
+        d,
+        "introspection failed: introspection answer larger than 1 MiB"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    idp.heal();
+    assert_ok(&bearer_at(&proxy, "/x", &t), &t);
 }

@@ -4,7 +4,7 @@
 //! Workers reach it through a channel and await answers without blocking their event loop.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,146 @@ pub const KID_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 const MIN_REFRESH: Duration = Duration::from_secs(5);
 /// Longest retry wait while the IdP is failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Largest IdP answer read.
+/// Largest IdP answer read; the rest is never read, so a hostile IdP cannot make this thread
+/// hold more than this per call.
 const MAX_BODY: usize = 1 << 20;
+/// `MAX_BODY` in words, for failure descriptions.
+const MAX_BODY_TEXT: &str = "1 MiB";
+
+/// Which IdP endpoint a call went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The discovery document.
+    Discovery,
+    /// The key set.
+    Jwks,
+    /// Token introspection (RFC 7662).
+    Introspection,
+}
+
+impl Endpoint {
+    /// Every endpoint, in counter order.
+    pub const ALL: [Endpoint; 3] = [Endpoint::Discovery, Endpoint::Jwks, Endpoint::Introspection];
+
+    /// The endpoint's name in failure descriptions.
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Discovery => "discovery",
+            Endpoint::Jwks => "JWKS",
+            Endpoint::Introspection => "introspection endpoint",
+        }
+    }
+
+    /// Its answer's name in failure descriptions.
+    fn answer(self) -> &'static str {
+        match self {
+            Endpoint::Discovery => "discovery answer",
+            Endpoint::Jwks => "JWKS answer",
+            Endpoint::Introspection => "introspection answer",
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why an IdP call gave no usable answer. The `Display` text is fit for an
+/// `error_description`: it names the endpoint and the problem, never a token or a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdpError {
+    /// No complete answer within `timeout`.
+    #[error("{0} timed out")]
+    TimedOut(Endpoint),
+    /// The connection could not be made.
+    #[error("{0} unreachable")]
+    Unreachable(Endpoint),
+    /// Connected, but what came back was not an HTTP answer (garbage, or a close).
+    #[error("{0} closed the connection without a valid HTTP answer")]
+    NotHttp(Endpoint),
+    /// A status other than 2xx.
+    #[error("{0} answered HTTP {1}")]
+    Status(Endpoint, u16),
+    /// The body ended before its announced end.
+    #[error("{} was cut off", .0.answer())]
+    CutOff(Endpoint),
+    /// The body (announced or as read so far) is over [`MAX_BODY`].
+    #[error("{} larger than {MAX_BODY_TEXT}", .0.answer())]
+    TooLarge(Endpoint),
+    /// A complete answer that is not what the endpoint must answer (the text says how).
+    #[error("{1}")]
+    Invalid(Endpoint, String),
+}
+
+/// Kinds of [`IdpError`], as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// [`IdpError::TimedOut`].
+    TimedOut,
+    /// [`IdpError::Unreachable`].
+    Unreachable,
+    /// [`IdpError::NotHttp`].
+    NotHttp,
+    /// [`IdpError::Status`].
+    Status,
+    /// [`IdpError::CutOff`].
+    CutOff,
+    /// [`IdpError::TooLarge`].
+    TooLarge,
+    /// [`IdpError::Invalid`].
+    Invalid,
+}
+
+impl Failure {
+    /// Every kind, in counter order.
+    pub const ALL: [Failure; 7] = [
+        Failure::TimedOut,
+        Failure::Unreachable,
+        Failure::NotHttp,
+        Failure::Status,
+        Failure::CutOff,
+        Failure::TooLarge,
+        Failure::Invalid,
+    ];
+}
+
+impl IdpError {
+    /// The endpoint and kind of this failure.
+    pub fn kind(&self) -> (Endpoint, Failure) {
+        match *self {
+            IdpError::TimedOut(e) => (e, Failure::TimedOut),
+            IdpError::Unreachable(e) => (e, Failure::Unreachable),
+            IdpError::NotHttp(e) => (e, Failure::NotHttp),
+            IdpError::Status(e, _) => (e, Failure::Status),
+            IdpError::CutOff(e) => (e, Failure::CutOff),
+            IdpError::TooLarge(e) => (e, Failure::TooLarge),
+            IdpError::Invalid(e, _) => (e, Failure::Invalid),
+        }
+    }
+}
+
+/// Failed IdP calls by endpoint and kind, counted by the IdP thread for whoever reports them
+/// (metrics, logs); relaxed atomics, as nothing is ordered by them.
+#[derive(Debug, Default)]
+pub struct IdpStats {
+    failures: [[AtomicU64; Failure::ALL.len()]; Endpoint::ALL.len()],
+}
+
+impl IdpStats {
+    /// Failed calls to `endpoint` of kind `kind` so far.
+    pub fn failures(&self, endpoint: Endpoint, kind: Failure) -> u64 {
+        self.failures[endpoint as usize][kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Count `e`, and hand it back.
+    fn count(&self, e: IdpError) -> IdpError {
+        let (endpoint, kind) = e.kind();
+        self.failures[endpoint as usize][kind as usize].fetch_add(1, Ordering::Relaxed);
+        e
+    }
+}
 
 /// The discovery document fields Portcullis uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -95,7 +233,7 @@ enum Command {
     RefreshKeys(Arc<Provider>, oneshot::Sender<()>),
     Introspect(
         IntrospectRequest,
-        oneshot::Sender<Result<IntrospectAnswer, String>>,
+        oneshot::Sender<Result<IntrospectAnswer, IdpError>>,
     ),
 }
 
@@ -141,6 +279,7 @@ type Providers = HashMap<ProviderKey, Arc<Provider>>;
 pub struct Idp {
     tx: mpsc::UnboundedSender<Command>,
     providers: Arc<Mutex<Providers>>,
+    stats: Arc<IdpStats>,
 }
 
 impl std::fmt::Debug for Idp {
@@ -158,10 +297,21 @@ impl Idp {
             .build()?;
         let providers: Arc<Mutex<Providers>> = Arc::default();
         let registry = providers.clone();
+        let stats = Arc::new(IdpStats::default());
+        let clients = Clients::new(stats.clone());
         std::thread::Builder::new()
             .name("idp".into())
-            .spawn(move || rt.block_on(serve(rx, registry)))?;
-        Ok(Idp { tx, providers })
+            .spawn(move || rt.block_on(serve(rx, registry, clients)))?;
+        Ok(Idp {
+            tx,
+            providers,
+            stats,
+        })
+    }
+
+    /// What the IdP thread counted of its failed calls.
+    pub fn stats(&self) -> &IdpStats {
+        &self.stats
     }
 
     /// The provider for a plugin config, created on first use; its discovery and keys are
@@ -200,7 +350,7 @@ impl Idp {
     pub fn introspect(
         &self,
         req: IntrospectRequest,
-    ) -> oneshot::Receiver<Result<IntrospectAnswer, String>> {
+    ) -> oneshot::Receiver<Result<IntrospectAnswer, IdpError>> {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Command::Introspect(req, tx));
         rx
@@ -216,8 +366,11 @@ impl Idp {
     }
 }
 
-async fn serve(mut rx: mpsc::UnboundedReceiver<Command>, registry: Arc<Mutex<Providers>>) {
-    let clients = Clients::new();
+async fn serve(
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    registry: Arc<Mutex<Providers>>,
+    clients: Clients,
+) {
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Command::Watch(p) => {
@@ -263,15 +416,17 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Command>, registry: Arc<Mutex<Pro
     }
 }
 
-/// HTTP clients, one per certificate policy; each reuses its connections.
+/// HTTP clients, one per certificate policy; each reuses its connections. With them, the
+/// counters every failed call is counted in.
 #[derive(Clone)]
 struct Clients {
     verifying: reqwest::Client,
     trusting: reqwest::Client,
+    stats: Arc<IdpStats>,
 }
 
 impl Clients {
-    fn new() -> Clients {
+    fn new(stats: Arc<IdpStats>) -> Clients {
         let build = |verify: bool| {
             let tls = (*crate::upstream::tls::client_config(verify)).clone();
             reqwest::Client::builder()
@@ -287,6 +442,7 @@ impl Clients {
         Clients {
             verifying: build(true),
             trusting: build(false),
+            stats,
         }
     }
 
@@ -299,71 +455,117 @@ impl Clients {
     }
 }
 
-/// Words for a failed request, fit for an `error_description`.
-fn send_failure(what: &str, e: &reqwest::Error) -> String {
+/// The failure of a request that got no answer head.
+fn send_failure(endpoint: Endpoint, e: &reqwest::Error) -> IdpError {
     if e.is_timeout() {
-        format!("{what} timed out")
+        IdpError::TimedOut(endpoint)
     } else if e.is_connect() {
-        format!("{what} unreachable")
+        IdpError::Unreachable(endpoint)
     } else {
         // Connected, but what came back was not an HTTP answer (garbage, or a close).
-        format!("{what} closed the connection without a valid HTTP answer")
+        IdpError::NotHttp(endpoint)
+    }
+}
+
+/// A 2xx answer's head, or why there is none.
+async fn answer_head(
+    request: reqwest::RequestBuilder,
+    endpoint: Endpoint,
+) -> Result<reqwest::Response, IdpError> {
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| send_failure(endpoint, &e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(IdpError::Status(endpoint, status.as_u16()));
+    }
+    Ok(resp)
+}
+
+/// Read an answer's body chunk by chunk and stop at [`MAX_BODY`]: reading it whole first would
+/// let an IdP that sends fast (or announces a huge length) make this thread hold gigabytes
+/// within one `timeout`. What is beyond the cap is never read; dropping the answer closes its
+/// connection.
+async fn read_capped(mut resp: reqwest::Response, endpoint: Endpoint) -> Result<Vec<u8>, IdpError> {
+    let announced = resp.content_length();
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(IdpError::TooLarge(endpoint));
+    }
+    // Sized for what was announced (now known to be within the cap), else grown as it comes.
+    let mut body = Vec::with_capacity(announced.map_or(0, |n| n as usize));
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                IdpError::TimedOut(endpoint)
+            } else {
+                IdpError::CutOff(endpoint)
+            }
+        })?;
+        let Some(chunk) = chunk else {
+            return Ok(body);
+        };
+        if chunk.len() > MAX_BODY - body.len() {
+            return Err(IdpError::TooLarge(endpoint));
+        }
+        body.extend_from_slice(&chunk);
     }
 }
 
 /// GET a JSON document; returns the body and the Cache-Control max-age, if any.
 async fn get(
+    clients: &Clients,
     client: &reqwest::Client,
     url: &str,
     timeout: Duration,
-    what: &str,
-) -> Result<(Vec<u8>, Option<Duration>), String> {
-    let resp = client
-        .get(url)
-        .header("Accept", "application/json")
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| send_failure(what, &e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(format!("{what} answered HTTP {}", status.as_u16()));
-    }
-    let max_age = resp
-        .headers()
-        .get_all("cache-control")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|d| {
-            d.trim()
-                .strip_prefix("max-age=")
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .map(Duration::from_secs);
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|_| format!("{what} answer was cut off"))?;
-    if body.len() > MAX_BODY {
-        return Err(format!("{what} answer is too large"));
-    }
-    Ok((body.to_vec(), max_age))
+    endpoint: Endpoint,
+) -> Result<(Vec<u8>, Option<Duration>), IdpError> {
+    let fetched = async {
+        let request = client
+            .get(url)
+            .header("Accept", "application/json")
+            .timeout(timeout);
+        let resp = answer_head(request, endpoint).await?;
+        let max_age = resp
+            .headers()
+            .get_all("cache-control")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|d| {
+                d.trim()
+                    .strip_prefix("max-age=")
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .map(Duration::from_secs);
+        Ok((read_capped(resp, endpoint).await?, max_age))
+    };
+    fetched.await.map_err(|e| clients.stats.count(e))
 }
 
 /// Fetch discovery and JWKS once and publish what worked. Returns the JWKS max-age.
 async fn refresh(clients: &Clients, p: &Provider) -> Result<Option<Duration>, String> {
     let client = clients.for_provider(p);
     let old = p.state.load_full();
-    let discovery = match get(client, &p.discovery_url, p.timeout, "discovery")
-        .await
-        .and_then(|(body, _)| {
-            serde_json::from_slice::<Discovery>(&body).map_err(|_| {
-                "discovery answered something that is not a discovery document".to_string()
-            })
-        }) {
+    let discovery = match get(
+        clients,
+        client,
+        &p.discovery_url,
+        p.timeout,
+        Endpoint::Discovery,
+    )
+    .await
+    .and_then(|(body, _)| {
+        serde_json::from_slice::<Discovery>(&body).map_err(|_| {
+            clients.stats.count(IdpError::Invalid(
+                Endpoint::Discovery,
+                "discovery answered something that is not a discovery document".into(),
+            ))
+        })
+    }) {
         Ok(d) => Arc::new(d),
         Err(e) => {
+            let e = e.to_string();
             publish_problem(p, &old, &e);
             return Err(e);
         }
@@ -376,9 +578,14 @@ async fn refresh(clients: &Clients, p: &Provider) -> Result<Option<Duration>, St
         }));
         return Ok(None);
     };
-    let fetched = get(client, &jwks_uri, p.timeout, "JWKS")
+    let fetched = get(clients, client, &jwks_uri, p.timeout, Endpoint::Jwks)
         .await
-        .and_then(|(body, max_age)| parse_jwks(&body).map(|(ks, skipped)| (ks, skipped, max_age)));
+        .and_then(|(body, max_age)| {
+            parse_jwks(&body)
+                .map(|(ks, skipped)| (ks, skipped, max_age))
+                .map_err(|e| clients.stats.count(IdpError::Invalid(Endpoint::Jwks, e)))
+        })
+        .map_err(|e| e.to_string());
     match fetched {
         Ok((keys, skipped, max_age)) => {
             for s in skipped {
@@ -421,7 +628,17 @@ fn form_encode(s: &str) -> String {
 async fn introspect(
     clients: &Clients,
     req: &IntrospectRequest,
-) -> Result<IntrospectAnswer, String> {
+) -> Result<IntrospectAnswer, IdpError> {
+    introspect_uncounted(clients, req)
+        .await
+        .map_err(|e| clients.stats.count(e))
+}
+
+async fn introspect_uncounted(
+    clients: &Clients,
+    req: &IntrospectRequest,
+) -> Result<IntrospectAnswer, IdpError> {
+    const EP: Endpoint = Endpoint::Introspection;
     let client = if req.ssl_verify {
         &clients.verifying
     } else {
@@ -456,38 +673,19 @@ async fn introspect(
             ));
         }
     }
-    let resp = builder
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| send_failure("introspection endpoint", &e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(format!(
-            "introspection endpoint answered HTTP {}",
-            status.as_u16()
-        ));
-    }
-    let bytes = resp.bytes().await.map_err(|e| {
-        if e.is_timeout() {
-            "introspection timed out".to_string()
-        } else {
-            "introspection answer was cut off".to_string()
-        }
-    })?;
-    if bytes.len() > MAX_BODY {
-        return Err("introspection answer is too large".into());
-    }
-    let json: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| "introspection answer is not JSON".to_string())?;
+    let resp = answer_head(builder.body(body), EP).await?;
+    let bytes = read_capped(resp, EP).await?;
+    let invalid = |why: &str| IdpError::Invalid(EP, why.to_string());
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| invalid("introspection answer is not JSON"))?;
     let active = json
         .get("active")
         .and_then(|a| a.as_bool())
-        .ok_or("introspection answer has no boolean `active`")?;
+        .ok_or_else(|| invalid("introspection answer has no boolean `active`"))?;
     Ok(IntrospectAnswer {
         active,
         exp: json.get("exp").and_then(|e| e.as_f64()),
-        body: bytes.to_vec(),
+        body: bytes,
     })
 }
 
@@ -582,5 +780,108 @@ mod tests {
         }
         let slow = idp.provider(&cfg(serde_json::json!({"timeout": 9})), false);
         assert_eq!(slow.timeout, Duration::from_secs(9));
+    }
+
+    /// A server for `read_capped`: `/endless` streams a chunked JSON-looking body (up to a
+    /// bound, so a broken reader fails the test rather than the machine), `/announced` sends a
+    /// head announcing 10 GB and then stalls, `/small` answers `{}`. Counts the body bytes
+    /// it managed to send.
+    fn hostile_server() -> (u16, Arc<AtomicU64>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let sent = counter.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    if head.contains(" /endless ") {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"keys\":[],\"x\":\"\r\n");
+                        let chunk = [b'x'; 65536];
+                        while sent.load(Ordering::Relaxed) < 256 << 20 {
+                            let framed = [&b"10000\r\n"[..], &chunk, b"\r\n"].concat();
+                            if conn.write_all(&framed).is_err() {
+                                break;
+                            }
+                            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                    } else if head.contains(" /announced ") {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{");
+                        std::thread::sleep(Duration::from_secs(5));
+                    } else {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                    }
+                });
+            }
+        });
+        (port, sent)
+    }
+
+    #[test]
+    fn answers_are_read_up_to_the_cap_and_no_further() {
+        let (port, sent) = hostile_server();
+        let stats = Arc::new(IdpStats::default());
+        let clients = Clients::new(stats.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+        let timeout = Duration::from_secs(10);
+        rt.block_on(async {
+            let started = Instant::now();
+            let e = get(
+                &clients,
+                &clients.trusting,
+                &url("/endless"),
+                timeout,
+                Endpoint::Jwks,
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(e, IdpError::TooLarge(Endpoint::Jwks));
+            assert_eq!(e.to_string(), "JWKS answer larger than 1 MiB");
+            let e = get(
+                &clients,
+                &clients.trusting,
+                &url("/announced"),
+                timeout,
+                Endpoint::Discovery,
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(e.to_string(), "discovery answer larger than 1 MiB");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "refused at once, not after reading or waiting: {:?}",
+                started.elapsed()
+            );
+            let (body, _) = get(
+                &clients,
+                &clients.trusting,
+                &url("/small"),
+                timeout,
+                Endpoint::Jwks,
+            )
+            .await
+            .unwrap();
+            assert_eq!(body, b"{}");
+        });
+        // The endless answer's connection was closed at the cap: what the server got into the
+        // socket is the cap plus kernel buffers, far from its 256 MiB.
+        std::thread::sleep(Duration::from_millis(300));
+        let streamed = sent.load(Ordering::Relaxed);
+        assert!(streamed < 48 << 20, "the server streamed {streamed} bytes");
+        assert_eq!(stats.failures(Endpoint::Jwks, Failure::TooLarge), 1);
+        assert_eq!(stats.failures(Endpoint::Discovery, Failure::TooLarge), 1);
+        assert_eq!(stats.failures(Endpoint::Jwks, Failure::CutOff), 0);
     }
 }

@@ -173,7 +173,7 @@ async fn call(p: &OidcPlugin, token: &[u8], now: f64) -> Result<(Verdict, Option
     let rx = p.idp.introspect(req);
     let answer = match monoio::time::timeout(cfg.timeout + Duration::from_millis(500), rx).await {
         Err(_) | Ok(Err(_)) => return Err("introspection timed out".into()),
-        Ok(Ok(a)) => a?,
+        Ok(Ok(a)) => a.map_err(|e| e.to_string())?,
     };
     let until = ttl(p, &answer, now);
     let verdict = if answer.active {

@@ -15,7 +15,9 @@
 //!
 //! Faults: for all paths or one path, answer with a status ([`Fault::Status`]), a body that is
 //! not JSON ([`Fault::NotJson`]), bytes that are not HTTP ([`Fault::NotHttp`]), or close without
-//! answering ([`Fault::Drop`]); delay answers ([`FakeIdp::set_delay`]); or go down entirely
+//! answering ([`Fault::Drop`]); answer a body that never ends ([`Fault::Endless`]) or one that
+//! announces a huge length and trickles ([`Fault::Announced`]), counting what was sent
+//! ([`FakeIdp::streamed`]); delay answers ([`FakeIdp::set_delay`]); or go down entirely
 //! (listener closed, connections refused and open ones reset: [`FakeIdp::go_down`]) and come
 //! back on the same port ([`FakeIdp::come_up`]).
 #![allow(dead_code)]
@@ -23,7 +25,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -49,7 +51,18 @@ pub enum Fault {
     NotHttp,
     /// Read the request, then close the connection without answering.
     Drop,
+    /// Answer 200 `application/json`, chunked, with a body that starts like JSON
+    /// (`{"active":true,"keys":[],"pad":"xxx…`) and never ends, sent as fast as the client
+    /// reads. Stops at [`ENDLESS_LIMIT`] (closing without the last chunk), so a client that
+    /// reads it all fails its test rather than the machine.
+    Endless,
+    /// Answer 200 `application/json` with `Content-Length: N`, then trickle the body (1 KiB
+    /// every 50 ms) until the client leaves or the IdP stops.
+    Announced(u64),
 }
+
+/// Where a [`Fault::Endless`] body stops.
+pub const ENDLESS_LIMIT: u64 = 256 << 20;
 
 /// A request the IdP received.
 #[derive(Clone, Debug)]
@@ -167,6 +180,8 @@ struct Shared {
     controls: Mutex<Controls>,
     log: Mutex<Vec<IdpRequest>>,
     hits: Mutex<HashMap<String, usize>>,
+    /// Body bytes written by the streaming faults.
+    streamed: AtomicU64,
     conns: Conns,
     /// Bumped by go_down/drop: connections and acceptors of older generations stop.
     generation: AtomicUsize,
@@ -203,6 +218,7 @@ impl FakeIdp {
             }),
             log: Mutex::new(Vec::new()),
             hits: Mutex::new(HashMap::new()),
+            streamed: AtomicU64::new(0),
             conns: Conns::new(),
             generation: AtomicUsize::new(0),
             down: AtomicBool::new(false),
@@ -375,6 +391,12 @@ impl FakeIdp {
     /// Connections accepted so far.
     pub fn conns(&self) -> usize {
         self.shared.conns.accepted()
+    }
+
+    /// Body bytes the streaming faults ([`Fault::Endless`], [`Fault::Announced`]) managed to
+    /// write, on every path together: what a client read, plus what socket buffers took.
+    pub fn streamed(&self) -> u64 {
+        self.shared.streamed.load(Ordering::SeqCst)
     }
 }
 
@@ -578,6 +600,8 @@ fn serve(stream: TcpStream, conn: usize, generation: usize, st: &Shared) -> io::
             || (req.version == "HTTP/1.0" && !conn_hdr.contains("keep-alive"));
         let resp = match behaviour.fault {
             Fault::Drop => return Ok(()),
+            Fault::Endless => return stream_endless(&mut w, st, generation),
+            Fault::Announced(n) => return trickle_announced(&mut w, n, st, generation),
             Fault::NotHttp => {
                 w.write_all(b"SSH-2.0-not-an-http-server\r\n\x00\x01\x02garbage\r\n\r\n")?;
                 w.flush()?;
@@ -626,6 +650,46 @@ fn serve(stream: TcpStream, conn: usize, generation: usize, st: &Shared) -> io::
             return Ok(());
         }
     }
+}
+
+/// [`Fault::Endless`]: a chunked body that goes on until the client leaves or the limit.
+fn stream_endless(w: &mut TcpStream, st: &Shared, generation: usize) -> io::Result<()> {
+    let prefix = br#"{"active":true,"keys":[],"pad":""#;
+    let mut out =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    out.extend_from_slice(format!("{:x}\r\n", prefix.len()).as_bytes());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(b"\r\n");
+    w.write_all(&out)?;
+    let mut chunk = format!("{:x}\r\n", 64 * 1024).into_bytes();
+    chunk.extend(std::iter::repeat_n(b'x', 64 * 1024));
+    chunk.extend_from_slice(b"\r\n");
+    let mut sent = 0u64;
+    while sent < ENDLESS_LIMIT && live(st, generation) {
+        // A client that stopped reading closed the connection: the write fails and this ends.
+        w.write_all(&chunk)?;
+        sent += 64 * 1024;
+        st.streamed.fetch_add(64 * 1024, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// [`Fault::Announced`]: a huge `Content-Length`, then a slow trickle of the body.
+fn trickle_announced(w: &mut TcpStream, n: u64, st: &Shared, generation: usize) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {n}\r\n\r\n{{\"pad\":\""
+    );
+    w.write_all(head.as_bytes())?;
+    let piece = [b'x'; 1024];
+    let mut sent = 8u64;
+    while sent + 1024 <= n && live(st, generation) {
+        w.write_all(&piece)?;
+        sent += 1024;
+        st.streamed.fetch_add(1024, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn percent_decode(s: &str) -> String {
