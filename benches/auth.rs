@@ -113,7 +113,7 @@ fn auth_step(c: &mut Criterion) {
         .unwrap();
 
     let mut g = c.benchmark_group("auth_step");
-    let mut cache = TokenCache::new(100_000);
+    let mut cache = TokenCache::new(100_000, 64 << 20);
     // Warm the cache once through the miss path.
     if let Lookup::Miss {
         key: Some(key),
@@ -135,7 +135,7 @@ fn auth_step(c: &mut Criterion) {
             }
         })
     });
-    let mut no_cache = TokenCache::new(0);
+    let mut no_cache = TokenCache::new(0, 0);
     // With the cache off no digest is taken: a new token with the cache on adds one SHA-256
     // of the token and an insert to this.
     g.bench_function("miss_verify_rs256_cache_off", |b| {

@@ -4,7 +4,8 @@
 //! * `claim_validator` and `required_scopes` hold for introspection answers as they do for JWT
 //!   claims, on every request, also when the answer comes from a cache shared with laxer routes;
 //! * `check` refuses an option that cannot apply in a route's mode;
-//! * IdP answers are read up to 1 MiB and no further (discovery, JWKS, introspection).
+//! * IdP answers are read up to 1 MiB and no further (discovery, JWKS, introspection);
+//! * the per-core token caches are bounded in bytes (`per_core.token_cache_bytes`).
 //!
 //! One worker per proxy; `/open/*` has no plugin.
 
@@ -532,4 +533,126 @@ fn an_endless_or_oversized_introspection_answer_gets_a_precise_401() {
 
     idp.heal();
     assert_ok(&bearer_at(&proxy, "/x", &t), &t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token caches bounded in bytes
+// ---------------------------------------------------------------------------------------------
+
+/// About `n` bytes of claims: a `groups` list, as directories with many groups produce.
+fn groups(n: usize) -> Value {
+    let one = "cn=some-directory-group-name,ou=groups,dc=example,dc=com";
+    json!(vec![one; n / (one.len() + 3)])
+}
+
+#[test]
+fn jwts_with_big_claims_keep_the_token_cache_within_its_bytes() {
+    let key = SigningKey::ed25519("ed");
+    let up = Upstream::start("up");
+    let plugin = json!({
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "discovery": "http://127.0.0.1:1/.well-known/openid-configuration",
+        "bearer_only": true,
+        "public_key": key.public_pem(),
+        "claim_validator": {"issuer": {"valid_issuers": ["https://idp.example"]}},
+        // The claims go upstream once, in X-Userinfo; the token itself need not.
+        "set_access_token_header": false,
+    });
+    let mut cfg = base_config(vec![oidc_route("1", "/*", &up, plugin)]);
+    cfg["per_core"] = json!({"token_cache_bytes": 8 << 20});
+    cfg["limits"] = json!({"max_header_bytes": 65536});
+    cfg["log"] = json!({"access": false});
+    let proxy = Proxy::start(cfg);
+
+    let base = with(
+        &claims("https://idp.example"),
+        json!({"groups": groups(27_000)}),
+    );
+    let mint = || key.mint(&with(&base, json!({"jti": unique("jti")})));
+    let mut c = proxy.client();
+    let mut send = |t: &str| {
+        let auth = format!("Bearer {t}");
+        let r = c.request("GET", "/x", &[("Authorization", &auth)], b"");
+        assert_eq!(r.status, 200, "{:?}", r.text());
+    };
+    // Warm-up: buffers, allocator arenas, a first share of the cache.
+    for _ in 0..50 {
+        send(&mint());
+    }
+    let rss_before = proxy.peak_rss();
+    // Unbounded, 2,500 tokens would keep ~90 MB of claims; the budget is 8 MiB.
+    for _ in 0..2500 {
+        send(&mint());
+    }
+    let grown = proxy.peak_rss().saturating_sub(rss_before);
+    assert!(
+        grown < 40 << 20,
+        "2,500 tokens with 27 KB of claims grew the peak RSS by {grown} bytes"
+    );
+}
+
+#[test]
+fn big_introspection_answers_keep_the_cache_within_its_bytes() {
+    let idp = FakeIdp::start();
+    let answers = Answers::install(&idp);
+    let up = Upstream::start("up");
+    let mut cfg = base_config(vec![oidc_route(
+        "1",
+        "/*",
+        &up,
+        introspection(&idp, json!({"set_access_token_header": false})),
+    )]);
+    cfg["per_core"] = json!({"token_cache_bytes": 4 << 20});
+    cfg["log"] = json!({"access": false});
+    let proxy = Proxy::start(cfg);
+
+    let big = json!({"groups": groups(27_000)});
+    let mut c = proxy.client();
+    let mut send = |t: &str| {
+        let auth = format!("Bearer {t}");
+        let r = c.request("GET", "/x", &[("Authorization", &auth)], b"");
+        assert_eq!(r.status, 200, "{:?}", r.text());
+    };
+    let first = answers.token(big.clone());
+    send(&first);
+    for _ in 0..30 {
+        send(&answers.token(big.clone()));
+    }
+    let rss_before = proxy.peak_rss();
+    let mut last = String::new();
+    for _ in 0..1500 {
+        last = answers.token(big.clone());
+        send(&last);
+    }
+    let grown = proxy.peak_rss().saturating_sub(rss_before);
+    assert!(
+        grown < 32 << 20,
+        "1,500 answers of 27 KB grew the peak RSS by {grown} bytes"
+    );
+    // The youngest answer is still cached; the oldest was evicted for bytes, not entries
+    // (the entry bound is 100,000).
+    let calls = idp.introspections();
+    send(&last);
+    assert_eq!(
+        idp.introspections(),
+        calls,
+        "the latest answer should be a cache hit"
+    );
+    send(&first);
+    assert_eq!(
+        idp.introspections(),
+        calls + 1,
+        "the first answer should have been evicted to stay within 4 MiB"
+    );
+}
+
+#[test]
+fn check_validates_the_cache_byte_budget() {
+    let (ok, out) = check_config("data_dir: {DATA}\nper_core:\n  token_cache_bytes: -1\n");
+    assert!(!ok, "{out}");
+    let l = line_with(&out, "per_core.token_cache_bytes: ");
+    assert!(l.contains("(allowed: 0 to "), "{l}");
+    let (ok, out) = check_config("data_dir: {DATA}\nper_core:\n  token_cache_bytes: 1048576\n");
+    assert!(ok, "{out}");
 }

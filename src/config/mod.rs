@@ -358,6 +358,7 @@ impl Default for RawLimits {
 #[serde(deny_unknown_fields, default)]
 struct RawPerCore {
     token_cache_entries: i64,
+    token_cache_bytes: i64,
     upstream_keepalive: i64,
     upstream_keepalive_timeout: f64,
     upstream_keepalive_requests: i64,
@@ -367,6 +368,7 @@ impl Default for RawPerCore {
     fn default() -> Self {
         Self {
             token_cache_entries: 100_000,
+            token_cache_bytes: 64 << 20,
             upstream_keepalive: 64,
             upstream_keepalive_timeout: 60.0,
             upstream_keepalive_requests: 1000,
@@ -437,6 +439,8 @@ pub struct Limits {
 pub struct PerCore {
     /// Verified bearer tokens cached (and introspection answers, each cache its own).
     pub token_cache_entries: usize,
+    /// Bytes each of those caches may hold (claims, userinfo, bookkeeping).
+    pub token_cache_bytes: usize,
     /// Idle keep-alive connections kept per upstream address.
     pub upstream_keepalive: usize,
     /// How long an idle upstream connection is kept.
@@ -844,6 +848,13 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
             0,
             10_000_000,
             "per_core.token_cache_entries",
+            errors,
+        ) as usize,
+        token_cache_bytes: ranged(
+            p.token_cache_bytes,
+            0,
+            1 << 40,
+            "per_core.token_cache_bytes",
             errors,
         ) as usize,
         upstream_keepalive: ranged(

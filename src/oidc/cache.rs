@@ -1,7 +1,9 @@
 //! The per-core cache of verified tokens: keyed by a digest of (plugin instance, token), never
-//! the token itself; bounded; entries die at the token's `exp`. Every operation is O(1).
+//! the token itself; bounded in entries and in bytes; entries die at the token's `exp`. Every
+//! operation is O(1) (amortised).
 
 use std::collections::{HashMap, VecDeque};
+use std::mem::size_of;
 use std::rc::Rc;
 
 /// What a cached token allows: the headers it produces, and until when.
@@ -28,85 +30,162 @@ pub fn token_key(instance: u64, token: &[u8]) -> TokenKey {
     k
 }
 
-/// A bounded map with FIFO eviction: when full, the oldest insertion goes first.
+/// A cached verdict: when it dies, and what it holds on the heap.
+pub trait CacheEntry {
+    /// Unix time (seconds) after which the entry is dead.
+    fn expires_at(&self) -> f64;
+    /// Heap bytes the value owns (strings, shared buffers), beyond its own inline size.
+    fn heap_bytes(&self) -> usize;
+}
+
+impl CacheEntry for Verified {
+    fn expires_at(&self) -> f64 {
+        self.expires_at
+    }
+    fn heap_bytes(&self) -> usize {
+        rc_str_bytes(&self.userinfo)
+    }
+}
+
+/// Heap bytes of an `Rc<str>`: the text and the two reference counts before it.
+pub fn rc_str_bytes(s: &Rc<str>) -> usize {
+    s.len() + 2 * size_of::<usize>()
+}
+
+/// Heap bytes of a parsed JSON value. Object members are counted with the node overhead of
+/// serde_json's BTreeMap, approximately: close enough to bound memory, never zero per member.
+pub fn json_heap_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => {
+            a.capacity() * size_of::<Value>() + a.iter().map(json_heap_bytes).sum::<usize>()
+        }
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| {
+                k.capacity()
+                    + size_of::<String>()
+                    + size_of::<Value>()
+                    + 2 * size_of::<usize>()
+                    + json_heap_bytes(v)
+            })
+            .sum(),
+    }
+}
+
+/// One cached value with its bookkeeping.
+struct Slot<V> {
+    /// Sequence number of the latest insertion of this key.
+    seq: u64,
+    /// Bytes charged against the budget for this entry.
+    cost: usize,
+    value: V,
+}
+
+/// Bytes an entry costs besides its value's heap: its map slot (key and [`Slot`]) with the
+/// map's control byte, and its place in the eviction queue.
+fn entry_overhead<V>() -> usize {
+    size_of::<(TokenKey, Slot<V>)>() + 1 + size_of::<(TokenKey, u64)>()
+}
+
+/// A map bounded in entries and bytes, with FIFO eviction: when over either bound, the oldest
+/// insertion goes first.
 pub struct TokenCache<V = Verified> {
-    /// Entries with the sequence number of their latest insertion.
-    map: HashMap<TokenKey, (u64, V)>,
+    map: HashMap<TokenKey, Slot<V>>,
     /// Insertion order; an entry whose number no longer matches the map's is stale and skipped,
     /// so re-inserting a key never leaves a second live copy behind.
     order: VecDeque<(TokenKey, u64)>,
     next_seq: u64,
     capacity: usize,
+    max_bytes: usize,
+    /// What the live entries cost, per [`entry_overhead`] and [`CacheEntry::heap_bytes`].
+    bytes: usize,
 }
 
-/// A cached verdict that dies at a point in time.
-pub trait Expiring {
-    /// Unix time (seconds) after which the entry is dead.
-    fn expires_at(&self) -> f64;
-}
-
-impl Expiring for Verified {
-    fn expires_at(&self) -> f64 {
-        self.expires_at
-    }
-}
-
-impl<V: Expiring> TokenCache<V> {
-    /// A cache holding at most `capacity` tokens (0 disables it).
-    pub fn new(capacity: usize) -> Self {
+impl<V: CacheEntry> TokenCache<V> {
+    /// A cache holding at most `capacity` tokens and `max_bytes` bytes (either 0 disables it).
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         TokenCache {
             map: HashMap::new(),
             order: VecDeque::new(),
             next_seq: 0,
             capacity,
+            max_bytes,
+            bytes: 0,
         }
     }
 
-    /// Whether the cache holds anything at all (capacity 0 disables it).
+    /// Whether the cache holds anything at all (a zero bound disables it).
     pub fn enabled(&self) -> bool {
-        self.capacity > 0
+        self.capacity > 0 && self.max_bytes > 0
     }
 
     fn is_current(&self, key: &TokenKey, seq: u64) -> bool {
-        self.map.get(key).is_some_and(|(s, _)| *s == seq)
+        self.map.get(key).is_some_and(|s| s.seq == seq)
+    }
+
+    fn remove(&mut self, key: &TokenKey) {
+        if let Some(old) = self.map.remove(key) {
+            self.bytes -= old.cost;
+        }
     }
 
     /// The entry for `key` if it is still alive at `now`; a dead one is dropped.
     pub fn get(&mut self, key: &TokenKey, now: f64) -> Option<&V> {
         match self.map.get(key) {
-            Some((_, v)) if v.expires_at() > now => self.map.get(key).map(|(_, v)| v),
+            Some(s) if s.value.expires_at() > now => self.map.get(key).map(|s| &s.value),
             Some(_) => {
-                self.map.remove(key);
+                self.remove(key);
                 None
             }
             None => None,
         }
     }
 
-    /// Remember a verdict; one already dead at `now` is not kept.
+    /// Remember a verdict; one already dead at `now`, or larger than the whole byte budget, is
+    /// not kept.
     pub fn insert(&mut self, key: TokenKey, v: V, now: f64) {
-        if self.capacity == 0 || v.expires_at() <= now {
+        if !self.enabled() || v.expires_at() <= now {
+            return;
+        }
+        let cost = entry_overhead::<V>() + v.heap_bytes();
+        if cost > self.max_bytes {
+            // Evicting everything else could not make room; and an older verdict for the same
+            // key must not outlive this newer one.
+            self.remove(&key);
             return;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.map.insert(key, (seq, v));
+        if let Some(old) = self.map.insert(
+            key,
+            Slot {
+                seq,
+                cost,
+                value: v,
+            },
+        ) {
+            self.bytes -= old.cost;
+        }
+        self.bytes += cost;
         self.order.push_back((key, seq));
-        while self.map.len() > self.capacity {
+        // The new entry is the youngest and fits the budget alone, so this stops before it.
+        while self.map.len() > self.capacity || self.bytes > self.max_bytes {
             match self.order.pop_front() {
-                Some((old, s)) if self.is_current(&old, s) => {
-                    self.map.remove(&old);
-                }
+                Some((old, s)) if self.is_current(&old, s) => self.remove(&old),
                 Some(_) => {}
                 None => break,
             }
         }
-        // Stale queue entries (expired or re-inserted keys) are dropped now and then; after
-        // that the queue is no longer than the map, so this is amortised O(1).
-        if self.order.len() > 2 * self.capacity.max(16) {
+        // Stale queue entries (expired or re-inserted keys) are dropped once they are the
+        // majority; each is pushed once, so this is amortised O(1), and the queue stays within
+        // twice the live entries even when the byte bound keeps the map far below `capacity`.
+        if self.order.len() > 2 * self.map.len().max(16) {
             let map = &self.map;
             self.order
-                .retain(|(k, s)| map.get(k).is_some_and(|(ms, _)| ms == s));
+                .retain(|(k, s)| map.get(k).is_some_and(|m| m.seq == *s));
         }
     }
 
@@ -117,13 +196,11 @@ impl<V: Expiring> TokenCache<V> {
                 break;
             };
             match self.map.get(&k) {
-                Some((ms, v)) if *ms == s && v.expires_at() > now => {
+                Some(m) if m.seq == s && m.value.expires_at() > now => {
                     // Live and oldest: rotate it back so later entries get looked at next time.
                     self.order.push_back((k, s));
                 }
-                Some((ms, _)) if *ms == s => {
-                    self.map.remove(&k);
-                }
+                Some(m) if m.seq == s => self.remove(&k),
                 _ => {}
             }
         }
@@ -138,11 +215,18 @@ impl<V: Expiring> TokenCache<V> {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+
+    /// Bytes the held entries are charged (their heap and bookkeeping).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const UNBOUNDED: usize = usize::MAX;
 
     fn v(exp: f64) -> Verified {
         Verified {
@@ -151,9 +235,16 @@ mod tests {
         }
     }
 
+    fn big(exp: f64, len: usize) -> Verified {
+        Verified {
+            expires_at: exp,
+            userinfo: Rc::from("x".repeat(len)),
+        }
+    }
+
     #[test]
     fn entries_die_at_exp_and_capacity_holds() {
-        let mut c = TokenCache::new(3);
+        let mut c = TokenCache::new(3, UNBOUNDED);
         for i in 0..10u8 {
             c.insert(token_key(1, &[i]), v(100.0), 0.0);
         }
@@ -167,7 +258,7 @@ mod tests {
 
     #[test]
     fn sweep_removes_expired() {
-        let mut c = TokenCache::new(100);
+        let mut c = TokenCache::new(100, UNBOUNDED);
         for i in 0..50u8 {
             c.insert(
                 token_key(1, &[i]),
@@ -175,14 +266,16 @@ mod tests {
                 0.0,
             );
         }
+        let before = c.bytes();
         c.sweep(20.0, 200);
         assert_eq!(c.len(), 25);
+        assert_eq!(c.bytes(), before / 2);
         assert!(c.order.len() <= 50);
     }
 
     #[test]
     fn reinserting_keys_never_grows_the_queue_past_its_bound() {
-        let mut c = TokenCache::new(4);
+        let mut c = TokenCache::new(4, UNBOUNDED);
         for round in 0..10_000u32 {
             let now = round as f64;
             // The same key expires and is verified again, over and over.
@@ -193,5 +286,72 @@ mod tests {
         }
         assert!(c.order.len() <= 2 * 16 + 1, "{}", c.order.len());
         assert!(c.get(&token_key(1, b"dead"), 0.0).is_none());
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_the_oldest_and_counts_what_it_holds() {
+        // 27 KB of claims, base64: what a token with a large groups claim leaves behind.
+        let len = 36_000;
+        let cost = entry_overhead::<Verified>() + len + 2 * size_of::<usize>();
+        let budget = 10 * cost + cost / 2;
+        let mut c = TokenCache::new(100_000, budget);
+        for i in 0..1000u32 {
+            c.insert(token_key(1, &i.to_le_bytes()), big(100.0, len), 0.0);
+            assert!(c.bytes() <= budget, "{} > {budget}", c.bytes());
+        }
+        assert_eq!(c.len(), 10, "as many as fit in the budget");
+        assert_eq!(c.bytes(), 10 * cost);
+        // The youngest stay, the oldest went.
+        assert!(c.get(&token_key(1, &999u32.to_le_bytes()), 1.0).is_some());
+        assert!(c.get(&token_key(1, &990u32.to_le_bytes()), 1.0).is_some());
+        assert!(c.get(&token_key(1, &989u32.to_le_bytes()), 1.0).is_none());
+        // Small entries push out the oldest big ones as they need room.
+        for i in 0..100u32 {
+            c.insert(token_key(2, &i.to_le_bytes()), v(100.0), 0.0);
+        }
+        assert!(c.bytes() <= budget);
+        assert!(c.get(&token_key(2, &99u32.to_le_bytes()), 1.0).is_some());
+        // The queue stays near the live entries even though the entry bound is far away.
+        assert!(
+            c.order.len() <= 2 * c.len().max(16) + 1,
+            "{}",
+            c.order.len()
+        );
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_budget_is_not_cached_and_replaces_nothing() {
+        let mut c = TokenCache::new(10, 4096);
+        c.insert(token_key(1, b"t"), v(100.0), 0.0);
+        c.insert(token_key(1, b"u"), v(100.0), 0.0);
+        assert_eq!(c.len(), 2);
+        let held = c.bytes();
+        c.insert(token_key(1, b"big"), big(100.0, 5000), 0.0);
+        assert_eq!((c.len(), c.bytes()), (2, held), "the others stay");
+        // A too-large newer verdict for a cached key also drops the older one.
+        c.insert(token_key(1, b"t"), big(100.0, 5000), 0.0);
+        assert!(c.get(&token_key(1, b"t"), 1.0).is_none());
+        assert_eq!(c.len(), 1);
+        assert!(c.bytes() < held);
+    }
+
+    #[test]
+    fn replacing_and_expiring_entries_gives_their_bytes_back() {
+        let mut c = TokenCache::new(10, UNBOUNDED);
+        c.insert(token_key(1, b"t"), big(10.0, 1000), 0.0);
+        let one = c.bytes();
+        c.insert(token_key(1, b"t"), big(10.0, 1000), 0.0);
+        assert_eq!(c.bytes(), one, "a re-inserted key is charged once");
+        assert!(c.get(&token_key(1, b"t"), 20.0).is_none());
+        assert_eq!((c.len(), c.bytes()), (0, 0));
+        assert!(!TokenCache::<Verified>::new(10, 0).enabled());
+    }
+
+    #[test]
+    fn json_values_are_charged_for_their_contents() {
+        let small = serde_json::json!("a");
+        let large = serde_json::json!({"groups": vec!["some-group-name"; 1000]});
+        assert!(json_heap_bytes(&large) > 1000 * "some-group-name".len());
+        assert!(json_heap_bytes(&small) < 16);
     }
 }

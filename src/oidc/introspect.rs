@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::mem::size_of;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use tokio::sync::Notify;
 
-use super::cache::{Expiring, TokenCache, TokenKey};
+use super::cache::{rc_str_bytes, CacheEntry, TokenCache, TokenKey};
 use super::jwt::{self, Claims, MissingIssuer, TokenError};
 use super::OidcPlugin;
 use crate::idp::{IntrospectAnswer, IntrospectRequest};
@@ -39,11 +40,23 @@ pub struct Active {
     pub claims: Claims,
 }
 
-impl Expiring for Verdict {
+impl CacheEntry for Verdict {
     fn expires_at(&self) -> f64 {
         match self {
             Verdict::Active(a) => a.expires_at,
             Verdict::Inactive { expires_at } => *expires_at,
+        }
+    }
+    fn heap_bytes(&self) -> usize {
+        match self {
+            // The Rc's box (counts and `Active`), the userinfo text, the claims' contents.
+            Verdict::Active(a) => {
+                2 * size_of::<usize>()
+                    + size_of::<Active>()
+                    + rc_str_bytes(&a.userinfo)
+                    + a.claims.heap_bytes()
+            }
+            Verdict::Inactive { .. } => 0,
         }
     }
 }
@@ -63,10 +76,10 @@ pub struct Introspections {
 }
 
 impl Introspections {
-    /// State holding at most `capacity` answers.
-    pub fn new(capacity: usize) -> Self {
+    /// State holding at most `capacity` answers and `max_bytes` bytes of them.
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         Introspections {
-            cache: TokenCache::new(capacity),
+            cache: TokenCache::new(capacity, max_bytes),
             inflight: HashMap::new(),
         }
     }
@@ -305,5 +318,16 @@ mod tests {
             Err(TokenError::WrongIssuer)
         );
         assert_eq!(judged(serde_json::json!({})), Err(TokenError::WrongIssuer));
+    }
+
+    #[test]
+    fn an_answer_is_charged_for_what_it_holds() {
+        let p = plugin(serde_json::json!({}));
+        let small = active(&p, serde_json::json!({"aud": "c"}));
+        let big = active(
+            &p,
+            serde_json::json!({"aud": vec!["a-long-audience-name"; 1000]}),
+        );
+        assert!(big.heap_bytes() > small.heap_bytes() + 4 * 20_000 / 3 + 20_000);
     }
 }

@@ -5,6 +5,7 @@ use base64::Engine;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
+use super::cache::json_heap_bytes;
 use super::config::OidcConfig;
 use super::keys::{Alg, KeySet, VerifyKey};
 
@@ -191,6 +192,15 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Heap bytes these claims hold (for the caches' byte budgets).
+    pub fn heap_bytes(&self) -> usize {
+        let value = |v: &Option<serde_json::Value>| v.as_ref().map_or(0, json_heap_bytes);
+        self.iss.as_ref().map_or(0, String::capacity)
+            + value(&self.scope)
+            + value(&self.scp)
+            + value(&self.audience)
+    }
+
     /// Parse a payload, keeping the claim named `audience_claim` too. Other claims are skipped
     /// without being built, and a claim this reads that appears twice makes the token malformed
     /// (parsers that keep the first and the last would disagree about it).

@@ -93,8 +93,14 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
         local: RefCell::new(Rc::new(LocalRoutes::new(first))),
         pool: RefCell::new(Pool::default()),
         log: RefCell::new(AccessLog::new(config.access_log)),
-        tokens: RefCell::new(TokenCache::new(config.per_core.token_cache_entries)),
-        introspections: RefCell::new(Introspections::new(config.per_core.token_cache_entries)),
+        tokens: RefCell::new(TokenCache::new(
+            config.per_core.token_cache_entries,
+            config.per_core.token_cache_bytes,
+        )),
+        introspections: RefCell::new(Introspections::new(
+            config.per_core.token_cache_entries,
+            config.per_core.token_cache_bytes,
+        )),
         shutdown: Shutdown::default(),
         active: Cell::new(0),
     });
