@@ -8,11 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
+use portcullis::http::h1::parse_request;
 use portcullis::idp::Idp;
 use portcullis::oidc::cache::TokenCache;
 use portcullis::oidc::keys::{parse_public_key_pem, KeySet};
 use portcullis::oidc::{self, jwt, Lookup, OidcPlugin};
-use portcullis::server::h1::parse_request;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 
 const ISSUER: &str = "https://idp.example";

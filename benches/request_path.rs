@@ -4,8 +4,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use portcullis::config::{self, route::method_bit};
+use portcullis::http::h1::{parse_request, ChunkedScanner};
+use portcullis::plugins::{Ctx, Heads};
 use portcullis::router::RouteTable;
-use portcullis::server::h1::{parse_request, ChunkedScanner};
 use portcullis::upstream::request::{write_request_head, ClientFacts};
 
 const BROWSER_GET: &[u8] = b"GET /api/v1/orders/12345?expand=items HTTP/1.1\r\nHost: shop.example.com\r\n\
@@ -113,20 +114,25 @@ fn upstream_head(c: &mut Criterion) {
     let facts = ClientFacts {
         peer_ip: "192.0.2.10",
         trusted: false,
-        identity: None,
         path: None,
+    };
+    let ctx = Ctx::default();
+    let edits = Heads {
+        plugins: &route.plugins,
+        ctx: &ctx,
     };
     let mut out = Vec::with_capacity(1024);
     c.bench_function("write_request_head/browser_get", |b| {
         b.iter(|| {
             write_request_head(
                 &mut out,
-                BROWSER_GET,
+                &browser_get,
                 &head,
                 &headers,
-                route,
+                &route.upstream.pass_host,
                 &route.upstream.nodes[0],
                 &facts,
+                &edits,
             );
             out.len()
         })

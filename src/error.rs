@@ -1,7 +1,8 @@
 //! The data plane's one error type, and the one place it becomes an HTTP answer.
 
-use std::borrow::Cow;
 use std::io;
+
+use crate::http::reply::Reply;
 
 /// Why a request could not be proxied normally.
 #[derive(Debug, thiserror::Error)]
@@ -47,122 +48,163 @@ pub enum ProxyError {
     ClientIo(io::Error),
 }
 
-/// An HTTP error answer: status, reason phrase, JSON body.
-pub struct ErrorResponse {
-    /// Status code.
-    pub status: u16,
-    /// Reason phrase.
-    pub reason: &'static str,
-    /// A short JSON body.
-    pub body: Cow<'static, str>,
-    /// `WWW-Authenticate` challenge, for 401s.
-    pub challenge: Option<String>,
+/// A stable, bounded name for what went wrong: what logs and metrics label by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Not valid HTTP/1.1, or a target, Host or body framing the proxy refuses.
+    BadRequest,
+    /// Request head over the limits (bytes or lines), trailers included.
+    HeaderTooLarge,
+    /// Request body over the cap.
+    BodyTooLarge,
+    /// No route matches.
+    NoRoute,
+    /// No upstream node could be connected to.
+    UpstreamConnect,
+    /// An upstream name has no address.
+    UpstreamUnresolved,
+    /// The upstream TLS handshake failed.
+    UpstreamTls,
+    /// An upstream connect, send or read timed out.
+    UpstreamTimeout,
+    /// The upstream's answer is not valid HTTP/1.1.
+    UpstreamBadResponse,
+    /// The upstream connection failed.
+    UpstreamIo,
+    /// The client connection failed or stalled.
+    ClientIo,
+    /// Authentication refused the request, for this reason.
+    Auth(AuthKind),
+}
+
+/// Why authentication refused a request: SPEC 1.6's fixed set of outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthKind {
+    /// No credential where one is required.
+    NoToken,
+    /// A credential that is not a well-formed token, or an unusable `Authorization` header.
+    Malformed,
+    /// Past `exp`.
+    Expired,
+    /// Before `nbf` or `iat`.
+    NotYetValid,
+    /// Signature or algorithm refused.
+    BadSignature,
+    /// No key with the token's key id.
+    UnknownKid,
+    /// Issuer not accepted (or not checkable).
+    BadIssuer,
+    /// Audience missing or not ours.
+    BadAudience,
+    /// A required scope is missing.
+    InsufficientScope,
+    /// Introspection says the token is not active.
+    Inactive,
+    /// The identity provider could not answer.
+    IdpError,
+}
+
+impl ErrorKind {
+    /// The kind as a label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::HeaderTooLarge => "header_too_large",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::UpstreamConnect => "upstream_connect",
+            ErrorKind::UpstreamUnresolved => "upstream_unresolved",
+            ErrorKind::UpstreamTls => "upstream_tls",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamBadResponse => "upstream_bad_response",
+            ErrorKind::UpstreamIo => "upstream_io",
+            ErrorKind::ClientIo => "client_io",
+            ErrorKind::Auth(a) => a.as_str(),
+        }
+    }
+}
+
+impl AuthKind {
+    /// The outcome as a label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::NoToken => "no_token",
+            AuthKind::Malformed => "malformed",
+            AuthKind::Expired => "expired",
+            AuthKind::NotYetValid => "not_yet_valid",
+            AuthKind::BadSignature => "bad_signature",
+            AuthKind::UnknownKid => "unknown_kid",
+            AuthKind::BadIssuer => "bad_issuer",
+            AuthKind::BadAudience => "bad_audience",
+            AuthKind::InsufficientScope => "insufficient_scope",
+            AuthKind::Inactive => "inactive",
+            AuthKind::IdpError => "idp_error",
+        }
+    }
 }
 
 impl ProxyError {
-    /// The answer this error gets, or `None` when the client is gone and only closing is left.
-    pub fn response(&self) -> Option<ErrorResponse> {
-        let r = |status, reason, body: &'static str| {
-            Some(ErrorResponse {
-                status,
-                reason,
-                body: Cow::Borrowed(body),
-                challenge: None,
-            })
-        };
+    /// The stable kind of this error.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ProxyError::BadRequest(_) => {
-                r(400, "Bad Request", r#"{"error_msg":"400 Bad Request"}"#)
-            }
+            ProxyError::BadRequest(_) => ErrorKind::BadRequest,
+            ProxyError::HeaderTooLarge | ProxyError::TooManyHeaders => ErrorKind::HeaderTooLarge,
+            ProxyError::BodyTooLarge => ErrorKind::BodyTooLarge,
+            ProxyError::NoRoute => ErrorKind::NoRoute,
+            ProxyError::UpstreamConnect(_) => ErrorKind::UpstreamConnect,
+            ProxyError::UpstreamUnresolved => ErrorKind::UpstreamUnresolved,
+            ProxyError::UpstreamTls(_) => ErrorKind::UpstreamTls,
+            ProxyError::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
+            ProxyError::UpstreamBadResponse(_) => ErrorKind::UpstreamBadResponse,
+            ProxyError::UpstreamIo(_) => ErrorKind::UpstreamIo,
+            ProxyError::ClientIo(_) => ErrorKind::ClientIo,
+            ProxyError::Auth(e) => ErrorKind::Auth(e.kind()),
+        }
+    }
+
+    /// The answer this error gets, or `None` when the client is gone and only closing is left.
+    pub fn response(&self) -> Option<Reply> {
+        let r = |status, body: &'static str| Some(Reply::json(status, body));
+        match self {
+            ProxyError::BadRequest(_) => r(400, r#"{"error_msg":"400 Bad Request"}"#),
             ProxyError::HeaderTooLarge => r(
                 431,
-                "Request Header Fields Too Large",
                 r#"{"error_msg":"431 Request Header Fields Too Large"}"#,
             ),
-            ProxyError::TooManyHeaders => r(
-                431,
-                "Request Header Fields Too Large",
-                r#"{"error_msg":"431 too many request headers"}"#,
-            ),
-            ProxyError::BodyTooLarge => r(
-                413,
-                "Payload Too Large",
-                r#"{"error_msg":"413 Request Entity Too Large"}"#,
-            ),
-            ProxyError::NoRoute => r(404, "Not Found", r#"{"error_msg":"404 Route Not Found"}"#),
+            ProxyError::TooManyHeaders => r(431, r#"{"error_msg":"431 too many request headers"}"#),
+            ProxyError::BodyTooLarge => r(413, r#"{"error_msg":"413 Request Entity Too Large"}"#),
+            ProxyError::NoRoute => r(404, r#"{"error_msg":"404 Route Not Found"}"#),
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamUnresolved
             | ProxyError::UpstreamTls(_) => r(
                 502,
-                "Bad Gateway",
                 r#"{"error_msg":"502 Bad Gateway: upstream unreachable"}"#,
             ),
             ProxyError::UpstreamBadResponse(_) | ProxyError::UpstreamIo(_) => r(
                 502,
-                "Bad Gateway",
                 r#"{"error_msg":"502 Bad Gateway: invalid upstream response"}"#,
             ),
-            ProxyError::UpstreamTimeout(_) => r(
-                504,
-                "Gateway Timeout",
-                r#"{"error_msg":"504 Gateway Timeout"}"#,
-            ),
+            ProxyError::UpstreamTimeout(_) => r(504, r#"{"error_msg":"504 Gateway Timeout"}"#),
             ProxyError::ClientIo(_) => None,
             ProxyError::Auth(e) => {
                 let (status, challenge, body) = e.answer();
-                let reason = match status {
-                    400 => "Bad Request",
-                    401 => "Unauthorized",
-                    _ => "Forbidden",
-                };
-                Some(ErrorResponse {
-                    status,
-                    reason,
-                    body: Cow::Owned(body),
-                    challenge,
+                let reply = Reply::json(status, body);
+                Some(match challenge {
+                    Some(c) => reply.with_header("WWW-Authenticate", c),
+                    None => reply,
                 })
             }
         }
     }
 
-    /// A short label for logs.
+    /// What the access log says went wrong: the precise reason where there is one, else the
+    /// kind.
     pub fn label(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(why) => why,
-            ProxyError::HeaderTooLarge => "header_too_large",
-            ProxyError::TooManyHeaders => "too_many_headers",
-            ProxyError::BodyTooLarge => "body_too_large",
-            ProxyError::NoRoute => "no_route",
-            ProxyError::UpstreamConnect(_) => "upstream_connect",
-            ProxyError::UpstreamUnresolved => "upstream_unresolved",
-            ProxyError::UpstreamTls(_) => "upstream_tls",
-            ProxyError::UpstreamTimeout(what) => what,
-            ProxyError::UpstreamBadResponse(why) => why,
-            ProxyError::UpstreamIo(_) => "upstream_io",
-            ProxyError::ClientIo(_) => "client_io",
-            ProxyError::Auth(crate::oidc::AuthError::Missing { .. }) => "no_token",
-            ProxyError::Auth(crate::oidc::AuthError::MalformedHeader) => "bad_authorization",
-            ProxyError::Auth(crate::oidc::AuthError::Invalid { .. }) => "invalid_token",
+            ProxyError::BadRequest(why)
+            | ProxyError::UpstreamTimeout(why)
+            | ProxyError::UpstreamBadResponse(why) => why,
+            other => other.kind().as_str(),
         }
     }
-}
-
-/// Write an error answer into `out`.
-pub fn write_error_response(out: &mut Vec<u8>, e: &ErrorResponse, close: bool) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\nServer: portcullis\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        e.status,
-        e.reason,
-        e.body.len(),
-    );
-    if let Some(c) = &e.challenge {
-        let _ = write!(out, "WWW-Authenticate: {c}\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(e.body.as_bytes());
 }

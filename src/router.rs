@@ -4,48 +4,11 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
-use crate::config::route::{HostPattern, PassHost, RouteSpec, Scheme, Timeouts};
+use crate::config::route::{HostPattern, RouteSpec};
 use crate::config::PerCore;
 use crate::idp::Idp;
-use crate::oidc::OidcPlugin;
-use crate::plugins::ProxyRewrite;
-use crate::upstream::tls;
-
-/// One upstream server with its resolved address.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// The address to connect to; `None` while the name does not resolve.
-    pub addr: Option<SocketAddr>,
-    /// `host:port` as written, the Host sent with `pass_host: node`.
-    pub host_port: Arc<str>,
-    /// The host as written, for TLS server names.
-    pub host: Arc<str>,
-    /// Relative share of requests.
-    pub weight: u32,
-}
-
-/// A compiled upstream.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Servers.
-    pub nodes: Vec<Node>,
-    /// TLS client settings when the scheme (after `proxy-rewrite`) is https.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    /// Whether those settings verify the certificate.
-    pub tls_verify: bool,
-    /// Host header policy.
-    pub pass_host: PassHost,
-    /// Timeouts.
-    pub timeouts: Timeouts,
-    /// Further nodes to try when connecting fails.
-    pub retries: u32,
-    /// Idle connections kept per address on each core.
-    pub keepalive_size: usize,
-    /// How long idle connections are kept.
-    pub keepalive_idle: std::time::Duration,
-    /// Requests per upstream connection.
-    pub keepalive_requests: u64,
-}
+use crate::plugins::{self, Plugin};
+use crate::upstream::{tls, Node, Scheme, Upstream};
 
 /// A compiled route.
 #[derive(Debug, Clone)]
@@ -57,10 +20,8 @@ pub struct Route {
     priority: i64,
     /// Where requests go.
     pub upstream: Upstream,
-    /// `proxy-rewrite`, when configured.
-    pub rewrite: Option<ProxyRewrite>,
-    /// `openid-connect`, when configured.
-    pub oidc: Option<OidcPlugin>,
+    /// Plugins, compiled, in priority order.
+    pub plugins: Box<[Plugin]>,
 }
 
 /// The route table snapshot workers match against.
@@ -156,8 +117,12 @@ fn compile_route(
     has_dns_names: &mut bool,
 ) -> Route {
     let u = &spec.upstream;
-    let rewrite = spec.plugins.proxy_rewrite.clone();
-    let scheme = rewrite.as_ref().and_then(|r| r.scheme).unwrap_or(u.scheme);
+    let scheme = spec
+        .plugins
+        .proxy_rewrite
+        .as_ref()
+        .and_then(|r| r.scheme)
+        .unwrap_or(u.scheme);
     let nodes = u
         .nodes
         .iter()
@@ -202,12 +167,7 @@ fn compile_route(
                 .keepalive_requests
                 .unwrap_or(per_core.upstream_keepalive_requests),
         },
-        rewrite,
-        oidc: spec
-            .plugins
-            .openid_connect
-            .clone()
-            .map(|c| OidcPlugin::new(c, idp)),
+        plugins: plugins::compile(&spec.plugins, idp),
     }
 }
 
@@ -270,10 +230,7 @@ mod tests {
         assert_eq!(id(&t, "/other", None, "GET"), Some("all"));
         assert_eq!(id(&t, "/form", None, "POST"), Some("post"));
         assert_eq!(id(&t, "/form", None, "GET"), Some("all"));
-        assert_eq!(
-            id(&t, "/h", Some("www.example.com"), "GET"),
-            Some("hosted")
-        );
+        assert_eq!(id(&t, "/h", Some("www.example.com"), "GET"), Some("hosted"));
         assert_eq!(id(&t, "/h2", Some("a.test"), "GET"), Some("hosted"));
         assert_eq!(id(&t, "/h", Some("example.com"), "GET"), Some("all"));
         assert_eq!(id(&t, "/p", None, "GET"), Some("prio-high"));

@@ -3,6 +3,7 @@
 //! Loading never stops at the first problem: every field that is wrong is reported as
 //! `<field path>: <what is wrong> (allowed: …)`, the same text the Admin API will answer with.
 
+pub mod error;
 pub mod route;
 mod yaml;
 
@@ -12,171 +13,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
+use crate::http::h1::MAX_HEADERS_CEILING;
+pub use crate::http::Limits;
 use serde::{Deserialize, Serialize};
 
+use error::join_path;
+pub use error::{deserialize_at, ranged, seconds, section, ConfigError, ConfigErrors};
 pub use route::{RouteConfig, RouteSpec};
-
-/// One problem in a config document, tied to the field it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted path of the field, e.g. `routes[0].upstream.nodes`.
-    pub path: String,
-    /// What is wrong with it.
-    pub message: String,
-    /// What would be accepted, when that can be listed.
-    pub allowed: Option<String>,
-}
-
-impl ConfigError {
-    /// A problem with `path`, listing what is allowed there.
-    pub fn new(
-        path: impl Into<String>,
-        message: impl Into<String>,
-        allowed: impl Into<String>,
-    ) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-            allowed: Some(allowed.into()),
-        }
-    }
-
-    /// A problem with `path` whose allowed values cannot be listed usefully.
-    pub fn plain(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-            allowed: None,
-        }
-    }
-
-    /// Prefix the path, for errors found while checking a nested document.
-    pub fn under(mut self, prefix: &str) -> Self {
-        self.path = join_path(prefix, &self.path);
-        self
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)?;
-        if let Some(allowed) = &self.allowed {
-            write!(f, " (allowed: {allowed})")?;
-        }
-        Ok(())
-    }
-}
-
-/// Every problem found in one document.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-fn join_path(prefix: &str, path: &str) -> String {
-    match (prefix.is_empty(), path.is_empty() || path == ".") {
-        (true, _) => path.to_string(),
-        (false, true) => prefix.to_string(),
-        (false, false) if path.starts_with('[') => format!("{prefix}{path}"),
-        (false, false) => format!("{prefix}.{path}"),
-    }
-}
-
-/// Deserialize `value` into `T`, turning serde's message into a [`ConfigError`] with the path.
-pub fn deserialize_at<T: DeserializeOwned>(
-    value: serde_json::Value,
-    prefix: &str,
-) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
-        let path = match e.path().to_string() {
-            p if p == "." => String::new(),
-            p => p,
-        };
-        serde_message(&path, &e.inner().to_string()).under(prefix)
-    })
-}
-
-/// Deserialize an optional nested object at `path`; a problem is recorded and gives `None`.
-pub fn section<T: DeserializeOwned>(
-    value: Option<serde_json::Value>,
-    path: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<T> {
-    match deserialize_at(value?, "") {
-        Ok(t) => Some(t),
-        Err(e) => {
-            errors.push(e.under(path));
-            None
-        }
-    }
-}
-
-/// Serde's names for what it expected, in the words of the config reference.
-fn expected_words(expected: &str) -> String {
-    let e = expected.trim();
-    match e {
-        "i64" | "u64" | "i32" | "u32" | "u16" | "usize" | "u8" => "an integer".into(),
-        "f64" | "f32" => "a number".into(),
-        "a boolean" => "true, false".into(),
-        "a sequence" => "a list".into(),
-        "a map" => "a mapping".into(),
-        _ if e.starts_with("struct ") => "a mapping of options".into(),
-        _ if e.starts_with("a ") || e.starts_with("an ") => e.into(),
-        _ => e.to_string(),
-    }
-}
-
-/// Rewrite serde's wording ("unknown field `x`, expected one of `a`, `b`") into ours.
-fn serde_message(path: &str, msg: &str) -> ConfigError {
-    let listed = |tail: &str| {
-        tail.split(", ")
-            .map(|s| s.trim_start_matches("or ").trim_matches('`'))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    for (kind, what) in [
-        ("unknown field `", "unknown option"),
-        ("unknown variant `", "unknown value"),
-    ] {
-        if let Some(rest) = msg.strip_prefix(kind) {
-            let (name, tail) = rest.split_once('`').unwrap_or((rest, ""));
-            let allowed = tail
-                .strip_prefix(", expected one of ")
-                .or_else(|| tail.strip_prefix(", expected "))
-                .map(listed)
-                .unwrap_or_else(|| "none".into());
-            return ConfigError::new(path, format!("{what} `{name}`"), allowed);
-        }
-    }
-    let wrong = msg
-        .strip_prefix("invalid type: ")
-        .or_else(|| msg.strip_prefix("invalid value: "))
-        .and_then(|rest| rest.split_once(", expected "));
-    if let Some((found, expected)) = wrong {
-        let path = if path.is_empty() { "." } else { path };
-        return ConfigError::new(
-            path,
-            format!("{found} is not allowed here"),
-            expected_words(expected),
-        );
-    }
-    if let Some(name) = msg.strip_prefix("missing field `") {
-        let name = name.trim_end_matches('`');
-        return ConfigError::plain(join_path(path, name), "is required");
-    }
-    ConfigError::plain(if path.is_empty() { "." } else { path }, msg.to_string())
-}
 
 /// Which I/O driver the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -400,38 +243,6 @@ impl Default for RawDns {
             refresh_interval: 30.0,
         }
     }
-}
-
-/// Largest `limits.max_headers`; the parser keeps that many header slots on the stack.
-pub const MAX_HEADERS_CEILING: usize = 1000;
-
-/// Request limits and timeouts applied by every worker.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Request line plus headers, in bytes; over it → 431.
-    pub max_header_bytes: usize,
-    /// Header lines; over it → 431.
-    pub max_headers: usize,
-    /// Upstream status line plus headers, in bytes (with its trailers); over it → 502.
-    pub max_response_header_bytes: usize,
-    /// Upstream header lines (with its trailer lines); over it → 502.
-    pub max_response_headers: usize,
-    /// Time for a client to send a whole request head once it started (and for the first one).
-    pub header_read_timeout: Duration,
-    /// Longest wait between two reads of a request body.
-    pub body_read_timeout: Duration,
-    /// Longest wait for a client to accept response bytes.
-    pub send_timeout: Duration,
-    /// Idle time allowed between two requests on one connection.
-    pub keepalive_timeout: Duration,
-    /// Requests served on one client connection before it is closed.
-    pub keepalive_requests: u64,
-    /// Largest request body; `None` means no cap.
-    pub max_body_bytes: Option<u64>,
-    /// Open client connections per worker before new ones are closed at once.
-    pub max_connections: usize,
-    /// How long a graceful stop waits for in-flight requests.
-    pub shutdown_timeout: Duration,
 }
 
 /// Per-core tuning: each worker keeps its own copy of these resources.
@@ -693,34 +504,6 @@ fn parse_addr(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> Option<Sock
             ));
             None
         }
-    }
-}
-
-/// A duration in seconds: positive and finite.
-pub fn seconds(v: f64, path: &str, errors: &mut Vec<ConfigError>) -> Duration {
-    if v.is_finite() && v > 0.0 && v < 1e9 {
-        Duration::from_secs_f64(v)
-    } else {
-        errors.push(ConfigError::new(
-            path,
-            format!("{v} is not a valid duration"),
-            "seconds > 0, fractions allowed",
-        ));
-        Duration::from_secs(1)
-    }
-}
-
-/// An integer in `lo..=hi`.
-pub fn ranged(v: i64, lo: i64, hi: i64, path: &str, errors: &mut Vec<ConfigError>) -> i64 {
-    if (lo..=hi).contains(&v) {
-        v
-    } else {
-        errors.push(ConfigError::new(
-            path,
-            format!("{v} is out of range"),
-            format!("{lo} to {hi}"),
-        ));
-        lo
     }
 }
 

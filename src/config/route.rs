@@ -5,8 +5,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{deserialize_at, ranged, seconds, section, ConfigError};
+use super::error::{deserialize_at, ranged, seconds, section, ConfigError};
+pub use crate::http::h1::{valid_header_value, valid_token};
 use crate::plugins::{self, Plugins};
+pub use crate::upstream::{PassHost, Scheme, Timeouts};
 
 /// APISIX route options that Portcullis does not implement; named so the error says so plainly
 /// instead of calling them unknown (ignoring them would change what the route lets through).
@@ -139,41 +141,20 @@ pub fn method_bit(name: &[u8]) -> Option<u16> {
         .map(|i| 1 << i)
 }
 
-/// Upstream URL scheme.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// Plain HTTP/1.1.
-    Http,
-    /// HTTP/1.1 over TLS.
-    Https,
-}
-
-impl Scheme {
-    fn parse(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> Scheme {
-        match s {
-            "http" => Scheme::Http,
-            "https" => Scheme::Https,
-            other => {
-                errors.push(ConfigError::new(
-                    path,
-                    format!("unsupported scheme `{other}`"),
-                    "http, https",
-                ));
-                Scheme::Http
-            }
+/// Read an upstream scheme.
+fn parse_scheme(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> Scheme {
+    match s {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => {
+            errors.push(ConfigError::new(
+                path,
+                format!("unsupported scheme `{other}`"),
+                "http, https",
+            ));
+            Scheme::Http
         }
     }
-}
-
-/// Which Host header the upstream sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PassHost {
-    /// The client's Host.
-    Pass,
-    /// The chosen node's `host:port`.
-    Node,
-    /// A fixed value.
-    Rewrite(String),
 }
 
 /// A host a route is narrowed to.
@@ -204,28 +185,6 @@ pub struct NodeSpec {
     pub port: u16,
     /// Share of requests, relative to the other nodes.
     pub weight: u32,
-}
-
-/// Connect, send and read timeouts toward an upstream.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Timeouts {
-    /// TCP (and TLS) connection setup.
-    pub connect: Duration,
-    /// Between two successful writes.
-    pub send: Duration,
-    /// Between two successful reads.
-    pub read: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        // APISIX's (and nginx's) defaults.
-        Timeouts {
-            connect: Duration::from_secs(60),
-            send: Duration::from_secs(60),
-            read: Duration::from_secs(60),
-        }
-    }
 }
 
 /// A route's upstream, checked.
@@ -502,7 +461,7 @@ fn check_upstream(
         )),
     }
     let nodes = check_nodes(&u.nodes, errors);
-    let scheme = Scheme::parse(
+    let scheme = parse_scheme(
         u.scheme.as_deref().unwrap_or("http"),
         "upstream.scheme",
         errors,
@@ -656,18 +615,6 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
     };
     let port = port.parse::<u16>().ok()?;
     (valid_host(host) && port != 0).then(|| (host.to_string(), port))
-}
-
-/// A header value may not contain control characters other than tab.
-pub fn valid_header_value(v: &str) -> bool {
-    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
-/// An HTTP token (header names).
-pub fn valid_token(v: &str) -> bool {
-    !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]

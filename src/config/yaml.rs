@@ -12,7 +12,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
-use super::{join_path, ConfigError};
+use super::error::{join_path, ConfigError};
 
 /// What a duplicate-key problem offers as the allowed form.
 const ONCE: &str = "each key once in a mapping";

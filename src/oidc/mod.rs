@@ -7,6 +7,7 @@ pub mod introspect;
 pub mod jwt;
 pub mod keys;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,10 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::error::ProxyError;
+use crate::error::{AuthKind, ProxyError};
+use crate::http::h1::{write_header as header, HeaderIdx, HeaderKind, Span};
 use crate::idp::{Idp, Provider, ProviderState};
-use crate::server::h1::{HeaderIdx, HeaderKind, Span};
-use crate::server::worker::Worker;
 use cache::{token_key, TokenCache, TokenKey, Verified};
 use config::{OidcConfig, UnauthAction};
 use jwt::{MissingIssuer, TokenError};
@@ -165,6 +165,29 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// The outcome metrics and logs label this failure by.
+    pub fn kind(&self) -> AuthKind {
+        match self {
+            AuthError::Missing { .. } => AuthKind::NoToken,
+            AuthError::MalformedHeader => AuthKind::Malformed,
+            AuthError::Invalid { reason, .. } => match reason {
+                TokenError::Malformed | TokenError::Critical => AuthKind::Malformed,
+                TokenError::AlgNone
+                | TokenError::AlgHmac
+                | TokenError::AlgNotAccepted
+                | TokenError::BadSignature => AuthKind::BadSignature,
+                TokenError::UnknownKid => AuthKind::UnknownKid,
+                TokenError::Expired => AuthKind::Expired,
+                TokenError::NotYetValid | TokenError::IssuedInFuture => AuthKind::NotYetValid,
+                TokenError::WrongIssuer | TokenError::IssuerUnknown(_) => AuthKind::BadIssuer,
+                TokenError::AudienceMissing | TokenError::AudienceMismatch => AuthKind::BadAudience,
+                TokenError::ScopeMissing => AuthKind::InsufficientScope,
+                TokenError::Inactive => AuthKind::Inactive,
+                TokenError::NoKeys(_) | TokenError::IdpFailed(_) => AuthKind::IdpError,
+            },
+        }
+    }
+
     /// `(status, WWW-Authenticate, JSON body)` for this failure.
     pub fn answer(&self) -> (u16, Option<String>, String) {
         match self {
@@ -206,6 +229,29 @@ pub struct Identity {
     pub set_access_token: bool,
     /// ... as `Authorization: Bearer` instead of `X-Access-Token`.
     pub in_authorization: bool,
+}
+
+impl Identity {
+    /// Upstream head: whether a client header of `kind` gives way to the identity's own (the
+    /// client's `Authorization` when the token travels in it).
+    pub fn drops(&self, kind: HeaderKind) -> bool {
+        kind == HeaderKind::Authorization && self.set_access_token && self.in_authorization
+    }
+
+    /// Upstream head: the identity headers (SPEC 2.4); `buf` holds the request the token is in.
+    pub fn append(&self, buf: &[u8], out: &mut Vec<u8>) {
+        let token = self.token.get(buf);
+        if self.set_access_token && self.in_authorization {
+            out.extend_from_slice(b"Authorization: Bearer ");
+            out.extend_from_slice(token);
+            out.extend_from_slice(b"\r\n");
+        } else if self.set_access_token {
+            header(out, b"X-Access-Token", token);
+        }
+        if let Some(u) = &self.userinfo {
+            header(out, b"X-Userinfo", u.as_bytes());
+        }
+    }
 }
 
 fn now() -> f64 {
@@ -294,18 +340,43 @@ pub fn lookup(
     Ok(Lookup::Miss { token, key, now })
 }
 
+/// What `openid-connect` keeps on each core: verified tokens, introspection answers and the
+/// introspection calls in flight. Plain cells: a core never shares them.
+pub struct CoreState {
+    /// Verified bearer tokens.
+    pub tokens: RefCell<TokenCache>,
+    /// Introspection answers and calls in flight.
+    pub introspections: RefCell<introspect::Introspections>,
+}
+
+impl CoreState {
+    /// Empty caches bounded by `entries` and `bytes` each.
+    pub fn new(entries: usize, bytes: usize) -> CoreState {
+        CoreState {
+            tokens: RefCell::new(TokenCache::new(entries, bytes)),
+            introspections: RefCell::new(introspect::Introspections::new(entries, bytes)),
+        }
+    }
+
+    /// Drop up to `budget` expired entries from each cache.
+    pub fn sweep(&self, now: f64, budget: usize) {
+        self.tokens.borrow_mut().sweep(now, budget);
+        self.introspections.borrow_mut().cache.sweep(now, budget);
+    }
+}
+
 /// Authenticate a request. `Ok(None)`: let it through without identity (`unauth_action: pass`).
 pub async fn authenticate(
     p: &OidcPlugin,
-    w: &Worker,
+    st: &CoreState,
     buf: &[u8],
     headers: &[HeaderIdx],
 ) -> Result<Option<Identity>, ProxyError> {
     if p.introspects {
-        return authenticate_by_introspection(p, w, buf, headers).await;
+        return authenticate_by_introspection(p, st, buf, headers).await;
     }
     // Bound first: the cache borrow must end before any await.
-    let step = lookup(p, &mut w.tokens.borrow_mut(), buf, headers)?;
+    let step = lookup(p, &mut st.tokens.borrow_mut(), buf, headers)?;
     match step {
         Lookup::Pass => Ok(None),
         Lookup::Cached(identity) => Ok(Some(identity)),
@@ -315,7 +386,7 @@ pub async fn authenticate(
                 .map_err(|reason| p.invalid(reason))?;
             let identity = p.identity(token, verified.userinfo.clone());
             if let Some(key) = key {
-                w.tokens.borrow_mut().insert(key, verified, now);
+                st.tokens.borrow_mut().insert(key, verified, now);
             }
             Ok(Some(identity))
         }
@@ -324,7 +395,7 @@ pub async fn authenticate(
 
 async fn authenticate_by_introspection(
     p: &OidcPlugin,
-    w: &Worker,
+    st: &CoreState,
     buf: &[u8],
     headers: &[HeaderIdx],
 ) -> Result<Option<Identity>, ProxyError> {
@@ -335,10 +406,10 @@ async fn authenticate_by_introspection(
     let now = now();
     let key = token_key(p.introspection_namespace, raw);
     // A clone of a cached verdict is a reference count: no allocation on a hit.
-    let cached = w.introspections.borrow_mut().cache.get(&key, now).cloned();
+    let cached = st.introspections.borrow_mut().cache.get(&key, now).cloned();
     let verdict = match cached {
         Some(v) => v,
-        None => introspect::introspect(p, &w.introspections, raw, key, now)
+        None => introspect::introspect(p, &st.introspections, raw, key, now)
             .await
             .map_err(|r| p.invalid(r))?,
     };

@@ -3,8 +3,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::route::{valid_header_value, valid_token, Scheme};
-use crate::config::{deserialize_at, ConfigError};
+use crate::config::error::{deserialize_at, ConfigError};
+use crate::http::h1::{valid_header_value, valid_token, write_header as header};
+use crate::upstream::Scheme;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,8 +38,19 @@ pub struct ProxyRewrite {
 }
 
 impl ProxyRewrite {
-    /// Whether the client's header `name` (any case) must not be forwarded as it is.
-    pub fn drops_ignoring_case(&self, name: &[u8]) -> bool {
+    /// Upstream head: the replacement path, if any.
+    pub fn uri(&self) -> Option<&[u8]> {
+        self.uri.as_deref().map(str::as_bytes)
+    }
+
+    /// Upstream head: the replacement Host, if any.
+    pub fn host(&self) -> Option<&[u8]> {
+        self.host.as_deref().map(str::as_bytes)
+    }
+
+    /// Upstream head: whether header `name` (any case) is not forwarded as it is. `set` and
+    /// `remove` win over the client's headers and over the ones the proxy adds itself.
+    pub fn drops(&self, name: &[u8]) -> bool {
         self.remove
             .iter()
             .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
@@ -46,6 +58,13 @@ impl ProxyRewrite {
                 .set
                 .iter()
                 .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// Upstream head: the headers set and added.
+    pub fn append(&self, out: &mut Vec<u8>) {
+        for (n, v) in self.set.iter().chain(&self.add) {
+            header(out, n.as_bytes(), v.as_bytes());
+        }
     }
 }
 
@@ -216,7 +235,69 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<P
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::h1::HeaderKind;
+    use crate::upstream::request::{write_request_head, ClientFacts, Edits};
+    use crate::upstream::{Node, PassHost};
     use serde_json::json;
+
+    impl Edits for ProxyRewrite {
+        fn uri(&self) -> Option<&[u8]> {
+            ProxyRewrite::uri(self)
+        }
+        fn host(&self) -> Option<&[u8]> {
+            ProxyRewrite::host(self)
+        }
+        fn drops(&self, name: &[u8], _kind: HeaderKind) -> bool {
+            ProxyRewrite::drops(self, name)
+        }
+        fn append_upstream(&self, _buf: &[u8], out: &mut Vec<u8>) {
+            self.append(out)
+        }
+    }
+
+    #[test]
+    fn rewrites_the_upstream_head() {
+        let mut e = Vec::new();
+        let pr = check(
+            json!({"uri": "/new", "host": "h.test", "headers": {"X-A": "1", "X-Gone": "", "X-Forwarded-Proto": "https"}}),
+            "p",
+            &mut e,
+        )
+        .unwrap();
+        assert!(e.is_empty(), "{e:?}");
+        let mut buf =
+            b"GET /x?k=v HTTP/1.1\r\nHost: a.test\r\nX-Gone: 1\r\nx-a: old\r\n\r\n".to_vec();
+        let mut hs = Vec::new();
+        let head = crate::http::h1::parse_request(&mut buf, 100, &mut hs)
+            .unwrap()
+            .unwrap();
+        let node = Node {
+            addr: None,
+            host_port: "127.0.0.1:8080".into(),
+            host: "127.0.0.1".into(),
+            weight: 1,
+        };
+        let facts = ClientFacts {
+            peer_ip: "10.0.0.9",
+            trusted: false,
+            path: None,
+        };
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            &buf,
+            &head,
+            &hs,
+            &PassHost::Rewrite("ignored".into()),
+            &node,
+            &facts,
+            &pr,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /new?k=v HTTP/1.1\r\nHost: h.test\r\nX-Forwarded-For: 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Host: a.test\r\nx-a: 1\r\nx-forwarded-proto: https\r\n\r\n"
+        );
+    }
 
     #[test]
     fn both_header_shapes() {

@@ -1,10 +1,6 @@
 //! The data plane: worker threads, each with its own runtime and listeners.
 
-pub mod conn;
-pub mod h1;
 pub mod listener;
-pub mod path;
-pub mod shutdown;
 pub mod worker;
 
 use std::io;

@@ -6,75 +6,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, Cache};
+use arc_swap::Cache;
 use monoio::net::TcpListener;
 
-use super::conn;
-use super::shutdown::Shutdown;
 use super::Shared;
 use crate::access_log::AccessLog;
-use crate::config::{Cidr, Config, Limits};
-use crate::oidc::cache::TokenCache;
-use crate::oidc::introspect::Introspections;
-use crate::router::RouteTable;
-use crate::upstream::balancer::Wrr;
+use crate::config::Config;
+use crate::plugins;
+use crate::proxy::shutdown::Shutdown;
+use crate::proxy::{conn, Core, LocalRoutes};
 use crate::upstream::pool::Pool;
 
-/// The route table as this core uses it, with per-core balancer state.
-pub struct LocalRoutes {
-    /// The shared snapshot.
-    pub table: Arc<RouteTable>,
-    /// Balancer state per route, this core only.
-    pub balancers: Vec<RefCell<Wrr>>,
-}
-
-impl LocalRoutes {
-    fn new(table: Arc<RouteTable>) -> Self {
-        let balancers = table
-            .routes
-            .iter()
-            .map(|r| RefCell::new(Wrr::new(r.upstream.nodes.len())))
-            .collect();
-        LocalRoutes { table, balancers }
-    }
-}
-
-/// Everything one worker owns; shared by its connection tasks through `Rc`.
-pub struct Worker {
-    /// Request limits.
-    pub limits: Limits,
-    /// Peers whose forwarding headers are believed.
-    pub trusted: Vec<Cidr>,
-    routes_src: RefCell<Cache<Arc<ArcSwap<RouteTable>>, Arc<RouteTable>>>,
-    local: RefCell<Rc<LocalRoutes>>,
-    /// Idle upstream connections.
-    pub pool: RefCell<Pool>,
-    /// Access log buffer.
-    pub log: RefCell<AccessLog>,
-    /// Verified bearer tokens.
-    pub tokens: RefCell<TokenCache>,
-    /// Introspection answers and calls in flight.
-    pub introspections: RefCell<Introspections>,
-    /// Draining signal.
-    pub shutdown: Shutdown,
-    active: Cell<usize>,
-}
-
-impl Worker {
-    /// The current route table; rebuilt locally only when the shared snapshot changed.
-    pub fn routes(&self) -> Rc<LocalRoutes> {
-        let mut src = self.routes_src.borrow_mut();
-        let current = src.load();
-        let mut local = self.local.borrow_mut();
-        if !Arc::ptr_eq(current, &local.table) {
-            *local = Rc::new(LocalRoutes::new(Arc::clone(current)));
-        }
-        Rc::clone(&local)
-    }
-}
-
 /// Counts a connection as active for as long as its task lives.
-struct ActiveGuard(Rc<Worker>);
+struct ActiveGuard(Rc<Core>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -86,21 +30,17 @@ impl Drop for ActiveGuard {
 pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
     let routes = shared.routes.clone();
     let first = routes.load_full();
-    let w = Rc::new(Worker {
+    let w = Rc::new(Core {
         limits: config.limits.clone(),
         trusted: config.trusted_addresses.clone(),
         routes_src: RefCell::new(Cache::new(routes)),
         local: RefCell::new(Rc::new(LocalRoutes::new(first))),
         pool: RefCell::new(Pool::default()),
         log: RefCell::new(AccessLog::new(config.access_log)),
-        tokens: RefCell::new(TokenCache::new(
+        plugins: plugins::CoreState::new(
             config.per_core.token_cache_entries,
             config.per_core.token_cache_bytes,
-        )),
-        introspections: RefCell::new(Introspections::new(
-            config.per_core.token_cache_entries,
-            config.per_core.token_cache_bytes,
-        )),
+        ),
         shutdown: Shutdown::default(),
         active: Cell::new(0),
     });
@@ -123,8 +63,7 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());
-            w.tokens.borrow_mut().sweep(now, 1024);
-            w.introspections.borrow_mut().cache.sweep(now, 1024);
+            w.plugins.sweep(now, 1024);
         }
     }
     w.shutdown.trigger();
@@ -142,7 +81,7 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
     w.log.borrow_mut().flush();
 }
 
-async fn accept_loop(listener: TcpListener, w: Rc<Worker>, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, w: Rc<Core>, shared: Arc<Shared>) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),

@@ -11,19 +11,18 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use super::balancer::Wrr;
+use super::pool::Pool;
 use super::pool::{UpstreamConn, UpstreamStream};
-use super::request::{itoa_u64, write_request_head, ClientFacts};
+use super::request::{itoa_u64, write_request_head, ClientFacts, Edits};
 use super::tls;
+use super::{Node, Upstream};
 use crate::error::ProxyError;
-use crate::oidc::Identity;
-use crate::router::{Node, Route, Upstream};
-use crate::server::conn::{read_append, Conn, STREAM_CHUNK};
-use crate::server::h1::{
+use crate::http::conn::{read_append, Conn, STREAM_CHUNK};
+use crate::http::h1::{
     named_in_connection, parse_response, BodyKind, ChunkError, ChunkedScanner, HeaderKind,
     RequestHead, ResponseHead,
 };
-use crate::server::worker::Worker;
-use crate::config::Limits;
+use crate::http::Limits;
 
 /// Request bodies up to this size that arrived with the head are sent in the same write, and
 /// such a request can be replayed on a fresh connection when a pooled one turns out dead.
@@ -73,17 +72,28 @@ fn is_idempotent(method: &[u8]) -> bool {
     )
 }
 
-/// Forward `head` (parsed at `conn.pos`) along `route`; on `Err` nothing was sent to the client.
-pub async fn forward(
+/// What forwarding needs from the worker it runs on.
+pub struct Env<'a> {
+    /// Request limits and timeouts.
+    pub limits: &'a Limits,
+    /// This core's idle upstream connections.
+    pub pool: &'a RefCell<Pool>,
+    /// Whether the client connection may stay open after this answer (the worker is not
+    /// draining and the connection is under its request budget).
+    pub client_may_stay: bool,
+}
+
+/// Forward `head` (parsed at `conn.pos`) to `up`, with the route's plugins' `edits`; on `Err`
+/// nothing was sent to the client.
+pub async fn forward<E: Edits>(
     conn: &mut Conn,
-    w: &Worker,
+    w: &Env<'_>,
     head: &RequestHead,
-    route: &Route,
+    up: &Upstream,
     balancer: &RefCell<Wrr>,
-    identity: Option<&Identity>,
+    edits: &E,
     normalized_path: bool,
 ) -> Result<Outcome, ProxyError> {
-    let up = &route.upstream;
     let t = up.timeouts;
     let body_start = conn.pos + head.head_len;
     let avail = conn.rbuf.len() - body_start;
@@ -124,7 +134,6 @@ pub async fn forward(
     let facts = ClientFacts {
         peer_ip: &conn.peer_ip,
         trusted: conn.trusted,
-        identity,
         path: normalized_path.then_some(&conn.norm_path[..]),
     };
     write_request_head(
@@ -132,9 +141,10 @@ pub async fn forward(
         &conn.rbuf[conn.pos..],
         head,
         &conn.headers,
-        route,
+        &up.pass_host,
         node,
         &facts,
+        edits,
     );
     if replayable {
         conn.wbuf
@@ -162,7 +172,7 @@ pub async fn forward(
                 )
                 .await?;
             }
-            read_response_head(&mut upc, conn, &w.limits, head.is_head, t.read).await
+            read_response_head(&mut upc, conn, w.limits, head.is_head, t.read).await
         };
         match attempt.await {
             Ok(resp) => break resp,
@@ -179,8 +189,7 @@ pub async fn forward(
     let client_keep = head.keep_alive
         && resp.body != BodyKind::UntilClose
         && !(resp.body == BodyKind::Chunked && head.http10)
-        && conn.served + 1 < w.limits.keepalive_requests
-        && !w.shutdown.started();
+        && w.client_may_stay;
     let relayed = relay_response(
         conn,
         w,
@@ -188,7 +197,7 @@ pub async fn forward(
         &resp,
         &mut upc,
         t.read,
-        client_keep,
+        (client_keep, edits),
         &mut progress,
     )
     .await;
@@ -218,7 +227,7 @@ pub async fn forward(
     }
 }
 
-fn check_body_cap(w: &Worker, scanner: &ChunkedScanner) -> Result<(), ProxyError> {
+fn check_body_cap(w: &Env<'_>, scanner: &ChunkedScanner) -> Result<(), ProxyError> {
     match w.limits.max_body_bytes {
         Some(max) if scanner.capped_total() > max => Err(ProxyError::BodyTooLarge),
         _ => Ok(()),
@@ -228,7 +237,7 @@ fn check_body_cap(w: &Worker, scanner: &ChunkedScanner) -> Result<(), ProxyError
 /// Pick a node and a connection to it: a pooled one when the request allows, else a new one,
 /// moving on to other nodes (up to `retries`) when connecting fails.
 async fn acquire<'u>(
-    w: &Worker,
+    w: &Env<'_>,
     up: &'u Upstream,
     balancer: &RefCell<Wrr>,
     may_pool: bool,
@@ -353,7 +362,7 @@ async fn send_range(
 #[allow(clippy::too_many_arguments)]
 async fn stream_request_body(
     conn: &mut Conn,
-    w: &Worker,
+    w: &Env<'_>,
     upc: &mut UpstreamConn,
     head: &RequestHead,
     body_start: usize,
@@ -478,7 +487,9 @@ async fn read_response_head(
                     // Interim heads share the limit, so endless 1xx answers end too.
                     interim += h.head_len;
                     if interim > max_bytes {
-                        return Err(ProxyError::UpstreamBadResponse("too many interim responses"));
+                        return Err(ProxyError::UpstreamBadResponse(
+                            "too many interim responses",
+                        ));
                     }
                     conn.ubuf.drain(..h.head_len);
                     continue;
@@ -528,11 +539,12 @@ struct Progress {
     bytes: u64,
 }
 
-fn write_response_head(
+fn write_response_head<E: Edits>(
     conn: &mut Conn,
     head: &RequestHead,
     resp: &ResponseHead,
     client_keep: bool,
+    edits: &E,
 ) {
     let out = &mut conn.wbuf;
     let buf = &conn.ubuf;
@@ -564,6 +576,7 @@ fn write_response_head(
     if resp.body == BodyKind::Chunked && !head.http10 {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
+    edits.append_response(out);
     if !client_keep {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if head.http10 {
@@ -624,18 +637,18 @@ async fn send_ubuf_range(
 /// Relay the response whose head is in `conn.ubuf`. Returns whether the upstream connection
 /// ended exactly at the end of the response (and so may be reused).
 #[allow(clippy::too_many_arguments)]
-async fn relay_response(
+async fn relay_response<E: Edits>(
     conn: &mut Conn,
-    w: &Worker,
+    w: &Env<'_>,
     head: &RequestHead,
     resp: &ResponseHead,
     upc: &mut UpstreamConn,
     read_timeout: Duration,
-    client_keep: bool,
+    (client_keep, edits): (bool, &E),
     progress: &mut Progress,
 ) -> Result<bool, ProxyError> {
     let send_timeout = w.limits.send_timeout;
-    write_response_head(conn, head, resp, client_keep);
+    write_response_head(conn, head, resp, client_keep, edits);
     let body_at = resp.head_len;
     let avail = conn.ubuf.len() - body_at;
     match resp.body {

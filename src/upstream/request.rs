@@ -1,10 +1,38 @@
 //! The request head sent upstream: the client's head minus hop-by-hop and untrusted forwarding
-//! headers, plus Host per `pass_host`, `X-Forwarded-*`, `proxy-rewrite` changes and framing.
+//! headers, plus Host per `pass_host`, `X-Forwarded-*`, what the route's plugins change
+//! ([`Edits`]) and framing.
 
-use crate::config::route::PassHost;
-use crate::oidc::Identity;
-use crate::router::{Node, Route};
-use crate::server::h1::{named_in_connection, BodyKind, HeaderIdx, HeaderKind, RequestHead};
+use super::{Node, PassHost};
+use crate::http::h1::{
+    named_in_connection, write_header as header, BodyKind, HeaderIdx, HeaderKind, RequestHead,
+};
+
+/// What the route's plugins change in the heads this layer writes. Each method is one request
+/// phase's contribution, so forwarding never needs to know which plugins a route has.
+pub trait Edits {
+    /// A replacement for the request's path (the client's query is kept unless it has one).
+    fn uri(&self) -> Option<&[u8]> {
+        None
+    }
+    /// A replacement Host, over `pass_host`.
+    fn host(&self) -> Option<&[u8]> {
+        None
+    }
+    /// Whether a header named `name` (any case) of kind `kind` is left out: the client's, or
+    /// one the proxy would add itself (`X-Forwarded-*`, `X-Real-IP`).
+    fn drops(&self, _name: &[u8], _kind: HeaderKind) -> bool {
+        false
+    }
+    /// Write headers that follow the client's; `buf` is the request head's buffer.
+    fn append_upstream(&self, _buf: &[u8], _out: &mut Vec<u8>) {}
+    /// Write headers added to the client's response head.
+    fn append_response(&self, _out: &mut Vec<u8>) {}
+}
+
+/// No changes: a route without plugins.
+pub struct NoEdits;
+
+impl Edits for NoEdits {}
 
 /// What the proxy knows about the client connection that shapes forwarding headers.
 pub struct ClientFacts<'a> {
@@ -12,37 +40,29 @@ pub struct ClientFacts<'a> {
     pub peer_ip: &'a str,
     /// Whether the peer's own forwarding headers are believed.
     pub trusted: bool,
-    /// The identity authentication established, if the route authenticates.
-    pub identity: Option<&'a Identity>,
     /// The normalised path, when it differs from the one sent (it is what the route matched).
     pub path: Option<&'a [u8]>,
 }
 
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Write the upstream request head for `head` (parsed from `buf`) into `out`.
-pub fn write_request_head(
+#[allow(clippy::too_many_arguments)]
+pub fn write_request_head<E: Edits>(
     out: &mut Vec<u8>,
     buf: &[u8],
     head: &RequestHead,
     headers: &[HeaderIdx],
-    route: &Route,
+    pass_host: &PassHost,
     node: &Node,
     client: &ClientFacts<'_>,
+    edits: &E,
 ) {
     out.clear();
-    let rewrite = route.rewrite.as_ref();
     out.extend_from_slice(head.method.get(buf));
     out.push(b' ');
-    match rewrite.and_then(|r| r.uri.as_deref()) {
+    match edits.uri() {
         Some(uri) => {
-            out.extend_from_slice(uri.as_bytes());
-            if !uri.contains('?') {
+            out.extend_from_slice(uri);
+            if !uri.contains(&b'?') {
                 out.extend_from_slice(head.query.get(buf));
             }
         }
@@ -57,20 +77,14 @@ pub fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     let client_host = head.host.map(|h| h.get(buf));
-    let host: &[u8] = match (
-        rewrite.and_then(|r| r.host.as_deref()),
-        &route.upstream.pass_host,
-    ) {
-        (Some(h), _) => h.as_bytes(),
+    let host: &[u8] = match (edits.host(), pass_host) {
+        (Some(h), _) => h,
         (None, PassHost::Pass) => client_host.unwrap_or(node.host_port.as_bytes()),
         (None, PassHost::Node) => node.host_port.as_bytes(),
         (None, PassHost::Rewrite(h)) => h.as_bytes(),
     };
     header(out, b"Host", host);
 
-    // proxy-rewrite's `set` and `remove` win over the client's headers and over the ones the
-    // proxy would add itself (its `set` values are written below).
-    let rewritten = |name: &[u8]| rewrite.is_some_and(|r| r.drops_ignoring_case(name));
     let mut xff_start = None;
     let mut saw_proto = false;
     let mut saw_fwd_host = false;
@@ -78,7 +92,7 @@ pub fn write_request_head(
     for h in headers {
         let name = h.name.get(buf);
         let value = h.value.get(buf);
-        if rewritten(name) {
+        if edits.drops(name, h.kind) {
             continue;
         }
         match h.kind {
@@ -127,13 +141,6 @@ pub fn write_request_head(
             }
             // Identity claims only the proxy may make, on every route.
             HeaderKind::Identity | HeaderKind::Alias => continue,
-            HeaderKind::Authorization
-                if client
-                    .identity
-                    .is_some_and(|i| i.set_access_token && i.in_authorization) =>
-            {
-                continue
-            }
             HeaderKind::Authorization => {}
             HeaderKind::Other => {
                 if head.connection_names_others && named_in_connection(buf, headers, name) {
@@ -143,38 +150,21 @@ pub fn write_request_head(
         }
         header(out, name, value);
     }
-    if xff_start.is_none() && !rewritten(b"x-forwarded-for") {
+    if xff_start.is_none() && !edits.drops(b"x-forwarded-for", HeaderKind::XForwardedFor) {
         header(out, b"X-Forwarded-For", client.peer_ip.as_bytes());
     }
-    if !saw_real_ip && !rewritten(b"x-real-ip") {
+    if !saw_real_ip && !edits.drops(b"x-real-ip", HeaderKind::XRealIp) {
         header(out, b"X-Real-IP", client.peer_ip.as_bytes());
     }
-    if !saw_proto && !rewritten(b"x-forwarded-proto") {
+    if !saw_proto && !edits.drops(b"x-forwarded-proto", HeaderKind::XForwardedProto) {
         header(out, b"X-Forwarded-Proto", b"http");
     }
-    if !saw_fwd_host && !rewritten(b"x-forwarded-host") {
+    if !saw_fwd_host && !edits.drops(b"x-forwarded-host", HeaderKind::XForwardedHost) {
         if let Some(h) = client_host {
             header(out, b"X-Forwarded-Host", h);
         }
     }
-    if let Some(id) = client.identity {
-        let token = id.token.get(buf);
-        if id.set_access_token && id.in_authorization {
-            out.extend_from_slice(b"Authorization: Bearer ");
-            out.extend_from_slice(token);
-            out.extend_from_slice(b"\r\n");
-        } else if id.set_access_token {
-            header(out, b"X-Access-Token", token);
-        }
-        if let Some(u) = &id.userinfo {
-            header(out, b"X-Userinfo", u.as_bytes());
-        }
-    }
-    if let Some(r) = rewrite {
-        for (n, v) in r.set.iter().chain(&r.add) {
-            header(out, n.as_bytes(), v.as_bytes());
-        }
-    }
+    edits.append_upstream(buf, out);
     match head.body {
         BodyKind::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -204,45 +194,41 @@ pub fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::route::check_route;
-    use crate::router::RouteTable;
-    use crate::server::h1::parse_request;
-    use serde_json::json;
+    use crate::http::h1::parse_request;
 
-    fn forwarded(route: serde_json::Value, req: &str, trusted: bool) -> String {
-        let mut errors = Vec::new();
-        let spec = check_route(route, "1", &mut errors).unwrap();
-        assert!(errors.is_empty(), "{errors:?}");
-        let per_core = crate::config::parse_yaml("").unwrap().per_core;
-        let table = RouteTable::compile(&[spec], &per_core, &crate::idp::Idp::start().unwrap());
-        let route = &table.routes[0];
+    /// The head written for `req` to node 127.0.0.1:8080 under `pass_host` and `edits`.
+    pub(crate) fn forwarded_with<E: Edits>(
+        req: &str,
+        trusted: bool,
+        pass_host: &PassHost,
+        edits: &E,
+    ) -> String {
+        let node = Node {
+            addr: None,
+            host_port: "127.0.0.1:8080".into(),
+            host: "127.0.0.1".into(),
+            weight: 1,
+        };
+        let mut buf = req.as_bytes().to_vec();
         let mut hs = Vec::new();
-        let head = parse_request(&mut req.as_bytes().to_vec(), 100, &mut hs)
-            .unwrap()
-            .unwrap();
+        let head = parse_request(&mut buf, 100, &mut hs).unwrap().unwrap();
         let mut out = Vec::new();
         let facts = ClientFacts {
             peer_ip: "10.0.0.9",
             trusted,
-            identity: None,
             path: None,
         };
-        write_request_head(
-            &mut out,
-            req.as_bytes(),
-            &head,
-            &hs,
-            route,
-            &route.upstream.nodes[0],
-            &facts,
-        );
+        write_request_head(&mut out, &buf, &head, &hs, pass_host, &node, &facts, edits);
         String::from_utf8(out).unwrap()
+    }
+
+    fn forwarded(req: &str, trusted: bool) -> String {
+        forwarded_with(req, trusted, &PassHost::Pass, &NoEdits)
     }
 
     #[test]
     fn hop_by_hop_and_untrusted_forwarding_headers_are_dropped() {
         let out = forwarded(
-            json!({"uri": "/*", "upstream": {"nodes": {"127.0.0.1:8080": 1}}}),
             "POST /p?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX_Userinfo: forged\r\nContent-Length: 3\r\nUser-Agent: t\r\n\r\nabc",
             false,
         );
@@ -255,7 +241,6 @@ mod tests {
     #[test]
     fn trusted_peers_keep_their_forwarding_headers() {
         let out = forwarded(
-            json!({"uri": "/*", "upstream": {"nodes": {"127.0.0.1:8080": 1}}}),
             "GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 2.2.2.2\r\n\r\n",
             true,
         );
@@ -272,31 +257,44 @@ mod tests {
     }
 
     #[test]
-    fn pass_host_and_proxy_rewrite() {
-        let out = forwarded(
-            json!({"uri": "/*", "upstream": {"nodes": {"127.0.0.1:8080": 1}, "pass_host": "node"}}),
-            "GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    fn pass_host_modes() {
+        let req = "GET /x HTTP/1.1\r\nHost: A.test.\r\n\r\n";
+        let host = |pass_host| {
+            let out = forwarded_with(req, false, &pass_host, &NoEdits);
+            out.lines().nth(1).unwrap().to_string()
+        };
+        assert_eq!(host(PassHost::Pass), "Host: a.test");
+        assert_eq!(host(PassHost::Node), "Host: 127.0.0.1:8080");
+        assert_eq!(host(PassHost::Rewrite("r.test".into())), "Host: r.test");
+    }
+
+    #[test]
+    fn edits_replace_target_and_host_drop_and_add_headers() {
+        struct Test;
+        impl Edits for Test {
+            fn uri(&self) -> Option<&[u8]> {
+                Some(b"/new")
+            }
+            fn host(&self) -> Option<&[u8]> {
+                Some(b"h.test")
+            }
+            fn drops(&self, name: &[u8], _kind: HeaderKind) -> bool {
+                name.eq_ignore_ascii_case(b"x-gone") || name.eq_ignore_ascii_case(b"x-real-ip")
+            }
+            fn append_upstream(&self, _buf: &[u8], out: &mut Vec<u8>) {
+                crate::http::h1::write_header(out, b"X-A", b"1");
+            }
+        }
+        let out = forwarded_with(
+            "GET /x?k=v HTTP/1.1\r\nHost: a.test\r\nX-Gone: 1\r\n\r\n",
             false,
+            &PassHost::Node,
+            &Test,
         );
-        assert!(
-            out.starts_with("GET /x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"),
-            "{out}"
+        assert_eq!(
+            out,
+            "GET /new?k=v HTTP/1.1\r\nHost: h.test\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.test\r\nX-A: 1\r\n\r\n"
         );
-        let out = forwarded(
-            json!({"uri": "/*", "plugins": {"proxy-rewrite": {"uri": "/new", "host": "h.test", "headers": {"X-A": "1", "X-Gone": ""}}},
-                   "upstream": {"nodes": {"127.0.0.1:8080": 1}, "pass_host": "rewrite", "upstream_host": "ignored"}}),
-            "GET /x?k=v HTTP/1.1\r\nHost: a.test\r\nX-Gone: 1\r\nx-a: old\r\n\r\n",
-            false,
-        );
-        assert!(
-            out.starts_with("GET /new?k=v HTTP/1.1\r\nHost: h.test\r\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("X-A: 1\r\n") || out.contains("x-a: 1\r\n"),
-            "{out}"
-        );
-        assert!(!out.contains("old") && !out.contains("X-Gone"), "{out}");
     }
 
     #[test]

@@ -9,8 +9,10 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use crate::config::MAX_HEADERS_CEILING;
 use crate::error::ProxyError;
+
+/// Largest `limits.max_headers`; the parser keeps that many header slots on the stack.
+pub const MAX_HEADERS_CEILING: usize = 1000;
 
 /// A span of the buffer a head was parsed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -778,10 +780,7 @@ impl ChunkedScanner {
         if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
             return bad("invalid trailer field name");
         }
-        if value
-            .iter()
-            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-        {
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return bad("invalid trailer field value");
         }
         if kind_of(name) != HeaderKind::Other {
@@ -944,6 +943,24 @@ impl ChunkedScanner {
     }
 }
 
+/// Write one header line.
+pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A header value may not contain control characters other than tab.
+pub fn valid_header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// An HTTP token (header names).
+pub fn valid_token(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(is_token_byte)
+}
+
 /// RFC 9110 `tchar`.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -976,8 +993,16 @@ mod tests {
     fn hosts_are_normalised_once_in_the_parser() {
         for (sent, authority, name) in [
             ("Example.com", "example.com", "example.com"),
-            ("SECURE.example.com.", "secure.example.com", "secure.example.com"),
-            ("secure.example.com.:8080", "secure.example.com:8080", "secure.example.com"),
+            (
+                "SECURE.example.com.",
+                "secure.example.com",
+                "secure.example.com",
+            ),
+            (
+                "secure.example.com.:8080",
+                "secure.example.com:8080",
+                "secure.example.com",
+            ),
             ("a_b.example:80", "a_b.example:80", "a_b.example"),
             ("h:", "h", "h"),
             ("10.0.0.1:81", "10.0.0.1:81", "10.0.0.1"),
@@ -1066,9 +1091,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!h.expect_continue);
-        let h = req("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let h =
+            req("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert!(h.expect_continue);
     }
 

@@ -3,94 +3,23 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::h1::{parse_request, BodyKind, HeaderIdx, RequestHead};
-use super::path;
-use super::worker::Worker;
+use super::Core;
 use crate::access_log::{AccessLog, Entry};
 use crate::config::route::method_bit;
-use crate::error::{write_error_response, ProxyError};
-use crate::oidc;
+use crate::error::ProxyError;
+use crate::http::conn::{read_append, Conn, READ_CHUNK};
+use crate::http::h1::{parse_request, BodyKind, RequestHead};
+use crate::http::path;
+use crate::plugins::{self, Ctx, Heads};
 use crate::router::Route;
-use crate::upstream::forward::forward;
-
-/// Initial size of a connection's read buffers; they grow for large heads and bodies.
-pub const READ_CHUNK: usize = 8 * 1024;
-/// Read size used while streaming bodies.
-pub const STREAM_CHUNK: usize = 64 * 1024;
-
-/// The state one client connection keeps across its requests.
-pub struct Conn {
-    /// The client socket.
-    pub stream: TcpStream,
-    /// Client address.
-    pub peer: SocketAddr,
-    /// Client IP as text, for `X-Forwarded-For`.
-    pub peer_ip: String,
-    /// Whether the client's forwarding headers are believed.
-    pub trusted: bool,
-    /// Bytes read from the client; `rbuf[pos..]` is not consumed yet.
-    pub rbuf: Vec<u8>,
-    /// Start of unconsumed client bytes.
-    pub pos: usize,
-    /// Heads being written (upstream request, client response).
-    pub wbuf: Vec<u8>,
-    /// Bytes read from the upstream.
-    pub ubuf: Vec<u8>,
-    /// Request header spans, reused.
-    pub headers: Vec<HeaderIdx>,
-    /// Response header spans, reused.
-    pub resp_headers: Vec<HeaderIdx>,
-    /// The current request's path in normal form, when it differs from what was sent.
-    pub norm_path: Vec<u8>,
-    /// `"METHOD /path HTTP/1.x"` of the current request, for the access log.
-    pub request_line: Vec<u8>,
-    /// Requests answered so far.
-    pub served: u64,
-    /// Whether the current request's body has been read completely.
-    pub body_consumed: bool,
-}
-
-impl Conn {
-    /// Drop consumed bytes from the front of the read buffer.
-    pub fn compact(&mut self) {
-        if self.pos > 0 {
-            self.rbuf.drain(..self.pos);
-            self.pos = 0;
-        }
-    }
-
-    /// Write `wbuf` to the client within `timeout`.
-    pub async fn write_wbuf(&mut self, timeout: Duration) -> Result<(), ProxyError> {
-        let buf = std::mem::take(&mut self.wbuf);
-        match monoio::time::timeout(timeout, self.stream.write_all(buf)).await {
-            Ok((res, buf)) => {
-                self.wbuf = buf;
-                res.map(|_| ()).map_err(ProxyError::ClientIo)
-            }
-            Err(_) => Err(ProxyError::ClientIo(io::ErrorKind::TimedOut.into())),
-        }
-    }
-}
-
-/// Read into the spare capacity of `buf`, after its current contents. (monoio's `Vec` reads
-/// start at offset 0; a slice from `len` appends.) The caller makes sure there is spare room.
-pub async fn read_append<S: AsyncReadRent>(
-    stream: &mut S,
-    buf: Vec<u8>,
-) -> (io::Result<usize>, Vec<u8>) {
-    let len = buf.len();
-    let (res, slice) = stream.read(buf.slice_mut(len..)).await;
-    (res, slice.into_inner())
-}
+use crate::upstream::forward::{forward, Env};
 
 /// Serve one accepted connection until it closes.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Core>) {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
         stream,
@@ -128,7 +57,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
 }
 
 /// Route and forward one request, answer errors, log it; returns whether to keep the connection.
-async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
+async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
     let started = Instant::now();
     let buf = &conn.rbuf[conn.pos..];
     // The head's bytes may be overwritten while a body streams, so the log keeps its own copy.
@@ -169,26 +98,36 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
         return answer_error(conn, w, None, &ProxyError::NoRoute, started, keep).await;
     };
     conn.body_consumed = false;
-    let identity = match &route.oidc {
-        None => None,
-        Some(plugin) => {
-            match oidc::authenticate(plugin, w, &conn.rbuf[conn.pos..], &conn.headers).await {
-                Ok(identity) => identity,
-                Err(e) => {
-                    let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
-                    conn.pos += head.head_len;
-                    return answer_error(conn, w, Some(route), &e, started, keep).await;
-                }
-            }
+    let mut ctx = Ctx::default();
+    if !route.plugins.is_empty() {
+        let req = plugins::Request {
+            buf: &conn.rbuf[conn.pos..],
+            headers: &conn.headers,
+        };
+        if let Err(e) = plugins::access(&route.plugins, &w.plugins, &req, &mut ctx).await {
+            // Refused before any body byte was read: only a bodiless request leaves the
+            // client's stream in step.
+            let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
+            conn.pos += head.head_len;
+            return answer_error(conn, w, Some(route), &e, started, keep).await;
         }
+    }
+    let env = Env {
+        limits: &w.limits,
+        pool: &w.pool,
+        client_may_stay: conn.served + 1 < w.limits.keepalive_requests && !w.shutdown.started(),
+    };
+    let edits = Heads {
+        plugins: &route.plugins,
+        ctx: &ctx,
     };
     match forward(
         conn,
-        w,
+        &env,
         head,
-        route,
+        &route.upstream,
         &routes.balancers[idx],
-        identity.as_ref(),
+        &edits,
         normalized,
     )
     .await
@@ -220,7 +159,7 @@ async fn handle(conn: &mut Conn, w: &Worker, head: &RequestHead) -> bool {
 /// answer went out.
 async fn answer_error(
     conn: &mut Conn,
-    w: &Worker,
+    w: &Core,
     route: Option<&Route>,
     e: &ProxyError,
     started: Instant,
@@ -233,7 +172,7 @@ async fn answer_error(
     if let Some(resp) = e.response() {
         status = resp.status;
         conn.wbuf.clear();
-        write_error_response(&mut conn.wbuf, &resp, !keep);
+        resp.write(&mut conn.wbuf, !keep);
         bytes = conn.wbuf.len() as u64;
         answered = conn.write_wbuf(w.limits.send_timeout).await.is_ok();
         if !answered {
@@ -255,7 +194,7 @@ async fn answer_error(
 
 /// Read until a whole request head is buffered. `Ok(None)`: the client closed cleanly, stayed
 /// idle past the keep-alive timeout, or the worker is draining.
-async fn read_head(conn: &mut Conn, w: &Worker) -> Result<Option<RequestHead>, ProxyError> {
+async fn read_head(conn: &mut Conn, w: &Core) -> Result<Option<RequestHead>, ProxyError> {
     let limits = &w.limits;
     let mut deadline: Option<Instant> = None;
     loop {
