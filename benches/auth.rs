@@ -10,9 +10,10 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::http::h1::parse_request;
 use portcullis::idp::Idp;
-use portcullis::oidc::cache::TokenCache;
-use portcullis::oidc::keys::{parse_public_key_pem, KeySet};
-use portcullis::oidc::{self, jwt, Lookup, OidcPlugin};
+use portcullis::jose::jwt;
+use portcullis::jose::keys::{parse_public_key_pem, KeySet};
+use portcullis::plugins::openid_connect::cache::TokenCache;
+use portcullis::plugins::openid_connect::{self as oidc, Lookup, OidcPlugin};
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 
 const ISSUER: &str = "https://idp.example";

@@ -2,7 +2,10 @@
 
 use std::io;
 
-use crate::http::reply::Reply;
+use std::sync::Arc;
+
+use crate::http::reply::{quoted_safe, Reply};
+use crate::jose::jwt::TokenError;
 
 /// Why a request could not be proxied normally.
 #[derive(Debug, thiserror::Error)]
@@ -42,10 +45,86 @@ pub enum ProxyError {
     UpstreamIo(io::Error),
     /// Authentication refused the request.
     #[error("{0}")]
-    Auth(#[from] crate::oidc::AuthError),
+    Auth(#[from] AuthError),
     /// The client connection failed, closed or stalled; nothing can be answered.
     #[error("client connection: {0}")]
     ClientIo(io::Error),
+}
+
+/// Why authentication failed, with what the answer must carry.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No token (401 with a bare challenge).
+    #[error("no bearer token")]
+    Missing {
+        /// The challenge.
+        challenge: Arc<str>,
+    },
+    /// `Authorization` that is not `<scheme> <credentials>` (400).
+    #[error("malformed Authorization header")]
+    MalformedHeader,
+    /// A refused token (401, or 403 for scope/audience).
+    #[error("invalid token: {reason}")]
+    Invalid {
+        /// The realm, for the challenge.
+        realm: Arc<str>,
+        /// Why.
+        reason: TokenError,
+    },
+}
+
+impl AuthError {
+    /// The outcome metrics and logs label this failure by.
+    pub fn kind(&self) -> AuthKind {
+        match self {
+            AuthError::Missing { .. } => AuthKind::NoToken,
+            AuthError::MalformedHeader => AuthKind::Malformed,
+            AuthError::Invalid { reason, .. } => match reason {
+                TokenError::Malformed | TokenError::Critical => AuthKind::Malformed,
+                TokenError::AlgNone
+                | TokenError::AlgHmac
+                | TokenError::AlgNotAccepted
+                | TokenError::BadSignature => AuthKind::BadSignature,
+                TokenError::UnknownKid => AuthKind::UnknownKid,
+                TokenError::Expired => AuthKind::Expired,
+                TokenError::NotYetValid | TokenError::IssuedInFuture => AuthKind::NotYetValid,
+                TokenError::WrongIssuer | TokenError::IssuerUnknown(_) => AuthKind::BadIssuer,
+                TokenError::AudienceMissing | TokenError::AudienceMismatch => AuthKind::BadAudience,
+                TokenError::ScopeMissing => AuthKind::InsufficientScope,
+                TokenError::Inactive => AuthKind::Inactive,
+                TokenError::NoKeys(_) | TokenError::IdpFailed(_) => AuthKind::IdpError,
+            },
+        }
+    }
+
+    /// `(status, WWW-Authenticate, JSON body)` for this failure.
+    pub fn answer(&self) -> (u16, Option<String>, String) {
+        match self {
+            AuthError::Missing { challenge } => (
+                401,
+                Some(challenge.to_string()),
+                r#"{"error_msg":"401 Unauthorized"}"#.into(),
+            ),
+            AuthError::MalformedHeader => (
+                400,
+                None,
+                r#"{"error_msg":"400 Bad Request: malformed Authorization header"}"#.into(),
+            ),
+            AuthError::Invalid { reason, .. } if reason.is_forbidden() => (
+                403,
+                None,
+                serde_json::json!({ "error": reason.to_string() }).to_string(),
+            ),
+            AuthError::Invalid { realm, reason } => {
+                let why = quoted_safe(&reason.to_string());
+                (
+                    401,
+                    Some(format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{why}\"")),
+                    serde_json::json!({ "error": "invalid_token", "error_description": why }).to_string(),
+                )
+            }
+        }
+    }
 }
 
 /// A stable, bounded name for what went wrong: what logs and metrics label by.

@@ -1,7 +1,10 @@
 //! Portcullis: an edge reverse proxy that authenticates traffic with OpenID Connect.
 //!
-//! The modules follow a request: [`server`] accepts and parses, [`router`] routes,
-//! [`upstream`] forwards and relays; [`config`] and [`control`] form the control plane.
+//! The modules follow a request: [`server`] accepts, [`http`] parses, [`router`] routes,
+//! [`proxy`] runs the route's [`plugins`] phases, [`upstream`] forwards and relays; [`config`],
+//! [`control`] and [`idp`] form the control plane. Layers import downwards only: `http`,
+//! `jose`, `error` and `config::error` at the bottom; `idp` and `upstream` above them; then
+//! `plugins`, `router`, `proxy` and `server`.
 
 pub mod access_log;
 pub mod config;
@@ -9,7 +12,7 @@ pub mod control;
 pub mod error;
 pub mod http;
 pub mod idp;
-pub mod oidc;
+pub mod jose;
 pub mod plugins;
 pub mod proxy;
 pub mod router;

@@ -55,6 +55,20 @@ impl Reply {
     }
 }
 
+/// `s` made safe inside a quoted-string header parameter (a realm, an error description):
+/// quotes, backslashes and control characters become `'`.
+pub fn quoted_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '\''
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// The reason phrase for the statuses the proxy answers with itself.
 pub fn reason(status: u16) -> &'static str {
     match status {

@@ -12,8 +12,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::oidc::config::{AuthMethod, OidcConfig};
-use crate::oidc::keys::{parse_jwks, KeySet};
+use crate::jose::keys::{parse_jwks, KeySet};
 
 /// Unknown-kid refreshes of one provider happen at most this often, whatever the traffic.
 pub const KID_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -237,6 +236,15 @@ enum Command {
     ),
 }
 
+/// How a client authenticates to the IdP's token and introspection endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// HTTP Basic with client id and secret.
+    ClientSecretBasic,
+    /// Client id and secret in the form body.
+    ClientSecretPost,
+}
+
 /// One RFC 7662 introspection call.
 #[derive(Debug, Clone)]
 pub struct IntrospectRequest {
@@ -267,12 +275,22 @@ pub struct IntrospectAnswer {
     pub body: Vec<u8>,
 }
 
-/// What makes two routes' providers one: the discovery URL and every setting that shapes how
-/// it is fetched (ssl_verify, timeout, jwk_expires_in), so no route runs on another's settings.
-type ProviderKey = (String, bool, Duration, Duration);
+/// How a provider is fetched: routes share a provider (its discovery, keys and refreshes)
+/// only when all of these are equal, so none runs with another route's timeout or key lifetime.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FetchSettings {
+    /// The discovery document's URL.
+    pub discovery: String,
+    /// Verify the IdP's certificate.
+    pub ssl_verify: bool,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// How long fetched keys are trusted before a refresh.
+    pub jwk_expires_in: Duration,
+}
 
 /// Providers by their key.
-type Providers = HashMap<ProviderKey, Arc<Provider>>;
+type Providers = HashMap<FetchSettings, Arc<Provider>>;
 
 /// The handle workers and the control plane use to reach the IdP thread.
 #[derive(Clone)]
@@ -314,23 +332,18 @@ impl Idp {
         &self.stats
     }
 
-    /// The provider for a plugin config, created on first use; its discovery and keys are
+    /// The provider for `fetch` settings, created on first use; its discovery and keys are
     /// fetched and kept fresh once some route `needs_discovery`.
-    pub fn provider(&self, cfg: &OidcConfig, needs_discovery: bool) -> Arc<Provider> {
+    pub fn provider(&self, fetch: &FetchSettings, needs_discovery: bool) -> Arc<Provider> {
         let mut map = self.providers.lock().unwrap_or_else(|p| p.into_inner());
         let p = map
-            .entry((
-                cfg.discovery.clone(),
-                cfg.ssl_verify,
-                cfg.timeout,
-                cfg.jwk_expires_in,
-            ))
+            .entry(fetch.clone())
             .or_insert_with(|| {
                 Arc::new(Provider {
-                    discovery_url: cfg.discovery.clone(),
-                    ssl_verify: cfg.ssl_verify,
-                    timeout: cfg.timeout,
-                    jwk_expires_in: cfg.jwk_expires_in,
+                    discovery_url: fetch.discovery.clone(),
+                    ssl_verify: fetch.ssl_verify,
+                    timeout: fetch.timeout,
+                    jwk_expires_in: fetch.jwk_expires_in,
                     state: ArcSwap::from_pointee(ProviderState {
                         problem: Some("identity provider discovery has not answered yet".into()),
                         ..ProviderState::default()
@@ -752,33 +765,46 @@ async fn watch(clients: Clients, p: Arc<Provider>, registry: Arc<Mutex<Providers
 mod tests {
     use super::*;
 
-    fn cfg(extra: serde_json::Value) -> OidcConfig {
-        let mut conf = serde_json::json!({
-            "client_id": "c", "client_secret": "s", "bearer_only": true,
-            "discovery": "http://127.0.0.1:9/.well-known/openid-configuration",
-        });
-        if let (Some(c), Some(e)) = (conf.as_object_mut(), extra.as_object()) {
-            c.extend(e.clone());
+    fn fetch() -> FetchSettings {
+        FetchSettings {
+            discovery: "http://127.0.0.1:9/.well-known/openid-configuration".into(),
+            ssl_verify: false,
+            timeout: Duration::from_secs(3),
+            jwk_expires_in: Duration::from_secs(86400),
         }
-        let mut errors = Vec::new();
-        crate::oidc::config::check(conf, "t", &mut errors).expect("valid config")
     }
 
     #[test]
     fn routes_share_a_provider_only_with_the_same_fetch_settings() {
         let idp = Idp::start().unwrap();
-        let base = idp.provider(&cfg(serde_json::json!({})), false);
-        let same = idp.provider(&cfg(serde_json::json!({})), false);
+        let base = idp.provider(&fetch(), false);
+        let same = idp.provider(&fetch(), false);
         assert!(Arc::ptr_eq(&base, &same));
-        for other in [
-            serde_json::json!({"timeout": 9}),
-            serde_json::json!({"jwk_expires_in": 60}),
-            serde_json::json!({"ssl_verify": true}),
-        ] {
-            let p = idp.provider(&cfg(other.clone()), false);
-            assert!(!Arc::ptr_eq(&base, &p), "{other} must not share");
+        let others = [
+            FetchSettings {
+                timeout: Duration::from_secs(9),
+                ..fetch()
+            },
+            FetchSettings {
+                jwk_expires_in: Duration::from_secs(60),
+                ..fetch()
+            },
+            FetchSettings {
+                ssl_verify: true,
+                ..fetch()
+            },
+        ];
+        for other in others {
+            let p = idp.provider(&other, false);
+            assert!(!Arc::ptr_eq(&base, &p), "{other:?} must not share");
         }
-        let slow = idp.provider(&cfg(serde_json::json!({"timeout": 9})), false);
+        let slow = idp.provider(
+            &FetchSettings {
+                timeout: Duration::from_secs(9),
+                ..fetch()
+            },
+            false,
+        );
         assert_eq!(slow.timeout, Duration::from_secs(9));
     }
 

@@ -1,6 +1,7 @@
 //! Route plugins, in APISIX's names. Only plugins Portcullis implements are accepted: a plugin
 //! that was silently ignored could leave a route open that its author believed closed.
 
+pub mod openid_connect;
 pub mod proxy_rewrite;
 
 use serde_json::Value;
@@ -9,8 +10,8 @@ use crate::config::error::ConfigError;
 use crate::error::ProxyError;
 use crate::http::h1::{HeaderIdx, HeaderKind};
 use crate::idp::Idp;
-use crate::oidc::{self, config::OidcConfig, Identity, OidcPlugin};
 use crate::upstream::request::Edits;
+use openid_connect::{config::OidcConfig, Identity, OidcPlugin};
 pub use proxy_rewrite::ProxyRewrite;
 
 /// Plugin names this build accepts.
@@ -33,7 +34,7 @@ pub fn check(map: serde_json::Map<String, Value>, errors: &mut Vec<ConfigError>)
         match name.as_str() {
             "proxy-rewrite" => plugins.proxy_rewrite = proxy_rewrite::check(conf, &path, errors),
             "openid-connect" => {
-                plugins.openid_connect = oidc::config::check(conf, &path, errors).filter(|c| {
+                plugins.openid_connect = openid_connect::config::check(conf, &path, errors).filter(|c| {
                     // Refused rather than served unauthenticated: these modes arrive in later work.
                     let missing = if !c.takes_bearer() {
                         Some("the login flow (bearer_only: false without a token validator) is not available yet; use bearer_only with use_jwks or public_key")
@@ -95,7 +96,7 @@ pub fn compile(checked: &Plugins, idp: &Idp) -> Box<[Plugin]> {
 /// What each plugin keeps on one core.
 pub struct CoreState {
     /// `openid-connect`'s caches.
-    pub oidc: oidc::CoreState,
+    pub oidc: openid_connect::CoreState,
 }
 
 impl CoreState {
@@ -103,7 +104,7 @@ impl CoreState {
     /// bytes each (`per_core` settings).
     pub fn new(cache_entries: usize, cache_bytes: usize) -> CoreState {
         CoreState {
-            oidc: oidc::CoreState::new(cache_entries, cache_bytes),
+            oidc: openid_connect::CoreState::new(cache_entries, cache_bytes),
         }
     }
 
@@ -139,7 +140,8 @@ pub async fn access(
     for p in plugins {
         match p {
             Plugin::OpenIdConnect(o) => {
-                ctx.identity = oidc::authenticate(o, &state.oidc, req.buf, req.headers).await?;
+                ctx.identity =
+                    openid_connect::authenticate(o, &state.oidc, req.buf, req.headers).await?;
             }
             Plugin::ProxyRewrite(_) => {}
         }

@@ -12,9 +12,9 @@ use base64::Engine;
 use tokio::sync::Notify;
 
 use super::cache::{rc_str_bytes, CacheEntry, TokenCache, TokenKey};
-use super::jwt::{self, Claims, MissingIssuer, TokenError};
 use super::OidcPlugin;
 use crate::idp::{IntrospectAnswer, IntrospectRequest};
+use crate::jose::jwt::{self, Claims, MissingIssuer, TokenError};
 
 /// What this core remembers of an introspection answer.
 #[derive(Debug, Clone)]
@@ -114,7 +114,13 @@ pub fn judge(
     match v {
         Verdict::Inactive { .. } => Err(TokenError::Inactive),
         Verdict::Active(a) => {
-            jwt::check_claims(&a.claims, &p.cfg, issuer, now, MissingIssuer::Accepted)?;
+            jwt::check_claims(
+                &a.claims,
+                &p.cfg.claim_rules(),
+                issuer,
+                now,
+                MissingIssuer::Accepted,
+            )?;
             Ok(a.userinfo.clone())
         }
     }
@@ -217,7 +223,8 @@ mod tests {
         conf.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        let cfg = crate::oidc::config::check(conf, "p", &mut Vec::new()).unwrap();
+        let cfg =
+            crate::plugins::openid_connect::config::check(conf, "p", &mut Vec::new()).unwrap();
         OidcPlugin::new(cfg, &Idp::start().unwrap())
     }
 

@@ -52,29 +52,6 @@ pub fn rc_str_bytes(s: &Rc<str>) -> usize {
     s.len() + 2 * size_of::<usize>()
 }
 
-/// Heap bytes of a parsed JSON value. Object members are counted with the node overhead of
-/// serde_json's BTreeMap, approximately: close enough to bound memory, never zero per member.
-pub fn json_heap_bytes(v: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    match v {
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-        Value::String(s) => s.capacity(),
-        Value::Array(a) => {
-            a.capacity() * size_of::<Value>() + a.iter().map(json_heap_bytes).sum::<usize>()
-        }
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| {
-                k.capacity()
-                    + size_of::<String>()
-                    + size_of::<Value>()
-                    + 2 * size_of::<usize>()
-                    + json_heap_bytes(v)
-            })
-            .sum(),
-    }
-}
-
 /// One cached value with its bookkeeping.
 struct Slot<V> {
     /// Sequence number of the latest insertion of this key.
@@ -345,13 +322,5 @@ mod tests {
         assert!(c.get(&token_key(1, b"t"), 20.0).is_none());
         assert_eq!((c.len(), c.bytes()), (0, 0));
         assert!(!TokenCache::<Verified>::new(10, 0).enabled());
-    }
-
-    #[test]
-    fn json_values_are_charged_for_their_contents() {
-        let small = serde_json::json!("a");
-        let large = serde_json::json!({"groups": vec!["some-group-name"; 1000]});
-        assert!(json_heap_bytes(&large) > 1000 * "some-group-name".len());
-        assert!(json_heap_bytes(&small) < 16);
     }
 }

@@ -4,8 +4,6 @@
 pub mod cache;
 pub mod config;
 pub mod introspect;
-pub mod jwt;
-pub mod keys;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,13 +14,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::error::{AuthKind, ProxyError};
+use crate::error::{AuthError, ProxyError};
 use crate::http::h1::{write_header as header, HeaderIdx, HeaderKind, Span};
+use crate::http::reply::quoted_safe;
 use crate::idp::{Idp, Provider, ProviderState};
+use crate::jose::jwt::{self, MissingIssuer, TokenError};
+use crate::jose::keys::KeySet;
 use cache::{token_key, TokenCache, TokenKey, Verified};
 use config::{OidcConfig, UnauthAction};
-use jwt::{MissingIssuer, TokenError};
-use keys::KeySet;
 
 /// How long a token without `exp` stays cached.
 const NO_EXP_TTL: f64 = 300.0;
@@ -63,13 +62,13 @@ impl OidcPlugin {
             (None, true) => true,
             (None, false) => cfg.introspection_endpoint.is_none() || cfg.valid_issuers.is_empty(),
         };
-        let provider = idp.provider(&cfg, needs_discovery);
+        let provider = idp.provider(&cfg.fetch_settings(), needs_discovery);
         let pinned = cfg
             .public_key
             .clone()
             .map(|k| Arc::new(KeySet::pinned_to(k)));
-        let challenge = format!("Bearer realm=\"{}\"", quoted(&cfg.realm)).into();
-        let realm = quoted(&cfg.realm).into();
+        let challenge = format!("Bearer realm=\"{}\"", quoted_safe(&cfg.realm)).into();
+        let realm = quoted_safe(&cfg.realm).into();
         let introspects = cfg.takes_bearer() && cfg.public_key.is_none() && !cfg.use_jwks;
         let introspection_namespace = {
             use std::hash::{Hash, Hasher};
@@ -127,94 +126,6 @@ fn discovery_issuer(state: &ProviderState) -> Result<&str, &str> {
         (Some(d), _) => Ok(d.issuer.as_str()),
         (None, Some(problem)) => Err(problem.as_str()),
         (None, None) => Err("discovery has not answered yet"),
-    }
-}
-
-fn quoted(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c == '"' || c == '\\' || c.is_control() {
-                '\''
-            } else {
-                c
-            }
-        })
-        .collect()
-}
-
-/// Why authentication failed, with what the answer must carry.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// No token (401 with a bare challenge).
-    #[error("no bearer token")]
-    Missing {
-        /// The challenge.
-        challenge: Arc<str>,
-    },
-    /// `Authorization` that is not `<scheme> <credentials>` (400).
-    #[error("malformed Authorization header")]
-    MalformedHeader,
-    /// A refused token (401, or 403 for scope/audience).
-    #[error("invalid token: {reason}")]
-    Invalid {
-        /// The realm, for the challenge.
-        realm: Arc<str>,
-        /// Why.
-        reason: TokenError,
-    },
-}
-
-impl AuthError {
-    /// The outcome metrics and logs label this failure by.
-    pub fn kind(&self) -> AuthKind {
-        match self {
-            AuthError::Missing { .. } => AuthKind::NoToken,
-            AuthError::MalformedHeader => AuthKind::Malformed,
-            AuthError::Invalid { reason, .. } => match reason {
-                TokenError::Malformed | TokenError::Critical => AuthKind::Malformed,
-                TokenError::AlgNone
-                | TokenError::AlgHmac
-                | TokenError::AlgNotAccepted
-                | TokenError::BadSignature => AuthKind::BadSignature,
-                TokenError::UnknownKid => AuthKind::UnknownKid,
-                TokenError::Expired => AuthKind::Expired,
-                TokenError::NotYetValid | TokenError::IssuedInFuture => AuthKind::NotYetValid,
-                TokenError::WrongIssuer | TokenError::IssuerUnknown(_) => AuthKind::BadIssuer,
-                TokenError::AudienceMissing | TokenError::AudienceMismatch => AuthKind::BadAudience,
-                TokenError::ScopeMissing => AuthKind::InsufficientScope,
-                TokenError::Inactive => AuthKind::Inactive,
-                TokenError::NoKeys(_) | TokenError::IdpFailed(_) => AuthKind::IdpError,
-            },
-        }
-    }
-
-    /// `(status, WWW-Authenticate, JSON body)` for this failure.
-    pub fn answer(&self) -> (u16, Option<String>, String) {
-        match self {
-            AuthError::Missing { challenge } => (
-                401,
-                Some(challenge.to_string()),
-                r#"{"error_msg":"401 Unauthorized"}"#.into(),
-            ),
-            AuthError::MalformedHeader => (
-                400,
-                None,
-                r#"{"error_msg":"400 Bad Request: malformed Authorization header"}"#.into(),
-            ),
-            AuthError::Invalid { reason, .. } if reason.is_forbidden() => (
-                403,
-                None,
-                serde_json::json!({ "error": reason.to_string() }).to_string(),
-            ),
-            AuthError::Invalid { realm, reason } => {
-                let why = quoted(&reason.to_string());
-                (
-                    401,
-                    Some(format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{why}\"")),
-                    serde_json::json!({ "error": "invalid_token", "error_description": why }).to_string(),
-                )
-            }
-        }
     }
 }
 
@@ -502,7 +413,7 @@ pub fn verify_now(p: &OidcPlugin, token: &[u8], now: f64) -> Result<Verified, To
     let claims = jwt::Claims::parse(&parsed.payload, audience_claim)?;
     jwt::check_claims(
         &claims,
-        cfg,
+        &cfg.claim_rules(),
         discovery_issuer(&state),
         now,
         MissingIssuer::Refused,

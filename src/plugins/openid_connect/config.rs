@@ -7,8 +7,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::keys::{parse_public_key_pem, VerifyKey, ALG_NAMES};
-use crate::config::{deserialize_at, ConfigError};
+use crate::config::error::{deserialize_at, ConfigError};
+pub use crate::idp::AuthMethod;
+use crate::idp::FetchSettings;
+use crate::jose::jwt::{AudienceRule, ClaimRules};
+use crate::jose::keys::{parse_public_key_pem, VerifyKey, ALG_NAMES};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,15 +127,6 @@ struct RawAudience {
     match_with_client_id: bool,
 }
 
-/// How introspection authenticates the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    /// HTTP Basic with client id and secret.
-    ClientSecretBasic,
-    /// Client id and secret in the form body.
-    ClientSecretPost,
-}
-
 /// What happens to a request without a token when the login flow is not wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnauthAction {
@@ -142,17 +136,6 @@ pub enum UnauthAction {
     Deny,
     /// Proxy without identity headers.
     Pass,
-}
-
-/// Audience checks (`claim_validator.audience`).
-#[derive(Debug, Clone)]
-pub struct AudienceRule {
-    /// Claim holding the audience (default `aud`).
-    pub claim: String,
-    /// The claim must be present.
-    pub required: bool,
-    /// The claim must contain `client_id`.
-    pub match_with_client_id: bool,
 }
 
 /// Session cookie settings (used by the login flow).
@@ -248,6 +231,28 @@ pub struct OidcConfig {
 }
 
 impl OidcConfig {
+    /// How this route's identity provider is fetched: routes share a provider only when these
+    /// are equal.
+    pub fn fetch_settings(&self) -> FetchSettings {
+        FetchSettings {
+            discovery: self.discovery.clone(),
+            ssl_verify: self.ssl_verify,
+            timeout: self.timeout,
+            jwk_expires_in: self.jwk_expires_in,
+        }
+    }
+
+    /// The claim rules tokens of this route must meet, in any mode.
+    pub fn claim_rules(&self) -> ClaimRules<'_> {
+        ClaimRules {
+            client_id: &self.client_id,
+            iat_slack: self.iat_slack,
+            valid_issuers: &self.valid_issuers,
+            audience: self.audience.as_ref(),
+            required_scopes: &self.required_scopes,
+        }
+    }
+
     /// Whether a bearer token is looked for (SPEC §2.2).
     pub fn takes_bearer(&self) -> bool {
         self.bearer_only
@@ -415,7 +420,7 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<O
                 ));
             }
             let name = s.cookie_name.clone().unwrap_or_else(|| "session".into());
-            if !crate::config::route::valid_token(&name) {
+            if !crate::http::h1::valid_token(&name) {
                 errors.push(ConfigError::new(
                     sp("cookie_name"),
                     format!("`{name}` is not a cookie name"),

@@ -5,8 +5,9 @@ use base64::Engine;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::cache::json_heap_bytes;
-use super::config::OidcConfig;
+use std::mem::size_of;
+use std::time::Duration;
+
 use super::keys::{Alg, KeySet, VerifyKey};
 
 /// Why a token was refused. The `Display` text is the `error_description` clients see.
@@ -324,6 +325,32 @@ fn has_scope(claims: &Claims, want: &str) -> bool {
     claims.scope.as_ref().is_some_and(in_value) || claims.scp.as_ref().is_some_and(in_value)
 }
 
+/// Audience checks (`claim_validator.audience`).
+#[derive(Debug, Clone)]
+pub struct AudienceRule {
+    /// Claim holding the audience (default `aud`).
+    pub claim: String,
+    /// The claim must be present.
+    pub required: bool,
+    /// The claim must contain `client_id`.
+    pub match_with_client_id: bool,
+}
+
+/// The rules a route applies to what a token says, borrowed from its plugin config.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRules<'a> {
+    /// The client the route authenticates for (the audience `match_with_client_id` wants).
+    pub client_id: &'a str,
+    /// Clock skew allowed for `exp`, `nbf` and `iat`.
+    pub iat_slack: Duration,
+    /// Accepted issuers; empty means the discovery issuer.
+    pub valid_issuers: &'a [String],
+    /// The audience rule, if any.
+    pub audience: Option<&'a AudienceRule>,
+    /// Scopes every token must carry.
+    pub required_scopes: &'a [String],
+}
+
 /// What a token without `iss` means when no `valid_issuers` are listed (with a list, such a
 /// token is refused in every mode: the operator asked for the issuer to be checked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +367,7 @@ pub enum MissingIssuer {
 /// the discovery issuer when known, else why it is not.
 pub fn check_claims(
     c: &Claims,
-    cfg: &OidcConfig,
+    cfg: &ClaimRules<'_>,
     issuer: Result<&str, &str>,
     now: f64,
     missing_issuer: MissingIssuer,
@@ -373,16 +400,16 @@ pub fn check_claims(
             Err(why) => return Err(TokenError::IssuerUnknown(why.to_string())),
         }
     }
-    if let Some(rule) = &cfg.audience {
+    if let Some(rule) = cfg.audience {
         match c.audience.as_ref() {
             None | Some(serde_json::Value::Null) if rule.required || rule.match_with_client_id => {
                 return Err(TokenError::AudienceMissing)
             }
             Some(v) if rule.match_with_client_id => {
                 let matches = match v {
-                    serde_json::Value::String(s) => *s == cfg.client_id,
+                    serde_json::Value::String(s) => s == cfg.client_id,
                     serde_json::Value::Array(a) => {
-                        a.iter().any(|x| x.as_str() == Some(&cfg.client_id))
+                        a.iter().any(|x| x.as_str() == Some(cfg.client_id))
                     }
                     _ => false,
                 };
@@ -397,6 +424,29 @@ pub fn check_claims(
         return Err(TokenError::ScopeMissing);
     }
     Ok(())
+}
+
+/// Heap bytes of a parsed JSON value. Object members are counted with the node overhead of
+/// serde_json's BTreeMap, approximately: close enough to bound memory, never zero per member.
+pub fn json_heap_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => {
+            a.capacity() * size_of::<Value>() + a.iter().map(json_heap_bytes).sum::<usize>()
+        }
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| {
+                k.capacity()
+                    + size_of::<String>()
+                    + size_of::<Value>()
+                    + 2 * size_of::<usize>()
+                    + json_heap_bytes(v)
+            })
+            .sum(),
+    }
 }
 
 #[cfg(test)]
@@ -446,5 +496,13 @@ mod tests {
                 String::from_utf8_lossy(payload)
             );
         }
+    }
+
+    #[test]
+    fn json_values_are_charged_for_their_contents() {
+        let small = serde_json::json!("a");
+        let large = serde_json::json!({"groups": vec!["some-group-name"; 1000]});
+        assert!(json_heap_bytes(&large) > 1000 * "some-group-name".len());
+        assert!(json_heap_bytes(&small) < 16);
     }
 }
