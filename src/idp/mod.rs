@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::jose::keys::{parse_jwks, KeySet};
 
+mod oauth;
+
+pub use oauth::{ClientAuth, Grant, OAuthError, TokenAnswer, TokenRequest};
+
 /// Unknown-kid refreshes of one provider happen at most this often, whatever the traffic.
 pub const KID_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Shortest wait between scheduled refreshes, whatever Cache-Control says.
@@ -35,11 +39,24 @@ pub enum Endpoint {
     Jwks,
     /// Token introspection (RFC 7662).
     Introspection,
+    /// The token endpoint (code exchange and refresh).
+    Token,
+    /// The userinfo endpoint.
+    Userinfo,
+    /// Token revocation (RFC 7009).
+    Revocation,
 }
 
 impl Endpoint {
     /// Every endpoint, in counter order.
-    pub const ALL: [Endpoint; 3] = [Endpoint::Discovery, Endpoint::Jwks, Endpoint::Introspection];
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::Discovery,
+        Endpoint::Jwks,
+        Endpoint::Introspection,
+        Endpoint::Token,
+        Endpoint::Userinfo,
+        Endpoint::Revocation,
+    ];
 
     /// The endpoint's name in failure descriptions.
     fn name(self) -> &'static str {
@@ -47,6 +64,9 @@ impl Endpoint {
             Endpoint::Discovery => "discovery",
             Endpoint::Jwks => "JWKS",
             Endpoint::Introspection => "introspection endpoint",
+            Endpoint::Token => "token endpoint",
+            Endpoint::Userinfo => "userinfo endpoint",
+            Endpoint::Revocation => "revocation endpoint",
         }
     }
 
@@ -56,6 +76,9 @@ impl Endpoint {
             Endpoint::Discovery => "discovery answer",
             Endpoint::Jwks => "JWKS answer",
             Endpoint::Introspection => "introspection answer",
+            Endpoint::Token => "token answer",
+            Endpoint::Userinfo => "userinfo answer",
+            Endpoint::Revocation => "revocation answer",
         }
     }
 }
@@ -91,6 +114,12 @@ pub enum IdpError {
     /// A complete answer that is not what the endpoint must answer (the text says how).
     #[error("{1}")]
     Invalid(Endpoint, String),
+    /// The endpoint refused the request with an OAuth error (RFC 6749 §5.2, RFC 6750 §3).
+    #[error("{0} refused the request: {1}")]
+    OAuth(Endpoint, OAuthError),
+    /// The request could not be made at all (a malformed URL, or a value no header can carry).
+    #[error("{0} request could not be built (malformed URL or header value)")]
+    Unsendable(Endpoint),
 }
 
 /// Kinds of [`IdpError`], as counted.
@@ -110,11 +139,15 @@ pub enum Failure {
     TooLarge,
     /// [`IdpError::Invalid`].
     Invalid,
+    /// [`IdpError::OAuth`].
+    OAuth,
+    /// [`IdpError::Unsendable`].
+    Unsendable,
 }
 
 impl Failure {
     /// Every kind, in counter order.
-    pub const ALL: [Failure; 7] = [
+    pub const ALL: [Failure; 9] = [
         Failure::TimedOut,
         Failure::Unreachable,
         Failure::NotHttp,
@@ -122,6 +155,8 @@ impl Failure {
         Failure::CutOff,
         Failure::TooLarge,
         Failure::Invalid,
+        Failure::OAuth,
+        Failure::Unsendable,
     ];
 }
 
@@ -129,6 +164,8 @@ impl IdpError {
     /// The endpoint and kind of this failure.
     pub fn kind(&self) -> (Endpoint, Failure) {
         match *self {
+            IdpError::OAuth(e, _) => (e, Failure::OAuth),
+            IdpError::Unsendable(e) => (e, Failure::Unsendable),
             IdpError::TimedOut(e) => (e, Failure::TimedOut),
             IdpError::Unreachable(e) => (e, Failure::Unreachable),
             IdpError::NotHttp(e) => (e, Failure::NotHttp),
@@ -140,17 +177,28 @@ impl IdpError {
     }
 }
 
-/// Failed IdP calls by endpoint and kind, counted by the IdP thread for whoever reports them
-/// (metrics, logs); relaxed atomics, as nothing is ordered by them.
+/// IdP calls by endpoint and outcome (success, or failure by kind), counted by the IdP thread
+/// for whoever reports them (metrics, logs); relaxed atomics, as nothing is ordered by them.
 #[derive(Debug, Default)]
 pub struct IdpStats {
     failures: [[AtomicU64; Failure::ALL.len()]; Endpoint::ALL.len()],
+    successes: [AtomicU64; Endpoint::ALL.len()],
 }
 
 impl IdpStats {
     /// Failed calls to `endpoint` of kind `kind` so far.
     pub fn failures(&self, endpoint: Endpoint, kind: Failure) -> u64 {
         self.failures[endpoint as usize][kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Calls to `endpoint` that gave a usable answer so far.
+    pub fn successes(&self, endpoint: Endpoint) -> u64 {
+        self.successes[endpoint as usize].load(Ordering::Relaxed)
+    }
+
+    /// Count a usable answer from `endpoint`.
+    fn success(&self, endpoint: Endpoint) {
+        self.successes[endpoint as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count `e`, and hand it back.
@@ -184,6 +232,9 @@ pub struct Discovery {
     /// Logout endpoint.
     #[serde(default)]
     pub end_session_endpoint: Option<String>,
+    /// Token revocation endpoint (RFC 7009).
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
 }
 
 /// What is known about a provider right now.
@@ -234,9 +285,30 @@ enum Command {
         IntrospectRequest,
         oneshot::Sender<Result<IntrospectAnswer, IdpError>>,
     ),
+    Token(TokenRequest, oneshot::Sender<Result<TokenAnswer, IdpError>>),
+    Userinfo(UserinfoCall, oneshot::Sender<Result<Vec<u8>, IdpError>>),
+    Revoke(RevokeCall, oneshot::Sender<Result<(), IdpError>>),
 }
 
-/// How a client authenticates to the IdP's token and introspection endpoints.
+/// A userinfo call as queued for the IdP thread.
+struct UserinfoCall {
+    endpoint: String,
+    access_token: String,
+    ssl_verify: bool,
+    timeout: Duration,
+}
+
+/// A revocation call as queued for the IdP thread.
+struct RevokeCall {
+    endpoint: String,
+    client: ClientAuth,
+    token: String,
+    hint: &'static str,
+    ssl_verify: bool,
+    timeout: Duration,
+}
+
+/// How a client authenticates to the IdP's token, introspection and revocation endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     /// HTTP Basic with client id and secret.
@@ -369,6 +441,57 @@ impl Idp {
         rx
     }
 
+    /// Call the token endpoint (code exchange or refresh); the receiver gets the checked answer
+    /// or why there is none (an OAuth refusal is [`IdpError::OAuth`]).
+    pub fn token(&self, req: TokenRequest) -> oneshot::Receiver<Result<TokenAnswer, IdpError>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Token(req, tx));
+        rx
+    }
+
+    /// GET (Authorization: Bearer) the userinfo endpoint; Ok is the JSON object's bytes.
+    pub fn userinfo(
+        &self,
+        endpoint: String,
+        access_token: String,
+        ssl_verify: bool,
+        timeout: Duration,
+    ) -> oneshot::Receiver<Result<Vec<u8>, IdpError>> {
+        let (tx, rx) = oneshot::channel();
+        let call = UserinfoCall {
+            endpoint,
+            access_token,
+            ssl_verify,
+            timeout,
+        };
+        let _ = self.tx.send(Command::Userinfo(call, tx));
+        rx
+    }
+
+    /// RFC 7009 revocation of `token` (`hint`: `access_token` or `refresh_token`); Ok(()) on
+    /// 200 (any 2xx).
+    pub fn revoke(
+        &self,
+        endpoint: String,
+        client: ClientAuth,
+        token: String,
+        hint: &'static str,
+        ssl_verify: bool,
+        timeout: Duration,
+    ) -> oneshot::Receiver<Result<(), IdpError>> {
+        let (tx, rx) = oneshot::channel();
+        let call = RevokeCall {
+            endpoint,
+            client,
+            token,
+            hint,
+            ssl_verify,
+            timeout,
+        };
+        let _ = self.tx.send(Command::Revoke(call, tx));
+        rx
+    }
+
     /// Ask for a JWKS refresh because a token named an unknown key. Refreshes are shared by
     /// every caller and rate-limited; the receiver resolves when the keys are as fresh as they
     /// will get (at once when a refresh was done recently).
@@ -393,6 +516,42 @@ async fn serve(
                 let clients = clients.clone();
                 tokio::spawn(async move {
                     let _ = reply.send(introspect(&clients, &req).await);
+                });
+            }
+            Command::Token(req, reply) => {
+                let clients = clients.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(oauth::token(&clients, &req).await);
+                });
+            }
+            Command::Userinfo(c, reply) => {
+                let clients = clients.clone();
+                tokio::spawn(async move {
+                    let r = oauth::userinfo(
+                        &clients,
+                        &c.endpoint,
+                        &c.access_token,
+                        c.ssl_verify,
+                        c.timeout,
+                    )
+                    .await;
+                    let _ = reply.send(r);
+                });
+            }
+            Command::Revoke(c, reply) => {
+                let clients = clients.clone();
+                tokio::spawn(async move {
+                    let r = oauth::revoke(
+                        &clients,
+                        &c.endpoint,
+                        &c.client,
+                        &c.token,
+                        c.hint,
+                        c.ssl_verify,
+                        c.timeout,
+                    )
+                    .await;
+                    let _ = reply.send(r);
                 });
             }
             Command::RefreshKeys(p, reply) => {
@@ -460,7 +619,12 @@ impl Clients {
     }
 
     fn for_provider(&self, p: &Provider) -> &reqwest::Client {
-        if p.ssl_verify {
+        self.for_ssl(p.ssl_verify)
+    }
+
+    /// The client for a call that does (or does not) verify certificates.
+    fn for_ssl(&self, ssl_verify: bool) -> &reqwest::Client {
+        if ssl_verify {
             &self.verifying
         } else {
             &self.trusting
@@ -474,6 +638,8 @@ fn send_failure(endpoint: Endpoint, e: &reqwest::Error) -> IdpError {
         IdpError::TimedOut(endpoint)
     } else if e.is_connect() {
         IdpError::Unreachable(endpoint)
+    } else if e.is_builder() {
+        IdpError::Unsendable(endpoint)
     } else {
         // Connected, but what came back was not an HTTP answer (garbage, or a close).
         IdpError::NotHttp(endpoint)
@@ -553,6 +719,7 @@ async fn get(
             .map(Duration::from_secs);
         Ok((read_capped(resp, endpoint).await?, max_age))
     };
+    // Successes are counted by the caller, once the body is found usable.
     fetched.await.map_err(|e| clients.stats.count(e))
 }
 
@@ -576,7 +743,10 @@ async fn refresh(clients: &Clients, p: &Provider) -> Result<Option<Duration>, St
             ))
         })
     }) {
-        Ok(d) => Arc::new(d),
+        Ok(d) => {
+            clients.stats.success(Endpoint::Discovery);
+            Arc::new(d)
+        }
         Err(e) => {
             let e = e.to_string();
             publish_problem(p, &old, &e);
@@ -601,6 +771,7 @@ async fn refresh(clients: &Clients, p: &Provider) -> Result<Option<Duration>, St
         .map_err(|e| e.to_string());
     match fetched {
         Ok((keys, skipped, max_age)) => {
+            clients.stats.success(Endpoint::Jwks);
             for s in skipped {
                 tracing::warn!(discovery = %p.discovery_url, "JWKS key skipped: {s}");
             }
@@ -642,9 +813,11 @@ async fn introspect(
     clients: &Clients,
     req: &IntrospectRequest,
 ) -> Result<IntrospectAnswer, IdpError> {
-    introspect_uncounted(clients, req)
-        .await
-        .map_err(|e| clients.stats.count(e))
+    oauth::counted(
+        clients,
+        Endpoint::Introspection,
+        introspect_uncounted(clients, req).await,
+    )
 }
 
 async fn introspect_uncounted(
@@ -652,41 +825,19 @@ async fn introspect_uncounted(
     req: &IntrospectRequest,
 ) -> Result<IntrospectAnswer, IdpError> {
     const EP: Endpoint = Endpoint::Introspection;
-    let client = if req.ssl_verify {
-        &clients.verifying
-    } else {
-        &clients.trusting
-    };
-    let mut body = format!(
-        "token={}&token_type_hint=access_token",
-        form_encode(&req.token)
+    let form = oauth::authenticated_form(
+        &[("token", &req.token), ("token_type_hint", "access_token")],
+        &req.client_id,
+        &req.client_secret,
+        req.method,
     );
-    let mut builder = client
-        .post(&req.endpoint)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .header("Accept", "application/json")
-        .timeout(req.timeout);
-    match req.method {
-        AuthMethod::ClientSecretBasic => {
-            // RFC 6749 §2.3.1: both parts are form-encoded before Basic encoding.
-            use base64::Engine;
-            let pair = format!(
-                "{}:{}",
-                form_encode(&req.client_id),
-                form_encode(&req.client_secret)
-            );
-            let basic = base64::engine::general_purpose::STANDARD.encode(pair);
-            builder = builder.header("Authorization", format!("Basic {basic}"));
-        }
-        AuthMethod::ClientSecretPost => {
-            body.push_str(&format!(
-                "&client_id={}&client_secret={}",
-                form_encode(&req.client_id),
-                form_encode(&req.client_secret)
-            ));
-        }
-    }
-    let resp = answer_head(builder.body(body), EP).await?;
+    let builder = oauth::post(
+        clients.for_ssl(req.ssl_verify),
+        &req.endpoint,
+        form,
+        req.timeout,
+    );
+    let resp = answer_head(builder, EP).await?;
     let bytes = read_capped(resp, EP).await?;
     let invalid = |why: &str| IdpError::Invalid(EP, why.to_string());
     let json: serde_json::Value =
