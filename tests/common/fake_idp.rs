@@ -8,6 +8,22 @@
 //! * `GET /jwks`: the current key set ([`FakeIdp::set_jwks`]), with
 //!   `Cache-Control: max-age=N` when set ([`FakeIdp::set_jwks_max_age`]).
 //!
+//! The login flow (authorization code with PKCE), like `oidc-provider` does it, for the client
+//! [`CLIENT_ID`]/[`CLIENT_SECRET`] (more with [`FakeIdp::add_client`]):
+//! * `GET /authorize`: records the parameters ([`FakeIdp::authorizations`]) and answers 302 to
+//!   `redirect_uri?code=…&state=…&iss=…` (or `error=…` when [`FakeIdp::set_authorize_error`]).
+//!   [`FakeIdp::login_code`] performs this step for a test.
+//! * `POST /token`: checks the client's authentication (Basic or form; which one is recorded
+//!   in [`FakeIdp::token_calls`]), the code (single use; a replay also revokes what it gave),
+//!   `redirect_uri` and PKCE S256, or a refresh token; answers an opaque access token, a
+//!   refresh token ([`FakeIdp::set_refresh_tokens`]) and an RS256 id token signed with the
+//!   signing key ([`FakeIdp::start_with_key`], [`FakeIdp::set_signing_key`]), which can be
+//!   spoiled on purpose ([`IdTokenFault`]).
+//! * `GET /userinfo` with a bearer token it issued (not expired, not revoked): the user's
+//!   claims ([`FakeIdp::set_user`]); otherwise 401 `invalid_token`.
+//! * `POST /revoke` (RFC 7009) and `GET /end_session`: recorded ([`FakeIdp::revocations`],
+//!   [`FakeIdp::end_sessions`]).
+//!
 //! Any path can be given a handler ([`FakeIdp::on`]) that answers from the recorded
 //! [`IdpRequest`] (method, path, headers, body, with form and Basic-auth helpers), e.g. the
 //! introspection endpoint. Every request is recorded ([`FakeIdp::requests`]) and counted per path
@@ -32,11 +48,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{wake_acceptor, Conns};
+use super::jwt::{b64url, flip_signature_bit, now, with, SigningKey};
+use super::{wake_acceptor, Client, Conns};
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const JWKS_PATH: &str = "/jwks";
 pub const INTROSPECTION_PATH: &str = "/introspect";
+pub const AUTHORIZE_PATH: &str = "/authorize";
+pub const TOKEN_PATH: &str = "/token";
+pub const USERINFO_PATH: &str = "/userinfo";
+pub const END_SESSION_PATH: &str = "/end_session";
+pub const REVOCATION_PATH: &str = "/revoke";
+
+/// The client registered from the start.
+pub const CLIENT_ID: &str = "portcullis";
+/// Its secret.
+pub const CLIENT_SECRET: &str = "secret";
+/// Seconds an issued access token lives unless [`FakeIdp::set_expires_in`] says otherwise.
+pub const DEFAULT_EXPIRES_IN: u64 = 300;
+/// Seconds an issued id token lives.
+pub const ID_TOKEN_LIFETIME: i64 = 600;
 
 /// How the IdP misbehaves on a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +90,153 @@ pub enum Fault {
     /// Answer 200 `application/json` with `Content-Length: N`, then trickle the body (1 KiB
     /// every 50 ms) until the client leaves or the IdP stops.
     Announced(u64),
+}
+
+/// How the id tokens the fake issues are spoiled (for tests of the relying party's checks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdTokenFault {
+    /// A valid id token.
+    None,
+    /// One bit of the signature flipped.
+    BadSignature,
+    /// Signed with RSA key 2 under a kid the JWKS does not have (`not-in-jwks`).
+    UnknownKey,
+    /// `nonce` is not the one of the authorization request.
+    WrongNonce,
+    /// No `nonce` claim.
+    MissingNonce,
+    /// `aud` is another client.
+    WrongAudience,
+    /// `iss` is another issuer.
+    WrongIssuer,
+    /// `exp` (and `iat`) in the past.
+    Expired,
+}
+
+/// Query or form parameters, in the order sent, percent-decoded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params(pub Vec<(String, String)>);
+
+impl Params {
+    /// Parses `a=1&b=x%20y`.
+    pub fn parse(encoded: &str) -> Params {
+        Params(parse_urlencoded(encoded))
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// How a token or revocation request authenticated its client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuthUsed {
+    /// `Authorization: Basic` (client_secret_basic).
+    Basic,
+    /// `client_id` and `client_secret` in the form (client_secret_post).
+    Post,
+    /// Both at once (refused: RFC 6749 §2.3 allows one method per request).
+    Both,
+    /// No credentials.
+    None,
+}
+
+/// A request to the token endpoint, as the fake saw and answered it.
+#[derive(Clone, Debug)]
+pub struct TokenCall {
+    /// How the client authenticated.
+    pub auth: ClientAuthUsed,
+    /// The client id it authenticated as (from Basic or the form).
+    pub client_id: Option<String>,
+    /// The form as sent (with `client_secret` when posted).
+    pub form: Params,
+    /// The answer's status.
+    pub status: u16,
+    /// The answer's `error`, when refused.
+    pub error: Option<String>,
+    /// The answer's JSON when it succeeded (tokens included).
+    pub answer: Option<Value>,
+}
+
+impl TokenCall {
+    /// `grant_type` as sent.
+    pub fn grant_type(&self) -> Option<&str> {
+        self.form.get("grant_type")
+    }
+}
+
+/// A revocation the fake received.
+#[derive(Clone, Debug)]
+pub struct Revocation {
+    /// The token.
+    pub token: String,
+    /// `token_type_hint`, when sent.
+    pub hint: Option<String>,
+    /// How the client authenticated.
+    pub auth: ClientAuthUsed,
+    /// Whether the token was one the fake issued and still honoured.
+    pub known: bool,
+}
+
+/// Where `/authorize` sent the browser.
+#[derive(Clone, Debug)]
+pub struct Authorized {
+    /// The `Location` of the 302.
+    pub location: String,
+    /// Its query parameters.
+    pub params: Params,
+}
+
+impl Authorized {
+    /// The authorization code.
+    pub fn code(&self) -> Option<&str> {
+        self.params.get("code")
+    }
+
+    /// `state`, echoed.
+    pub fn state(&self) -> Option<&str> {
+        self.params.get("state")
+    }
+
+    /// `iss` (RFC 9207).
+    pub fn iss(&self) -> Option<&str> {
+        self.params.get("iss")
+    }
+
+    /// `error`, when the login was refused.
+    pub fn error(&self) -> Option<&str> {
+        self.params.get("error")
+    }
+
+    /// The `Location` without the query: the `redirect_uri` it went back to.
+    pub fn redirect_uri(&self) -> &str {
+        self.location.split('?').next().unwrap_or("")
+    }
+
+    /// The `Location` as a request target (path and query), for sending it to the proxy.
+    pub fn target(&self) -> String {
+        let after_scheme = self
+            .location
+            .split_once("://")
+            .map_or(self.location.as_str(), |(_, r)| r);
+        match after_scheme.find('/') {
+            Some(i) => after_scheme[i..].to_string(),
+            None => "/".into(),
+        }
+    }
 }
 
 /// Where a [`Fault::Endless`] body stops.
@@ -175,9 +353,100 @@ struct Controls {
     handlers: HashMap<String, Handler>,
 }
 
+/// What an authorization code (and the tokens issued from it) stand for.
+#[derive(Debug)]
+struct GrantInfo {
+    /// Ties the tokens of one login together, so a replayed code or a revoked refresh token
+    /// revokes them all.
+    id: u64,
+    client_id: String,
+    redirect_uri: String,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    scope: String,
+}
+
+/// An access token the fake issued.
+struct Access {
+    grant: Arc<GrantInfo>,
+    expires_at: Instant,
+}
+
+/// The login flow's settings and state.
+struct Login {
+    clients: HashMap<String, String>,
+    signing_key: SigningKey,
+    authorize_error: Option<String>,
+    expires_in: u64,
+    issue_refresh: bool,
+    rotate_refresh: bool,
+    id_token_fault: IdTokenFault,
+    azp: Option<String>,
+    id_token_changes: Value,
+    user: Value,
+    userinfo_changes: Value,
+    next_grant: u64,
+    codes: HashMap<String, Arc<GrantInfo>>,
+    /// Codes already exchanged, with the grant they were for.
+    used_codes: HashMap<String, u64>,
+    access: HashMap<String, Access>,
+    refresh: HashMap<String, Arc<GrantInfo>>,
+    authorizations: Vec<Params>,
+    token_calls: Vec<TokenCall>,
+    revocations: Vec<Revocation>,
+    end_sessions: Vec<Params>,
+    refreshes: usize,
+}
+
+impl Login {
+    fn new(signing_key: SigningKey) -> Login {
+        Login {
+            clients: HashMap::from([(CLIENT_ID.to_string(), CLIENT_SECRET.to_string())]),
+            signing_key,
+            authorize_error: None,
+            expires_in: DEFAULT_EXPIRES_IN,
+            issue_refresh: true,
+            rotate_refresh: false,
+            id_token_fault: IdTokenFault::None,
+            azp: None,
+            id_token_changes: json!({}),
+            user: default_user(),
+            userinfo_changes: json!({}),
+            next_grant: 0,
+            codes: HashMap::new(),
+            used_codes: HashMap::new(),
+            access: HashMap::new(),
+            refresh: HashMap::new(),
+            authorizations: Vec::new(),
+            token_calls: Vec::new(),
+            revocations: Vec::new(),
+            end_sessions: Vec::new(),
+            refreshes: 0,
+        }
+    }
+
+    /// Every token of grant `id` stops working.
+    fn revoke_grant(&mut self, id: u64) {
+        self.access.retain(|_, a| a.grant.id != id);
+        self.refresh.retain(|_, g| g.id != id);
+    }
+}
+
+/// The user every login signs in as, unless [`FakeIdp::set_user`] says otherwise.
+pub fn default_user() -> Value {
+    json!({
+        "sub": "alice",
+        "name": "Alice Example",
+        "preferred_username": "alice",
+        "email": "alice@example.com",
+        "email_verified": true,
+    })
+}
+
 struct Shared {
     port: u16,
     controls: Mutex<Controls>,
+    login: Mutex<Login>,
     log: Mutex<Vec<IdpRequest>>,
     hits: Mutex<HashMap<String, usize>>,
     /// Body bytes written by the streaming faults.
@@ -202,8 +471,19 @@ impl FakeIdp {
         FakeIdp::start_with_jwks(json!({"keys": []}))
     }
 
-    /// Starts on a free port serving `jwks` (a `{"keys": [...]}` document).
+    /// Starts on a free port serving `jwks` (a `{"keys": [...]}` document). Id tokens are
+    /// signed with RSA key 1 ([`SigningKey::rsa1`]), which `jwks` may or may not hold.
     pub fn start_with_jwks(jwks: Value) -> FakeIdp {
+        FakeIdp::start_inner(jwks, SigningKey::rsa1())
+    }
+
+    /// Starts on a free port serving a key set of `key` alone, and signing id tokens with it:
+    /// ready for a login.
+    pub fn start_with_key(key: SigningKey) -> FakeIdp {
+        FakeIdp::start_inner(super::jwt::jwks(&[&key]), key)
+    }
+
+    fn start_inner(jwks: Value, signing_key: SigningKey) -> FakeIdp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake IdP");
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
@@ -216,6 +496,7 @@ impl FakeIdp {
                 per_path: HashMap::new(),
                 handlers: HashMap::new(),
             }),
+            login: Mutex::new(Login::new(signing_key)),
             log: Mutex::new(Vec::new()),
             hits: Mutex::new(HashMap::new()),
             streamed: AtomicU64::new(0),
@@ -252,6 +533,26 @@ impl FakeIdp {
 
     pub fn introspection_url(&self) -> String {
         format!("{}{INTROSPECTION_PATH}", self.base_url())
+    }
+
+    pub fn authorize_url(&self) -> String {
+        format!("{}{AUTHORIZE_PATH}", self.base_url())
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}{TOKEN_PATH}", self.base_url())
+    }
+
+    pub fn userinfo_url(&self) -> String {
+        format!("{}{USERINFO_PATH}", self.base_url())
+    }
+
+    pub fn end_session_url(&self) -> String {
+        format!("{}{END_SESSION_PATH}", self.base_url())
+    }
+
+    pub fn revocation_url(&self) -> String {
+        format!("{}{REVOCATION_PATH}", self.base_url())
     }
 
     /// The discovery document as currently served.
@@ -293,6 +594,88 @@ impl FakeIdp {
             .unwrap()
             .handlers
             .insert(path.to_string(), Arc::new(handler));
+    }
+
+    // --- login flow controls --------------------------------------------------------------
+
+    /// Registers another client (or changes a client's secret).
+    pub fn add_client(&self, client_id: &str, secret: &str) {
+        self.login()
+            .clients
+            .insert(client_id.to_string(), secret.to_string());
+    }
+
+    /// The key id tokens are signed with from now on (the JWKS is the test's to match:
+    /// [`set_jwks`](Self::set_jwks)).
+    pub fn set_signing_key(&self, key: SigningKey) {
+        self.login().signing_key = key;
+    }
+
+    /// The signing key and a key set of it alone (key rotation in one step).
+    pub fn rotate_signing_key(&self, key: SigningKey) {
+        self.set_jwks(super::jwt::jwks(&[&key]));
+        self.set_signing_key(key);
+    }
+
+    /// `/authorize` answers `error=<code>` (e.g. `access_denied`) instead of a code; `None`
+    /// restores codes.
+    pub fn set_authorize_error(&self, error: Option<&str>) {
+        self.login().authorize_error = error.map(str::to_string);
+    }
+
+    /// `expires_in` of issued access tokens (also how long userinfo honours them).
+    pub fn set_expires_in(&self, seconds: u64) {
+        self.login().expires_in = seconds;
+    }
+
+    /// Whether token answers carry a refresh token (on by default).
+    pub fn set_refresh_tokens(&self, issue: bool) {
+        self.login().issue_refresh = issue;
+    }
+
+    /// Whether a refresh answers a new refresh token and retires the old one (off by default:
+    /// the old one keeps working and none is sent).
+    pub fn set_rotate_refresh_tokens(&self, rotate: bool) {
+        self.login().rotate_refresh = rotate;
+    }
+
+    /// How id tokens are spoiled from now on ([`IdTokenFault::None`]: valid ones).
+    pub fn set_id_token_fault(&self, fault: IdTokenFault) {
+        self.login().id_token_fault = fault;
+    }
+
+    /// `azp` in id tokens (`None`: no `azp`, the default).
+    pub fn set_azp(&self, azp: Option<&str>) {
+        self.login().azp = azp.map(str::to_string);
+    }
+
+    /// Claims set in (or, with `null`, removed from) every id token issued from now on, after
+    /// the standard ones and the fault.
+    pub fn set_id_token_claims(&self, changes: Value) {
+        self.login().id_token_changes = changes;
+    }
+
+    /// The user logins sign in as: userinfo's answer and, by its `sub`, the id token's.
+    pub fn set_user(&self, user: Value) {
+        self.login().user = user;
+    }
+
+    /// Claims set in (or, with `null`, removed from) userinfo answers only (e.g. another
+    /// `sub` than the id token's).
+    pub fn set_userinfo_claims(&self, changes: Value) {
+        self.login().userinfo_changes = changes;
+    }
+
+    /// Every access and refresh token issued so far stops working (as after an IdP-side
+    /// logout or restart).
+    pub fn forget_tokens(&self) {
+        let mut l = self.login();
+        l.access.clear();
+        l.refresh.clear();
+    }
+
+    fn login(&self) -> std::sync::MutexGuard<'_, Login> {
+        self.shared.login.lock().unwrap()
     }
 
     /// The fault for every path without a per-path one.
@@ -388,6 +771,105 @@ impl FakeIdp {
             .collect()
     }
 
+    /// The parameters of every `/authorize` request, in order.
+    pub fn authorizations(&self) -> Vec<Params> {
+        self.login().authorizations.clone()
+    }
+
+    /// The parameters of the last `/authorize` request.
+    pub fn last_authorize(&self) -> Option<Params> {
+        self.login().authorizations.last().cloned()
+    }
+
+    /// Every token endpoint request the built-in endpoint answered, in order.
+    pub fn token_calls(&self) -> Vec<TokenCall> {
+        self.login().token_calls.clone()
+    }
+
+    /// The last token endpoint request the built-in endpoint answered.
+    pub fn last_token_call(&self) -> Option<TokenCall> {
+        self.login().token_calls.last().cloned()
+    }
+
+    /// Token requests with `grant_type=refresh_token`, answered or refused.
+    pub fn refreshes(&self) -> usize {
+        self.login().refreshes
+    }
+
+    /// Requests to `/token` however answered (faults included).
+    pub fn token_hits(&self) -> usize {
+        self.hits(TOKEN_PATH)
+    }
+
+    /// Requests to `/userinfo` however answered.
+    pub fn userinfo_hits(&self) -> usize {
+        self.hits(USERINFO_PATH)
+    }
+
+    /// Requests to `/authorize` however answered.
+    pub fn authorize_hits(&self) -> usize {
+        self.hits(AUTHORIZE_PATH)
+    }
+
+    /// Every revocation received, in order.
+    pub fn revocations(&self) -> Vec<Revocation> {
+        self.login().revocations.clone()
+    }
+
+    /// The tokens revoked so far (every revocation request's `token`).
+    pub fn revoked(&self) -> Vec<String> {
+        self.login()
+            .revocations
+            .iter()
+            .map(|r| r.token.clone())
+            .collect()
+    }
+
+    /// The query of every `/end_session` request, in order.
+    pub fn end_sessions(&self) -> Vec<Params> {
+        self.login().end_sessions.clone()
+    }
+
+    /// Whether `token` is an access token the fake issued that userinfo honours now.
+    pub fn access_token_is_live(&self, token: &str) -> bool {
+        self.login()
+            .access
+            .get(token)
+            .is_some_and(|a| a.expires_at > Instant::now())
+    }
+
+    /// Performs the `/authorize` step a browser would: GETs `authorize_url` (which must be on
+    /// this IdP, e.g. the proxy's redirect `Location`) and returns where the 302 points.
+    /// Panics on any other answer.
+    pub fn login_code(&self, authorize_url: &str) -> Authorized {
+        let base = self.base_url();
+        let target = authorize_url
+            .strip_prefix(&base)
+            .unwrap_or_else(|| panic!("{authorize_url} is not on the fake IdP ({base})"));
+        let r = Client::connect(self.port).request(
+            "GET",
+            target,
+            &[("Host", &format!("127.0.0.1:{}", self.port))],
+            b"",
+        );
+        assert_eq!(
+            r.status,
+            302,
+            "/authorize answered {} {:?}",
+            r.status,
+            r.text()
+        );
+        let location = r
+            .header("location")
+            .expect("a 302 from /authorize has a Location")
+            .to_string();
+        let query = location.split_once('?').map_or("", |(_, q)| q);
+        Authorized {
+            params: Params::parse(query),
+            location,
+        }
+    }
+
     /// Connections accepted so far.
     pub fn conns(&self) -> usize {
         self.shared.conns.accepted()
@@ -412,16 +894,21 @@ fn discovery_document(shared: &Shared) -> Value {
     let mut doc = json!({
         "issuer": base,
         "jwks_uri": format!("{base}{JWKS_PATH}"),
-        "authorization_endpoint": format!("{base}/authorize"),
-        "token_endpoint": format!("{base}/token"),
+        "authorization_endpoint": format!("{base}{AUTHORIZE_PATH}"),
+        "token_endpoint": format!("{base}{TOKEN_PATH}"),
         "introspection_endpoint": format!("{base}{INTROSPECTION_PATH}"),
-        "userinfo_endpoint": format!("{base}/userinfo"),
-        "end_session_endpoint": format!("{base}/logout"),
+        "userinfo_endpoint": format!("{base}{USERINFO_PATH}"),
+        "end_session_endpoint": format!("{base}{END_SESSION_PATH}"),
+        "revocation_endpoint": format!("{base}{REVOCATION_PATH}"),
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256", "ES384", "EdDSA"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "authorization_response_iss_parameter_supported": true,
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
     });
     let c = shared.controls.lock().unwrap();
     let obj = doc.as_object_mut().unwrap();
@@ -476,6 +963,8 @@ fn live(st: &Shared, generation: usize) -> bool {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        302 => "Found",
+        405 => "Method Not Allowed",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -627,6 +1116,11 @@ fn serve(stream: TcpStream, conn: usize, generation: usize, st: &Shared) -> io::
                             None => r,
                         }
                     }
+                    (_, AUTHORIZE_PATH) => authorize(st, &req),
+                    (_, TOKEN_PATH) => token(st, &req),
+                    (_, USERINFO_PATH) => userinfo(st, &req),
+                    (_, REVOCATION_PATH) => revoke(st, &req),
+                    (_, END_SESSION_PATH) => end_session(st, &req),
                     _ => IdpResponse::json(404, &json!({"error": "not_found"})),
                 },
             },
@@ -690,6 +1184,462 @@ fn trickle_announced(w: &mut TcpStream, n: u64, st: &Shared, generation: usize) 
         thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+// --- the login flow's endpoints ---------------------------------------------------------------
+
+/// The issuer the discovery document names now.
+fn issuer(st: &Shared) -> String {
+    discovery_document(st)["issuer"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An OAuth error answer (RFC 6749 §5.2).
+fn oauth_error(status: u16, error: &str, description: &str) -> IdpResponse {
+    IdpResponse::json(
+        status,
+        &json!({"error": error, "error_description": description}),
+    )
+    .with_header("Cache-Control", "no-store")
+}
+
+/// 32 random bytes, base64url: codes and opaque tokens, like oidc-provider's.
+fn random_token() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system randomness");
+    b64url(&b)
+}
+
+/// The PKCE S256 challenge of `verifier` (RFC 7636 §4.2).
+pub fn s256(verifier: &str) -> String {
+    b64url(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref())
+}
+
+/// Percent-encoding of a query value (RFC 3986 unreserved characters kept).
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `base` with `params` added to its query.
+fn with_query(base: &str, params: &[(&str, &str)]) -> String {
+    let mut out = base.to_string();
+    let mut sep = if base.contains('?') { '&' } else { '?' };
+    for (k, v) in params {
+        out.push(sep);
+        out.push_str(&format!("{k}={}", url_encode(v)));
+        sep = '&';
+    }
+    out
+}
+
+/// A 302 to `location`.
+fn found(location: &str) -> IdpResponse {
+    IdpResponse::text(302, "").with_header("Location", location)
+}
+
+/// How the request authenticated its client, and the (id, secret) it presented.
+fn client_auth(req: &IdpRequest, form: &Params) -> (ClientAuthUsed, Option<(String, String)>) {
+    let basic = req.basic_auth();
+    let posted = form.get("client_secret").map(|secret| {
+        (
+            form.get("client_id").unwrap_or("").to_string(),
+            secret.to_string(),
+        )
+    });
+    match (basic, posted) {
+        (Some(_), Some(_)) => (ClientAuthUsed::Both, None),
+        (Some(b), None) => (ClientAuthUsed::Basic, Some(b)),
+        (None, Some(p)) => (ClientAuthUsed::Post, Some(p)),
+        (None, None) => (ClientAuthUsed::None, None),
+    }
+}
+
+/// The client id the credentials authenticate, or the refusal.
+fn check_client(
+    l: &Login,
+    auth: ClientAuthUsed,
+    creds: &Option<(String, String)>,
+) -> Result<String, IdpResponse> {
+    let refused = |why: &str| {
+        let r = oauth_error(401, "invalid_client", why);
+        if auth == ClientAuthUsed::Basic {
+            r.with_header("WWW-Authenticate", "Basic realm=\"fake-idp\"")
+        } else {
+            r
+        }
+    };
+    match (auth, creds) {
+        (ClientAuthUsed::Both, _) => Err(oauth_error(
+            400,
+            "invalid_request",
+            "client authentication must only be provided using one mechanism",
+        )),
+        (_, None) => Err(refused("no client authentication mechanism provided")),
+        (_, Some((id, secret))) => match l.clients.get(id) {
+            Some(s) if s == secret => Ok(id.clone()),
+            Some(_) => Err(refused("invalid secret provided")),
+            None => Err(refused("client not found")),
+        },
+    }
+}
+
+/// A 302 back to the relying party: `redirect_uri` with `params`, `state` and `iss`.
+fn back_to(
+    redirect_uri: &str,
+    state: Option<&str>,
+    iss: &str,
+    params: &[(&str, &str)],
+) -> IdpResponse {
+    let mut all = params.to_vec();
+    if let Some(s) = state {
+        all.push(("state", s));
+    }
+    all.push(("iss", iss));
+    found(&with_query(redirect_uri, &all))
+}
+
+/// `GET /authorize`: a code for the redirect URI, at once (no login page).
+fn authorize(st: &Shared, req: &IdpRequest) -> IdpResponse {
+    if req.method != "GET" {
+        return oauth_error(405, "invalid_request", "use GET");
+    }
+    let q = Params::parse(req.query());
+    let iss = issuer(st);
+    let mut l = st.login.lock().unwrap();
+    l.authorizations.push(q.clone());
+    // Until the client and its redirect URI are known, errors cannot be sent back to it.
+    let Some(client_id) = q.get("client_id").filter(|c| l.clients.contains_key(*c)) else {
+        return oauth_error(400, "invalid_client", "unknown client_id");
+    };
+    let Some(redirect_uri) = q
+        .get("redirect_uri")
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+    else {
+        return oauth_error(
+            400,
+            "invalid_redirect_uri",
+            "redirect_uri missing or not absolute",
+        );
+    };
+    let state = q.get("state");
+    let back = |params: &[(&str, &str)]| back_to(redirect_uri, state, &iss, params);
+    if let Some(e) = &l.authorize_error {
+        return back(&[
+            ("error", e.as_str()),
+            ("error_description", "the fake IdP refused this login"),
+        ]);
+    }
+    if q.get("response_type") != Some("code") {
+        return back(&[("error", "unsupported_response_type")]);
+    }
+    let scope = q.get("scope").unwrap_or("");
+    if !scope.split(' ').any(|s| s == "openid") {
+        return back(&[
+            ("error", "invalid_request"),
+            ("error_description", "openid scope must be requested"),
+        ]);
+    }
+    let challenge = q.get("code_challenge");
+    match (challenge, q.get("code_challenge_method")) {
+        (None, None) => {}
+        (Some(c), Some("S256"))
+            if (43..=128).contains(&c.len())
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) => {}
+        (Some(_), Some("S256")) => {
+            return back(&[
+                ("error", "invalid_request"),
+                ("error_description", "code_challenge is malformed"),
+            ])
+        }
+        _ => {
+            return back(&[
+                ("error", "invalid_request"),
+                (
+                    "error_description",
+                    "only S256 code_challenge_method is supported",
+                ),
+            ])
+        }
+    }
+    l.next_grant += 1;
+    let grant = GrantInfo {
+        id: l.next_grant,
+        client_id: client_id.to_string(),
+        redirect_uri: redirect_uri.to_string(),
+        nonce: q.get("nonce").map(str::to_string),
+        code_challenge: challenge.map(str::to_string),
+        scope: scope.to_string(),
+    };
+    let code = random_token();
+    l.codes.insert(code.clone(), Arc::new(grant));
+    back(&[("code", &code)])
+}
+
+/// An id token for `grant`, spoiled as the current [`IdTokenFault`] says.
+fn id_token(l: &Login, iss: &str, grant: &GrantInfo) -> String {
+    let t = now();
+    let mut c = json!({
+        "iss": iss,
+        "sub": l.user["sub"],
+        "aud": grant.client_id,
+        "iat": t,
+        "exp": t + ID_TOKEN_LIFETIME,
+        "auth_time": t,
+    });
+    if let Some(n) = &grant.nonce {
+        c["nonce"] = json!(n);
+    }
+    if let Some(azp) = &l.azp {
+        c["azp"] = json!(azp);
+    }
+    let mut key = l.signing_key.clone();
+    match l.id_token_fault {
+        IdTokenFault::None | IdTokenFault::BadSignature => {}
+        IdTokenFault::UnknownKey => key = SigningKey::rsa2().with_kid("not-in-jwks"),
+        IdTokenFault::WrongNonce => c["nonce"] = json!("not-the-nonce-of-this-login"),
+        IdTokenFault::MissingNonce => c = with(&c, json!({"nonce": null})),
+        IdTokenFault::WrongAudience => c["aud"] = json!("another-client"),
+        IdTokenFault::WrongIssuer => c["iss"] = json!("http://evil.example"),
+        IdTokenFault::Expired => {
+            // Well past any clock-skew allowance.
+            c["iat"] = json!(t - 2 * ID_TOKEN_LIFETIME);
+            c["exp"] = json!(t - ID_TOKEN_LIFETIME);
+            c["auth_time"] = json!(t - 2 * ID_TOKEN_LIFETIME);
+        }
+    }
+    let c = with(&c, l.id_token_changes.clone());
+    let token = key.mint(&c);
+    if l.id_token_fault == IdTokenFault::BadSignature {
+        flip_signature_bit(&token)
+    } else {
+        token
+    }
+}
+
+/// Tokens for `grant`: an access token always, an id token, and a refresh token when
+/// `refresh` (the one to answer, if any).
+fn issue(l: &mut Login, iss: &str, grant: &Arc<GrantInfo>, refresh: Option<String>) -> Value {
+    let access_token = random_token();
+    l.access.insert(
+        access_token.clone(),
+        Access {
+            grant: grant.clone(),
+            expires_at: Instant::now() + Duration::from_secs(l.expires_in),
+        },
+    );
+    let mut answer = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": l.expires_in,
+        "id_token": id_token(l, iss, grant),
+        "scope": grant.scope,
+    });
+    if let Some(rt) = refresh {
+        l.refresh.insert(rt.clone(), grant.clone());
+        answer["refresh_token"] = json!(rt);
+    }
+    answer
+}
+
+/// The token endpoint's answer to a client already authenticated as `client_id`.
+fn grant_tokens(
+    l: &mut Login,
+    iss: &str,
+    client_id: &str,
+    form: &Params,
+) -> Result<Value, IdpResponse> {
+    let invalid_grant = |why: &str| Err(oauth_error(400, "invalid_grant", why));
+    match form.get("grant_type") {
+        Some("authorization_code") => {
+            let Some(code) = form.get("code") else {
+                return Err(oauth_error(
+                    400,
+                    "invalid_request",
+                    "missing required parameter 'code'",
+                ));
+            };
+            if let Some(&id) = l.used_codes.get(code) {
+                // RFC 6749 §4.1.2: a replayed code revokes what it gave.
+                l.revoke_grant(id);
+                return invalid_grant("authorization code already used");
+            }
+            let Some(grant) = l.codes.get(code).cloned() else {
+                return invalid_grant("authorization code not found");
+            };
+            if grant.client_id != client_id {
+                return invalid_grant("authorization code client mismatch");
+            }
+            if form.get("redirect_uri") != Some(grant.redirect_uri.as_str()) {
+                return invalid_grant("authorization code redirect_uri mismatch");
+            }
+            match (&grant.code_challenge, form.get("code_verifier")) {
+                (None, None) => {}
+                (Some(c), Some(v)) if s256(v) == *c => {}
+                (Some(_), Some(_)) => return invalid_grant("PKCE verification failed"),
+                (Some(_), None) => {
+                    return invalid_grant("PKCE verification failed (no code_verifier)")
+                }
+                (None, Some(_)) => {
+                    return invalid_grant("code_verifier sent for a code without code_challenge")
+                }
+            }
+            // Used up only when exchanged, so a refused attempt does not burn it.
+            l.codes.remove(code);
+            l.used_codes.insert(code.to_string(), grant.id);
+            let refresh = l.issue_refresh.then(random_token);
+            Ok(issue(l, iss, &grant, refresh))
+        }
+        Some("refresh_token") => {
+            let Some(rt) = form.get("refresh_token") else {
+                return Err(oauth_error(
+                    400,
+                    "invalid_request",
+                    "missing required parameter 'refresh_token'",
+                ));
+            };
+            let Some(grant) = l.refresh.get(rt).cloned() else {
+                return invalid_grant("refresh token not found");
+            };
+            if grant.client_id != client_id {
+                return invalid_grant("refresh token client mismatch");
+            }
+            let refresh = if l.rotate_refresh {
+                l.refresh.remove(rt);
+                Some(random_token())
+            } else {
+                None
+            };
+            Ok(issue(l, iss, &grant, refresh))
+        }
+        _ => Err(oauth_error(
+            400,
+            "unsupported_grant_type",
+            "unsupported grant_type requested",
+        )),
+    }
+}
+
+/// `POST /token`: code exchange and refresh.
+fn token(st: &Shared, req: &IdpRequest) -> IdpResponse {
+    let form = Params(req.form());
+    let iss = issuer(st);
+    let mut l = st.login.lock().unwrap();
+    let (auth, creds) = client_auth(req, &form);
+    if form.get("grant_type") == Some("refresh_token") {
+        l.refreshes += 1;
+    }
+    let result = if req.method != "POST" {
+        Err(oauth_error(405, "invalid_request", "use POST"))
+    } else {
+        check_client(&l, auth, &creds)
+            .and_then(|client_id| grant_tokens(&mut l, &iss, &client_id, &form))
+    };
+    let resp = match &result {
+        Ok(answer) => IdpResponse::json(200, answer)
+            .with_header("Cache-Control", "no-store")
+            .with_header("Pragma", "no-cache"),
+        Err(r) => r.clone(),
+    };
+    let error = result.as_ref().err().and_then(|r| {
+        serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+    });
+    l.token_calls.push(TokenCall {
+        auth,
+        client_id: creds.map(|(id, _)| id),
+        form,
+        status: resp.status,
+        error,
+        answer: result.ok(),
+    });
+    resp
+}
+
+/// `GET /userinfo` with a bearer token the fake issued.
+fn userinfo(st: &Shared, req: &IdpRequest) -> IdpResponse {
+    let token = req
+        .header("authorization")
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let l = st.login.lock().unwrap();
+    let live = token
+        .as_ref()
+        .and_then(|t| l.access.get(t))
+        .is_some_and(|a| a.expires_at > Instant::now());
+    if !live {
+        let challenge = if token.is_some() {
+            "Bearer realm=\"fake-idp\", error=\"invalid_token\", error_description=\"invalid token provided\""
+        } else {
+            "Bearer realm=\"fake-idp\""
+        };
+        return oauth_error(401, "invalid_token", "invalid token provided")
+            .with_header("WWW-Authenticate", challenge);
+    }
+    IdpResponse::json(200, &with(&l.user, l.userinfo_changes.clone()))
+}
+
+/// `POST /revoke` (RFC 7009).
+fn revoke(st: &Shared, req: &IdpRequest) -> IdpResponse {
+    if req.method != "POST" {
+        return oauth_error(405, "invalid_request", "use POST");
+    }
+    let form = Params(req.form());
+    let mut l = st.login.lock().unwrap();
+    let (auth, creds) = client_auth(req, &form);
+    if let Err(r) = check_client(&l, auth, &creds) {
+        return r;
+    }
+    let Some(token) = form.get("token") else {
+        return oauth_error(400, "invalid_request", "missing required parameter 'token'");
+    };
+    let known = if let Some(grant) = l.refresh.get(token).cloned() {
+        // As oidc-provider: revoking a refresh token revokes the whole grant.
+        l.revoke_grant(grant.id);
+        true
+    } else {
+        l.access.remove(token).is_some()
+    };
+    l.revocations.push(Revocation {
+        token: token.to_string(),
+        hint: form.get("token_type_hint").map(str::to_string),
+        auth,
+        known,
+    });
+    IdpResponse::text(200, "")
+}
+
+/// `GET /end_session`: recorded; 302 to `post_logout_redirect_uri` when given.
+fn end_session(st: &Shared, req: &IdpRequest) -> IdpResponse {
+    let q = if req.method == "POST" {
+        Params(req.form())
+    } else {
+        Params::parse(req.query())
+    };
+    st.login.lock().unwrap().end_sessions.push(q.clone());
+    match q.get("post_logout_redirect_uri") {
+        Some(uri) => {
+            let state: Vec<(&str, &str)> =
+                q.get("state").map(|s| ("state", s)).into_iter().collect();
+            found(&with_query(uri, &state))
+        }
+        None => IdpResponse::text(200, "Logged out"),
+    }
 }
 
 fn percent_decode(s: &str) -> String {
