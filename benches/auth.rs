@@ -14,6 +14,7 @@ use portcullis::jose::jwt;
 use portcullis::jose::keys::{parse_public_key_pem, KeySet};
 use portcullis::plugins::openid_connect::cache::TokenCache;
 use portcullis::plugins::openid_connect::{self as oidc, Lookup, OidcPlugin};
+use portcullis::plugins::PluginEnv;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 
 const ISSUER: &str = "https://idp.example";
@@ -59,7 +60,13 @@ fn plugin(pem: &str) -> OidcPlugin {
     let mut errors = Vec::new();
     let cfg =
         oidc::config::check(conf, "bench", &mut errors).expect("bench plugin config is valid");
-    OidcPlugin::new(cfg, &Idp::start().expect("IdP thread starts"))
+    OidcPlugin::new(
+        cfg,
+        &PluginEnv::new(
+            Idp::start().expect("IdP thread starts"),
+            std::env::temp_dir(),
+        ),
+    )
 }
 
 fn verify(c: &mut Criterion) {

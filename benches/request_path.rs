@@ -30,7 +30,10 @@ fn table(n: usize) -> RouteTable {
     RouteTable::compile(
         &c.routes,
         &c.per_core,
-        &portcullis::idp::Idp::start().expect("IdP thread starts"),
+        &portcullis::plugins::PluginEnv::new(
+            portcullis::idp::Idp::start().expect("IdP thread starts"),
+            std::env::temp_dir(),
+        ),
     )
 }
 

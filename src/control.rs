@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{self, Config, RouteSpec};
-use crate::idp::Idp;
+use crate::plugins::PluginEnv;
 use crate::router::RouteTable;
 use crate::server::Shared;
 
@@ -17,7 +17,7 @@ pub struct Control {
     /// The routes the table is built from, and a count of reloads (see the DNS refresher).
     routes: Mutex<(u64, Vec<RouteSpec>)>,
     shared: Arc<Shared>,
-    idp: Idp,
+    plugins: PluginEnv,
 }
 
 /// Signals the process handles; blocked in every thread and taken by [`Control::wait_for_stop`].
@@ -46,14 +46,14 @@ impl Control {
         config_path: PathBuf,
         config: Arc<Config>,
         shared: Arc<Shared>,
-        idp: Idp,
+        plugins: PluginEnv,
     ) -> Arc<Control> {
         Arc::new(Control {
             config_path,
             routes: Mutex::new((0, config.routes.clone())),
             config,
             shared,
-            idp,
+            plugins,
         })
     }
 
@@ -92,7 +92,7 @@ impl Control {
                         "config reload: \"{field}\" changed but applies only at restart"
                     );
                 }
-                let table = RouteTable::compile(&new.routes, &self.config.per_core, &self.idp);
+                let table = RouteTable::compile(&new.routes, &self.config.per_core, &self.plugins);
                 let n = table.routes.len();
                 let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
                 *routes = (routes.0 + 1, new.routes);
@@ -128,7 +128,7 @@ impl Control {
                     .clone();
                 // Resolving blocks, so it happens unlocked; a reload meanwhile makes this table
                 // stale, and publishing it would undo the reload.
-                let table = RouteTable::compile(&specs, &this.config.per_core, &this.idp);
+                let table = RouteTable::compile(&specs, &this.config.per_core, &this.plugins);
                 let routes = this.routes.lock().unwrap_or_else(|p| p.into_inner());
                 if routes.0 == generation
                     && table.addresses() != this.shared.routes.load().addresses()

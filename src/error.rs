@@ -46,6 +46,21 @@ pub enum ProxyError {
     /// Authentication refused the request.
     #[error("{0}")]
     Auth(#[from] AuthError),
+    /// The browser login cannot go on: the identity provider is unreachable, slow or answers
+    /// nonsense (503), with a reason that holds no secret.
+    #[error("login unavailable: {0}")]
+    LoginUnavailable(String),
+    /// The browser login did not succeed (401), with a reason a person can read.
+    #[error("login failed: {why}")]
+    LoginFailed {
+        /// The outcome, for metrics.
+        kind: AuthKind,
+        /// Why, without tokens or secrets.
+        why: String,
+    },
+    /// A login callback kept arriving with a lost or unknown state (400).
+    #[error("login state lost")]
+    LoginStateLost,
     /// The client connection failed, closed or stalled; nothing can be answered.
     #[error("client connection: {0}")]
     ClientIo(io::Error),
@@ -79,21 +94,26 @@ impl AuthError {
         match self {
             AuthError::Missing { .. } => AuthKind::NoToken,
             AuthError::MalformedHeader => AuthKind::Malformed,
-            AuthError::Invalid { reason, .. } => match reason {
-                TokenError::Malformed | TokenError::Critical => AuthKind::Malformed,
-                TokenError::AlgNone
-                | TokenError::AlgHmac
-                | TokenError::AlgNotAccepted
-                | TokenError::BadSignature => AuthKind::BadSignature,
-                TokenError::UnknownKid => AuthKind::UnknownKid,
-                TokenError::Expired => AuthKind::Expired,
-                TokenError::NotYetValid | TokenError::IssuedInFuture => AuthKind::NotYetValid,
-                TokenError::WrongIssuer | TokenError::IssuerUnknown(_) => AuthKind::BadIssuer,
-                TokenError::AudienceMissing | TokenError::AudienceMismatch => AuthKind::BadAudience,
-                TokenError::ScopeMissing => AuthKind::InsufficientScope,
-                TokenError::Inactive => AuthKind::Inactive,
-                TokenError::NoKeys(_) | TokenError::IdpFailed(_) => AuthKind::IdpError,
-            },
+            AuthError::Invalid { reason, .. } => AuthError::kind_of(reason),
+        }
+    }
+
+    /// The outcome a refused token counts as.
+    pub fn kind_of(reason: &TokenError) -> AuthKind {
+        match reason {
+            TokenError::Malformed | TokenError::Critical => AuthKind::Malformed,
+            TokenError::AlgNone
+            | TokenError::AlgHmac
+            | TokenError::AlgNotAccepted
+            | TokenError::BadSignature => AuthKind::BadSignature,
+            TokenError::UnknownKid => AuthKind::UnknownKid,
+            TokenError::Expired => AuthKind::Expired,
+            TokenError::NotYetValid | TokenError::IssuedInFuture => AuthKind::NotYetValid,
+            TokenError::WrongIssuer | TokenError::IssuerUnknown(_) => AuthKind::BadIssuer,
+            TokenError::AudienceMissing | TokenError::AudienceMismatch => AuthKind::BadAudience,
+            TokenError::ScopeMissing => AuthKind::InsufficientScope,
+            TokenError::Inactive => AuthKind::Inactive,
+            TokenError::NoKeys(_) | TokenError::IdpFailed(_) => AuthKind::IdpError,
         }
     }
 
@@ -238,6 +258,9 @@ impl ProxyError {
             ProxyError::UpstreamIo(_) => ErrorKind::UpstreamIo,
             ProxyError::ClientIo(_) => ErrorKind::ClientIo,
             ProxyError::Auth(e) => ErrorKind::Auth(e.kind()),
+            ProxyError::LoginUnavailable(_) => ErrorKind::Auth(AuthKind::IdpError),
+            ProxyError::LoginFailed { kind, .. } => ErrorKind::Auth(*kind),
+            ProxyError::LoginStateLost => ErrorKind::Auth(AuthKind::Malformed),
         }
     }
 
@@ -265,6 +288,31 @@ impl ProxyError {
             ),
             ProxyError::UpstreamTimeout(_) => r(504, r#"{"error_msg":"504 Gateway Timeout"}"#),
             ProxyError::ClientIo(_) => None,
+            ProxyError::LoginUnavailable(why) => Some(
+                Reply::json(
+                    503,
+                    serde_json::json!({
+                        "error_msg": format!("503 Service Unavailable: the sign-in cannot go on: {why}")
+                    })
+                    .to_string(),
+                )
+                .with_header("Cache-Control", "no-store"),
+            ),
+            ProxyError::LoginFailed { why, .. } => Some(
+                Reply::json(
+                    401,
+                    serde_json::json!({ "error": "login_failed", "error_description": why })
+                        .to_string(),
+                )
+                .with_header("Cache-Control", "no-store"),
+            ),
+            ProxyError::LoginStateLost => Some(
+                Reply::json(
+                    400,
+                    r#"{"error_msg":"The sign-in could not be completed: it was started too long ago, or in another browser, several times in a row. Close this tab and open the site again."}"#,
+                )
+                .with_header("Cache-Control", "no-store"),
+            ),
             ProxyError::Auth(e) => {
                 let (status, challenge, body) = e.answer();
                 let reply = Reply::json(status, body);

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use portcullis::config;
 use portcullis::control::{self, Control};
 use portcullis::idp::Idp;
+use portcullis::plugins::PluginEnv;
 use portcullis::router::RouteTable;
 use portcullis::server::{self, listener, Shared};
 
@@ -80,8 +81,8 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
     let _ = rustls::crypto::ring::default_provider().install_default();
     let driver = server::choose_driver(config.runtime.driver)?;
     let listeners = listener::bind_all(&config.listen, config.workers)?;
-    let idp = Idp::start()?;
-    let table = RouteTable::compile(&config.routes, &config.per_core, &idp);
+    let plugins = PluginEnv::new(Idp::start()?, config.data_dir.clone());
+    let table = RouteTable::compile(&config.routes, &config.per_core, &plugins);
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(table)),
         stopping: AtomicBool::new(false),
@@ -98,7 +99,7 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
         version = env!("CARGO_PKG_VERSION"),
         "portcullis ready"
     );
-    let control = Control::new(path, config, shared, idp);
+    let control = Control::new(path, config, shared, plugins);
     control.spawn_dns_refresher();
     control.wait_for_stop();
     workers.stop();

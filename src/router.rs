@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use crate::config::route::{HostPattern, RouteSpec};
 use crate::config::PerCore;
-use crate::idp::Idp;
-use crate::plugins::{self, Plugin};
+use crate::plugins::{self, Plugin, PluginEnv};
 use crate::upstream::{tls, Node, Scheme, Upstream};
 
 /// A compiled route.
@@ -40,11 +39,11 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Build a table from checked routes, resolving node host names (blocking: control plane only).
-    pub fn compile(specs: &[RouteSpec], per_core: &PerCore, idp: &Idp) -> RouteTable {
+    pub fn compile(specs: &[RouteSpec], per_core: &PerCore, env: &PluginEnv) -> RouteTable {
         let mut table = RouteTable::default();
         for spec in specs.iter().filter(|s| s.enabled) {
             let idx = table.routes.len() as u32;
-            let route = compile_route(spec, per_core, idp, &mut table.has_dns_names);
+            let route = compile_route(spec, per_core, env, &mut table.has_dns_names);
             table.routes.push(route);
             for uri in &spec.uris {
                 match uri.strip_suffix('*') {
@@ -113,7 +112,7 @@ impl RouteTable {
 fn compile_route(
     spec: &RouteSpec,
     per_core: &PerCore,
-    idp: &Idp,
+    env: &PluginEnv,
     has_dns_names: &mut bool,
 ) -> Route {
     let u = &spec.upstream;
@@ -167,7 +166,7 @@ fn compile_route(
                 .keepalive_requests
                 .unwrap_or(per_core.upstream_keepalive_requests),
         },
-        plugins: plugins::compile(&spec.plugins, idp),
+        plugins: plugins::compile(&spec.plugins, env),
     }
 }
 
@@ -202,7 +201,11 @@ mod tests {
             .collect();
         assert!(errors.is_empty(), "{errors:?}");
         let per_core = crate::config::parse_yaml("").unwrap().per_core;
-        RouteTable::compile(&specs, &per_core, &crate::idp::Idp::start().unwrap())
+        RouteTable::compile(
+            &specs,
+            &per_core,
+            &PluginEnv::new(crate::idp::Idp::start().unwrap(), std::env::temp_dir()),
+        )
     }
 
     fn id<'a>(t: &'a RouteTable, path: &str, host: Option<&str>, method: &str) -> Option<&'a str> {

@@ -2,6 +2,7 @@
 //! paths in normal form. Nothing here knows about routes, plugins or upstreams.
 
 pub mod conn;
+pub mod form;
 pub mod h1;
 pub mod path;
 pub mod reply;

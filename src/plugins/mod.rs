@@ -9,8 +9,14 @@ use serde_json::Value;
 use crate::config::error::ConfigError;
 use crate::error::ProxyError;
 use crate::http::h1::{HeaderIdx, HeaderKind};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::http::h1::RequestHead;
+use crate::http::reply::Reply;
 use crate::idp::Idp;
 use crate::upstream::request::Edits;
+use openid_connect::session::Session;
 use openid_connect::{config::OidcConfig, Identity, OidcPlugin};
 pub use proxy_rewrite::ProxyRewrite;
 
@@ -34,18 +40,7 @@ pub fn check(map: serde_json::Map<String, Value>, errors: &mut Vec<ConfigError>)
         match name.as_str() {
             "proxy-rewrite" => plugins.proxy_rewrite = proxy_rewrite::check(conf, &path, errors),
             "openid-connect" => {
-                plugins.openid_connect = openid_connect::config::check(conf, &path, errors).filter(|c| {
-                    // Refused rather than served unauthenticated: these modes arrive in later work.
-                    let missing = if !c.takes_bearer() {
-                        Some("the login flow (bearer_only: false without a token validator) is not available yet; use bearer_only with use_jwks or public_key")
-                    } else {
-                        None
-                    };
-                    if let Some(why) = missing {
-                        errors.push(ConfigError::plain(&path, why));
-                    }
-                    missing.is_none()
-                })
+                plugins.openid_connect = openid_connect::config::check(conf, &path, errors)
             }
             other => errors.push(ConfigError::new(
                 path,
@@ -80,11 +75,50 @@ impl Plugin {
     }
 }
 
+/// What compiling plugins needs from the process (control plane): the IdP thread and the
+/// node-wide session secret, generated once into `data_dir` and read by every later compile.
+pub struct PluginEnv {
+    /// The IdP thread.
+    pub idp: Idp,
+    data_dir: PathBuf,
+    secret: Mutex<Option<Arc<[u8]>>>,
+}
+
+impl PluginEnv {
+    /// An environment whose generated secrets live in `data_dir`.
+    pub fn new(idp: Idp, data_dir: PathBuf) -> PluginEnv {
+        PluginEnv {
+            idp,
+            data_dir,
+            secret: Mutex::new(None),
+        }
+    }
+
+    /// The node-wide session secret, created on first need. A failure is retried at the next
+    /// compile: a later reload may find `data_dir` writable.
+    pub fn node_secret(&self) -> Result<Arc<[u8]>, String> {
+        let mut held = self.secret.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = &*held {
+            return Ok(s.clone());
+        }
+        let secret: Arc<[u8]> = openid_connect::session::load_or_create_secret(&self.data_dir)
+            .map_err(|e| {
+                format!(
+                    "the session secret in {} is not usable: {e}",
+                    self.data_dir.display()
+                )
+            })?
+            .into();
+        *held = Some(secret.clone());
+        Ok(secret)
+    }
+}
+
 /// Compile a route's checked plugins, in priority order (control plane).
-pub fn compile(checked: &Plugins, idp: &Idp) -> Box<[Plugin]> {
+pub fn compile(checked: &Plugins, env: &PluginEnv) -> Box<[Plugin]> {
     let mut list = Vec::new();
     if let Some(c) = &checked.openid_connect {
-        list.push(Plugin::OpenIdConnect(OidcPlugin::new(c.clone(), idp)));
+        list.push(Plugin::OpenIdConnect(OidcPlugin::new(c.clone(), env)));
     }
     if let Some(r) = &checked.proxy_rewrite {
         list.push(Plugin::ProxyRewrite(r.clone()));
@@ -117,36 +151,52 @@ impl CoreState {
 /// One request's context: what a phase hands the phases after it.
 #[derive(Debug, Default)]
 pub struct Ctx {
-    /// The identity `openid-connect` established, for the upstream head.
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// The bearer-token identity `openid-connect` established, for the upstream head.
     pub identity: Option<Identity>,
+    /// The login session `openid-connect` established, for the upstream head.
+    pub session: Option<std::rc::Rc<Session>>,
+    /// `Set-Cookie` values for the client's response (a refreshed or renewed session).
+    pub set_cookies: Vec<String>,
 }
 
-/// The request as the phases see it: its head's buffer and header spans.
+/// The request as the phases see it.
 pub struct Request<'a> {
     /// The buffer the head was parsed from.
     pub buf: &'a [u8],
     /// The head's header spans.
     pub headers: &'a [HeaderIdx],
+    /// The parsed head.
+    pub head: &'a RequestHead,
+    /// The path the route matched, in normal form.
+    pub path: &'a [u8],
+    /// Whether the peer's forwarding headers are believed.
+    pub trusted: bool,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
 }
 
-/// Authenticate phase: each plugin may refuse the request (an error, answered in one place)
-/// or establish what later phases need.
+/// Authenticate phase: each plugin may refuse the request (an error, answered in one place),
+/// answer it itself (`Ok(Some)`: a login redirect, the login callback, logout), or establish
+/// what later phases need.
 pub async fn access(
     plugins: &[Plugin],
     state: &CoreState,
     req: &Request<'_>,
     ctx: &mut Ctx,
-) -> Result<(), ProxyError> {
+) -> Result<Option<Reply>, ProxyError> {
     for p in plugins {
         match p {
             Plugin::OpenIdConnect(o) => {
-                ctx.identity =
-                    openid_connect::authenticate(o, &state.oidc, req.buf, req.headers).await?;
+                if let Some(reply) = openid_connect::access(o, &state.oidc, req, ctx).await? {
+                    return Ok(Some(reply));
+                }
             }
             Plugin::ProxyRewrite(_) => {}
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The upstream-head and response-head phases of one request's plugins.
@@ -177,21 +227,23 @@ impl Edits for Heads<'_> {
 
     fn drops(&self, name: &[u8], kind: HeaderKind) -> bool {
         self.plugins.iter().any(|p| match p {
-            Plugin::OpenIdConnect(_) => self.ctx.identity.as_ref().is_some_and(|i| i.drops(kind)),
+            Plugin::OpenIdConnect(o) => o.drops(self.ctx, name, kind),
             Plugin::ProxyRewrite(r) => r.drops(name),
         })
     }
 
-    fn append_upstream(&self, buf: &[u8], out: &mut Vec<u8>) {
+    fn append_upstream(&self, buf: &[u8], headers: &[HeaderIdx], out: &mut Vec<u8>) {
         for p in self.plugins {
             match p {
-                Plugin::OpenIdConnect(_) => {
-                    if let Some(i) = &self.ctx.identity {
-                        i.append(buf, out);
-                    }
-                }
+                Plugin::OpenIdConnect(o) => o.append_upstream(self.ctx, buf, headers, out),
                 Plugin::ProxyRewrite(r) => r.append(out),
             }
+        }
+    }
+
+    fn append_response(&self, out: &mut Vec<u8>) {
+        for v in &self.ctx.set_cookies {
+            crate::http::h1::write_header(out, b"Set-Cookie", v.as_bytes());
         }
     }
 }

@@ -235,7 +235,7 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::h1::HeaderKind;
+    use crate::http::h1::{HeaderIdx, HeaderKind};
     use crate::upstream::request::{write_request_head, ClientFacts, Edits};
     use crate::upstream::{Node, PassHost};
     use serde_json::json;
@@ -250,7 +250,7 @@ mod tests {
         fn drops(&self, name: &[u8], _kind: HeaderKind) -> bool {
             ProxyRewrite::drops(self, name)
         }
-        fn append_upstream(&self, _buf: &[u8], out: &mut Vec<u8>) {
+        fn append_upstream(&self, _buf: &[u8], _headers: &[HeaderIdx], out: &mut Vec<u8>) {
             self.append(out)
         }
     }

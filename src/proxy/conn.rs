@@ -14,6 +14,7 @@ use crate::error::ProxyError;
 use crate::http::conn::{read_append, Conn, READ_CHUNK};
 use crate::http::h1::{parse_request, BodyKind, RequestHead};
 use crate::http::path;
+use crate::http::reply::Reply;
 use crate::plugins::{self, Ctx, Heads};
 use crate::router::Route;
 use crate::upstream::forward::{forward, Env};
@@ -103,13 +104,26 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
         let req = plugins::Request {
             buf: &conn.rbuf[conn.pos..],
             headers: &conn.headers,
+            head,
+            path: if normalized {
+                &conn.norm_path
+            } else {
+                head.path.get(&conn.rbuf[conn.pos..])
+            },
+            trusted: conn.trusted,
+            tls: false,
         };
-        if let Err(e) = plugins::access(&route.plugins, &w.plugins, &req, &mut ctx).await {
-            // Refused before any body byte was read: only a bodiless request leaves the
+        let decided = plugins::access(&route.plugins, &w.plugins, &req, &mut ctx).await;
+        if !matches!(decided, Ok(None)) {
+            // Answered before any body byte was read: only a bodiless request leaves the
             // client's stream in step.
             let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
             conn.pos += head.head_len;
-            return answer_error(conn, w, Some(route), &e, started, keep).await;
+            return match decided {
+                Ok(Some(reply)) => answer(conn, w, Some(route), &reply, None, started, keep).await,
+                Err(e) => answer_error(conn, w, Some(route), &e, started, keep).await,
+                Ok(None) => unreachable!("matched above"),
+            };
         }
     }
     let env = Env {
@@ -165,20 +179,44 @@ async fn answer_error(
     started: Instant,
     keep: bool,
 ) -> bool {
-    let mut status = 0;
-    let mut bytes = 0;
-    let keep = keep && !w.shutdown.started();
-    let mut answered = false;
-    if let Some(resp) = e.response() {
-        status = resp.status;
-        conn.wbuf.clear();
-        resp.write(&mut conn.wbuf, !keep);
-        bytes = conn.wbuf.len() as u64;
-        answered = conn.write_wbuf(w.limits.send_timeout).await.is_ok();
-        if !answered {
-            bytes = 0;
+    match e.response() {
+        Some(reply) => answer(conn, w, route, &reply, Some(e.label()), started, keep).await,
+        None => {
+            log_local(conn, w, route, 0, 0, Some(e.label()), started);
+            false
         }
     }
+}
+
+/// Write a locally made answer and log it; returns whether the connection stays open.
+async fn answer(
+    conn: &mut Conn,
+    w: &Core,
+    route: Option<&Route>,
+    reply: &Reply,
+    error: Option<&'static str>,
+    started: Instant,
+    keep: bool,
+) -> bool {
+    let keep = keep && !w.shutdown.started();
+    conn.wbuf.clear();
+    reply.write(&mut conn.wbuf, !keep);
+    let written = conn.wbuf.len() as u64;
+    let answered = conn.write_wbuf(w.limits.send_timeout).await.is_ok();
+    let bytes = if answered { written } else { 0 };
+    log_local(conn, w, route, reply.status, bytes, error, started);
+    keep && answered
+}
+
+fn log_local(
+    conn: &Conn,
+    w: &Core,
+    route: Option<&Route>,
+    status: u16,
+    bytes: u64,
+    error: Option<&'static str>,
+    started: Instant,
+) {
     w.log.borrow_mut().record(&Entry {
         peer: conn.peer,
         request_line: &conn.request_line,
@@ -187,9 +225,8 @@ async fn answer_error(
         elapsed: started.elapsed(),
         route: route.map(|r| &*r.id),
         upstream: None,
-        error: Some(e.label()),
+        error,
     });
-    keep && answered
 }
 
 /// Read until a whole request head is buffered. `Ok(None)`: the client closed cleanly, stayed

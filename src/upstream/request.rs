@@ -23,8 +23,8 @@ pub trait Edits {
     fn drops(&self, _name: &[u8], _kind: HeaderKind) -> bool {
         false
     }
-    /// Write headers that follow the client's; `buf` is the request head's buffer.
-    fn append_upstream(&self, _buf: &[u8], _out: &mut Vec<u8>) {}
+    /// Write headers that follow the client's; `buf` and `headers` are the request head's.
+    fn append_upstream(&self, _buf: &[u8], _headers: &[HeaderIdx], _out: &mut Vec<u8>) {}
     /// Write headers added to the client's response head.
     fn append_response(&self, _out: &mut Vec<u8>) {}
 }
@@ -164,7 +164,7 @@ pub fn write_request_head<E: Edits>(
             header(out, b"X-Forwarded-Host", h);
         }
     }
-    edits.append_upstream(buf, out);
+    edits.append_upstream(buf, headers, out);
     match head.body {
         BodyKind::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -281,7 +281,7 @@ mod tests {
             fn drops(&self, name: &[u8], _kind: HeaderKind) -> bool {
                 name.eq_ignore_ascii_case(b"x-gone") || name.eq_ignore_ascii_case(b"x-real-ip")
             }
-            fn append_upstream(&self, _buf: &[u8], out: &mut Vec<u8>) {
+            fn append_upstream(&self, _buf: &[u8], _headers: &[HeaderIdx], out: &mut Vec<u8>) {
                 crate::http::h1::write_header(out, b"X-A", b"1");
             }
         }

@@ -70,6 +70,10 @@ struct RawOidc {
     #[serde(default)]
     renew_access_token_on_expiry: Option<bool>,
     #[serde(default)]
+    token_endpoint_auth_method: Option<String>,
+    #[serde(default)]
+    revoke_tokens_on_logout: bool,
+    #[serde(default)]
     iat_slack: Option<f64>,
     #[serde(default)]
     jwk_expires_in: Option<f64>,
@@ -218,6 +222,10 @@ pub struct OidcConfig {
     pub audience: Option<AudienceRule>,
     /// Refresh an expired access token in the login flow.
     pub renew_access_token_on_expiry: bool,
+    /// How the login flow authenticates at the token and revocation endpoints.
+    pub token_endpoint_auth_method: AuthMethod,
+    /// Revoke the session's tokens at the IdP on logout.
+    pub revoke_tokens_on_logout: bool,
     /// Clock-skew leeway for `exp`/`nbf`/`iat`.
     pub iat_slack: Duration,
     /// How long fetched JWKS are trusted before refetching.
@@ -323,19 +331,29 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<O
             ));
         }
     }
-    let introspection_endpoint_auth_method = match raw.introspection_endpoint_auth_method.as_deref()
+    let auth_method = |field: &str, value: Option<&str>, errors: &mut Vec<ConfigError>| match value
     {
         None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
         Some("client_secret_post") => AuthMethod::ClientSecretPost,
         Some(other) => {
             errors.push(ConfigError::new(
-                p("introspection_endpoint_auth_method"),
+                p(field),
                 format!("unsupported method `{other}`"),
                 "client_secret_basic, client_secret_post",
             ));
             AuthMethod::ClientSecretBasic
         }
     };
+    let introspection_endpoint_auth_method = auth_method(
+        "introspection_endpoint_auth_method",
+        raw.introspection_endpoint_auth_method.as_deref(),
+        errors,
+    );
+    let token_endpoint_auth_method = auth_method(
+        "token_endpoint_auth_method",
+        raw.token_endpoint_auth_method.as_deref(),
+        errors,
+    );
     let public_key = raw
         .public_key
         .as_deref()
@@ -427,10 +445,21 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<O
                     "letters, digits, - and _",
                 ));
             }
+            let cookie_path = s.cookie_path.unwrap_or_else(|| "/".into());
+            if !cookie_path.starts_with('/')
+                || cookie_path.contains(';')
+                || !crate::http::h1::valid_header_value(&cookie_path)
+            {
+                errors.push(ConfigError::new(
+                    sp("cookie_path"),
+                    format!("`{cookie_path}` is not a cookie path"),
+                    "a path starting with /, without ;",
+                ));
+            }
             SessionConfig {
                 secret: s.secret,
                 cookie_name: name,
-                cookie_path: s.cookie_path.unwrap_or_else(|| "/".into()),
+                cookie_path,
                 cookie_same_site: same_site,
                 idling_timeout: secs(s.idling_timeout, 900.0, 1.0, &sp("idling_timeout"), errors),
                 rolling_timeout: secs(
@@ -504,6 +533,8 @@ pub fn check(conf: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<O
         valid_issuers,
         audience,
         renew_access_token_on_expiry: raw.renew_access_token_on_expiry.unwrap_or(true),
+        token_endpoint_auth_method,
+        revoke_tokens_on_logout: raw.revoke_tokens_on_logout,
         iat_slack: secs(raw.iat_slack, 120.0, 0.0, &p("iat_slack"), errors),
         jwk_expires_in: secs(
             raw.jwk_expires_in,

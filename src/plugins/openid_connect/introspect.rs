@@ -225,7 +225,10 @@ mod tests {
             .extend(extra.as_object().unwrap().clone());
         let cfg =
             crate::plugins::openid_connect::config::check(conf, "p", &mut Vec::new()).unwrap();
-        OidcPlugin::new(cfg, &Idp::start().unwrap())
+        OidcPlugin::new(
+            cfg,
+            &crate::plugins::PluginEnv::new(Idp::start().unwrap(), std::env::temp_dir()),
+        )
     }
 
     fn answer(active: bool, exp: Option<f64>) -> IntrospectAnswer {

@@ -4,6 +4,8 @@
 pub mod cache;
 pub mod config;
 pub mod introspect;
+pub mod login;
+pub mod session;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -17,11 +19,17 @@ use base64::Engine;
 use crate::error::{AuthError, ProxyError};
 use crate::http::h1::{write_header as header, HeaderIdx, HeaderKind, Span};
 use crate::http::reply::quoted_safe;
+use crate::http::reply::Reply;
 use crate::idp::{Idp, Provider, ProviderState};
 use crate::jose::jwt::{self, MissingIssuer, TokenError};
 use crate::jose::keys::KeySet;
+use crate::plugins::{Ctx, PluginEnv, Request};
 use cache::{token_key, TokenCache, TokenKey, Verified};
 use config::{OidcConfig, UnauthAction};
+use session::{strip_cookies, SessionCache, SessionKey};
+
+/// Opened sessions kept per core: each holds a user's tokens, so fewer than verified tokens.
+const SESSION_CACHE_ENTRIES: usize = 10_000;
 
 /// How long a token without `exp` stays cached.
 const NO_EXP_TTL: f64 = 300.0;
@@ -47,21 +55,39 @@ pub struct OidcPlugin {
     /// Introspection answers are shared by every route asking the same endpoint as the same
     /// client, so their cache keys are namespaced by that pair, not by route.
     pub introspection_namespace: u64,
+    /// The route runs the browser login flow (not `bearer_only`).
+    pub login: bool,
+    /// The key its session cookies are sealed with, or why there is none (then a login answers
+    /// 503 saying so).
+    pub session_key: Result<Arc<SessionKey>, Arc<str>>,
 }
 
 impl OidcPlugin {
     /// Compile a checked configuration (control plane).
-    pub fn new(cfg: OidcConfig, idp: &Idp) -> OidcPlugin {
+    pub fn new(cfg: OidcConfig, env: &PluginEnv) -> OidcPlugin {
+        let idp = &env.idp;
+        let login = !cfg.bearer_only;
+        let session_key = match (&cfg.session.secret, login) {
+            (_, false) => Err(Arc::from("no login flow on this route")),
+            (Some(secret), true) => Ok(Arc::new(SessionKey::from_secret(secret.as_bytes()))),
+            (None, true) => env
+                .node_secret()
+                .map(|s| Arc::new(SessionKey::from_secret(&s)))
+                .map_err(Arc::from),
+        };
         static NEXT: AtomicU64 = AtomicU64::new(1);
         // With a pinned key and listed issuers (or an explicit introspection endpoint and listed
         // issuers), tokens need nothing from discovery, so the IdP is not polled for this route.
         // Without listed issuers, discovery's issuer is what a token's (or an introspection
         // answer's) `iss` is compared with.
-        let needs_discovery = match (&cfg.public_key, cfg.use_jwks) {
-            (Some(_), _) => cfg.valid_issuers.is_empty(),
-            (None, true) => true,
-            (None, false) => cfg.introspection_endpoint.is_none() || cfg.valid_issuers.is_empty(),
-        };
+        let needs_discovery = login
+            || match (&cfg.public_key, cfg.use_jwks) {
+                (Some(_), _) => cfg.valid_issuers.is_empty(),
+                (None, true) => true,
+                (None, false) => {
+                    cfg.introspection_endpoint.is_none() || cfg.valid_issuers.is_empty()
+                }
+            };
         let provider = idp.provider(&cfg.fetch_settings(), needs_discovery);
         let pinned = cfg
             .public_key
@@ -100,6 +126,8 @@ impl OidcPlugin {
             realm,
             introspects,
             introspection_namespace,
+            login,
+            session_key,
             cfg,
         }
     }
@@ -162,6 +190,92 @@ impl Identity {
         if let Some(u) = &self.userinfo {
             header(out, b"X-Userinfo", u.as_bytes());
         }
+    }
+}
+
+/// The access phase: a bearer token when the route takes one and the request has one (it
+/// takes precedence, and an invalid one is refused, never redirected), else the login flow on
+/// routes that are not `bearer_only`.
+pub async fn access(
+    p: &OidcPlugin,
+    st: &CoreState,
+    req: &Request<'_>,
+    ctx: &mut Ctx,
+) -> Result<Option<Reply>, ProxyError> {
+    ctx.tls = req.tls;
+    if p.login {
+        let has_token = p.cfg.takes_bearer() && bearer_token(req.buf, req.headers)?.is_some();
+        if !has_token {
+            return login::access(p, st, req, ctx).await;
+        }
+    }
+    ctx.identity = authenticate(p, st, req.buf, req.headers).await?;
+    Ok(None)
+}
+
+impl OidcPlugin {
+    /// Upstream head: whether a client header gives way to what this plugin sends.
+    pub fn drops(&self, ctx: &Ctx, name: &[u8], kind: HeaderKind) -> bool {
+        let in_authorization =
+            self.cfg.set_access_token_header && self.cfg.access_token_in_authorization_header;
+        match kind {
+            HeaderKind::Authorization => {
+                ctx.identity.as_ref().is_some_and(|i| i.drops(kind))
+                    || (ctx.session.is_some() && in_authorization)
+            }
+            // Our cookies are taken out of the Cookie header, which is written anew.
+            HeaderKind::Other => self.login && name.eq_ignore_ascii_case(b"cookie"),
+            _ => false,
+        }
+    }
+
+    /// Upstream head: identity headers (SPEC 2.4) and the Cookie header without our cookies.
+    pub fn append_upstream(&self, ctx: &Ctx, buf: &[u8], headers: &[HeaderIdx], out: &mut Vec<u8>) {
+        if let Some(i) = &ctx.identity {
+            i.append(buf, out);
+        }
+        if let Some(s) = &ctx.session {
+            let cfg = &self.cfg;
+            if cfg.set_access_token_header && cfg.access_token_in_authorization_header {
+                out.extend_from_slice(b"Authorization: Bearer ");
+                out.extend_from_slice(s.access_token.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            } else if cfg.set_access_token_header {
+                header(out, b"X-Access-Token", s.access_token.as_bytes());
+            }
+            if cfg.set_id_token_header {
+                header(out, b"X-ID-Token", STANDARD.encode(&s.id_claims).as_bytes());
+            }
+            if let (true, Some(u)) = (cfg.set_userinfo_header, &s.userinfo) {
+                header(out, b"X-Userinfo", STANDARD.encode(u).as_bytes());
+            }
+            if let (true, Some(rt)) = (cfg.set_refresh_token_header, &s.refresh_token) {
+                header(out, b"X-Refresh-Token", rt.as_bytes());
+            }
+        }
+        if self.login {
+            let start = out.len();
+            out.extend_from_slice(b"Cookie: ");
+            let cookies = headers
+                .iter()
+                .filter(|h| {
+                    h.kind == HeaderKind::Other && h.name.get(buf).eq_ignore_ascii_case(b"cookie")
+                })
+                .map(|h| h.value.get(buf));
+            let base = &self.cfg.session.cookie_name;
+            if strip_cookies(cookies, |n| login::is_ours(n, base), out) {
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.truncate(start);
+            }
+        }
+    }
+
+    fn missing(&self) -> ProxyError {
+        AuthError::Missing {
+            challenge: self.challenge.clone(),
+        }
+        .into()
     }
 }
 
@@ -258,6 +372,10 @@ pub struct CoreState {
     pub tokens: RefCell<TokenCache>,
     /// Introspection answers and calls in flight.
     pub introspections: RefCell<introspect::Introspections>,
+    /// Opened login sessions, by cookie: a known cookie is not decrypted again.
+    pub sessions: RefCell<SessionCache>,
+    /// Session refreshes in flight.
+    pub refreshes: RefCell<login::Refreshes>,
 }
 
 impl CoreState {
@@ -266,6 +384,8 @@ impl CoreState {
         CoreState {
             tokens: RefCell::new(TokenCache::new(entries, bytes)),
             introspections: RefCell::new(introspect::Introspections::new(entries, bytes)),
+            sessions: RefCell::new(SessionCache::new(SESSION_CACHE_ENTRIES.min(entries))),
+            refreshes: RefCell::default(),
         }
     }
 
