@@ -604,6 +604,9 @@ impl Clients {
             reqwest::Client::builder()
                 .use_preconfigured_tls(tls)
                 .pool_idle_timeout(Duration::from_secs(90))
+                // A redirect would resend a token request (with a client_secret_post secret)
+                // to wherever it points: IdP endpoints answer where they were asked.
+                .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .unwrap_or_else(|e| {
