@@ -33,14 +33,7 @@ pub fn url_with_query<'a>(
     out
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
+use super::path::hex;
 
 /// Decode one form-urlencoded component (`+` is a space); `None` when it is not UTF-8 or an
 /// escape is malformed.

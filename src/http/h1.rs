@@ -951,6 +951,18 @@ pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The values of every header named `name` (any case), in order.
+pub fn header_values<'a>(
+    buf: &'a [u8],
+    headers: &'a [HeaderIdx],
+    name: &'a [u8],
+) -> impl Iterator<Item = &'a [u8]> + Clone + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
+        .map(move |h| h.value.get(buf))
+}
+
 /// A header value may not contain control characters other than tab.
 pub fn valid_header_value(v: &str) -> bool {
     v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))

@@ -24,7 +24,7 @@ use super::session::{
 use super::{now, CoreState, OidcPlugin};
 use crate::error::{AuthError, AuthKind, ProxyError};
 use crate::http::form;
-use crate::http::h1::HeaderKind;
+use crate::http::h1::header_values;
 use crate::http::reply::Reply;
 use crate::idp::{ClientAuth, Grant, IdpError, TokenAnswer, TokenRequest};
 use crate::jose::jwt::{self, MissingIssuer};
@@ -78,19 +78,11 @@ fn random_b64(rng: &SystemRandom, n: usize) -> Result<String, ProxyError> {
 
 /// The request's `Cookie` header values.
 fn cookie_values<'a>(req: &'a Request<'a>) -> impl Iterator<Item = &'a [u8]> + Clone + 'a {
-    req.headers
-        .iter()
-        .filter(|h| {
-            h.kind == HeaderKind::Other && h.name.get(req.buf).eq_ignore_ascii_case(b"cookie")
-        })
-        .map(|h| h.value.get(req.buf))
+    header_values(req.buf, req.headers, b"cookie")
 }
 
-fn header_value<'a>(req: &'a Request<'a>, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .iter()
-        .find(|h| h.name.get(req.buf).eq_ignore_ascii_case(name.as_bytes()))
-        .map(|h| h.value.get(req.buf))
+fn header_value<'a>(req: &'a Request<'a>, name: &'a str) -> Option<&'a [u8]> {
+    header_values(req.buf, req.headers, name.as_bytes()).next()
 }
 
 /// SPEC 2.5: what a browser marks as not a navigation gets a 401, never a login redirect, so

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use crate::error::{AuthError, ProxyError};
-use crate::http::h1::{write_header as header, HeaderIdx, HeaderKind, Span};
+use crate::http::h1::{header_values, write_header as header, HeaderIdx, HeaderKind, Span};
 use crate::http::reply::quoted_safe;
 use crate::http::reply::Reply;
 use crate::idp::{Idp, Provider, ProviderState};
@@ -256,12 +256,7 @@ impl OidcPlugin {
         if self.login {
             let start = out.len();
             out.extend_from_slice(b"Cookie: ");
-            let cookies = headers
-                .iter()
-                .filter(|h| {
-                    h.kind == HeaderKind::Other && h.name.get(buf).eq_ignore_ascii_case(b"cookie")
-                })
-                .map(|h| h.value.get(buf));
+            let cookies = header_values(buf, headers, b"cookie");
             let base = &self.cfg.session.cookie_name;
             if strip_cookies(cookies, |n| login::is_ours(n, base), out) {
                 out.extend_from_slice(b"\r\n");
