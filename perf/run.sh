@@ -7,6 +7,7 @@
 #   PORTCULLIS_BIN=/path/to/portcullis perf/run.sh   # skip cargo build
 #   PERF_TARGETS="nginx haproxy" perf/run.sh        # only some targets
 #   RSS_STEP=0 perf/run.sh           # skip the memory step (perf/rss.sh) after the rounds
+#   PERF_TARGETS="portcullis-uring portcullis-session portcullis-cookie" perf/run.sh   # the session targets
 #   UPSTREAM=nginx perf/run.sh       # Debian nginx as the upstream instead of perf/upstream
 #
 # See perf/README.md. Output: a Markdown report on stdout and in
@@ -34,7 +35,7 @@ PORTCULLIS_RUST_LOG=${PORTCULLIS_RUST_LOG:-warn}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-}
 TOKEN_POOL=${TOKEN_POOL:-1000}      # distinct tokens the bearer-token targets rotate over
 RSS_STEP=${RSS_STEP:-1}             # 1: run perf/rss.sh after the rounds (needs a portcullis target)
-NODE=${NODE:-node}                  # mints tokens, runs the fake introspection endpoint
+NODE=${NODE:-node}                  # mints tokens, runs the fake introspection endpoint and OpenID provider
 UPSTREAM=${UPSTREAM:-fast}          # fast: perf/upstream (built here); nginx: Debian nginx
 UPSTREAM_BIN=$PERF_DIR/upstream/target/release/perf-upstream
 
@@ -124,7 +125,7 @@ wait_listening() {
 ensure_tools() {
     local missing=() pair bin pkg
     local -a tools=(nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl taskset:util-linux)
-    # node mints the token pools and runs the fake introspection endpoint.
+    # node mints the token pools and runs the fake introspection endpoint and OpenID provider.
     if needs_node; then
         if [[ $NODE == node ]]; then
             tools+=(node:nodejs)
@@ -178,7 +179,7 @@ start_upstream() {
 # waits until it answers (wait_ready, which takes curl args such as -H for
 # targets that need credentials), and sets TARGET_URL[NAME].
 ALL_TARGETS=()
-declare -A TARGET_STARTER=() TARGET_WRK=() TARGET_URL=() TARGET_PROBE=() TARGET_NODE=()
+declare -A TARGET_STARTER=() TARGET_WRK=() TARGET_URL=() TARGET_PROBE=() TARGET_NODE=() TARGET_CHECK=()
 SKIPPED_NOTES=()   # targets left out of the default selection, and why (for the report)
 
 # add_target NAME STARTER [extra wrk args...]
@@ -231,10 +232,10 @@ start_haproxy() {
     wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID" "$@"
 }
 
-# start_portcullis NAME DRIVER [TEMPLATE [curl args for the readiness check...]]
-start_portcullis() {
+# launch_portcullis NAME DRIVER [TEMPLATE] — render the config, check it, start Portcullis; sets
+# TARGET_URL[NAME], LAST_PID and PORT (its listen port). The caller waits until it answers.
+launch_portcullis() {
     local name=$1 driver=$2 tmpl=${3:-$PERF_DIR/conf/portcullis.yaml.tmpl} dir=$WORK/$1 admin_port
-    shift $(($# < 3 ? $# : 3))
     mkdir -p "$dir/data"
     alloc_port
     admin_port=$PORT
@@ -246,6 +247,13 @@ start_portcullis() {
         { cat "$WORK/logs/$name-config-test.log" >&2; die "$name: portcullis refuses its config $dir/config.yaml (above)"; }
     start_pinned "$name" "$PROXY_CPU" env RUST_LOG="$PORTCULLIS_RUST_LOG" "$PORTCULLIS_BIN" -c "$dir/config.yaml"
     TARGET_URL[$name]="http://127.0.0.1:$PORT/"
+}
+
+# start_portcullis NAME DRIVER [TEMPLATE [curl args for the readiness check...]]
+start_portcullis() {
+    local name=$1
+    launch_portcullis "$name" "$2" "${3:-$PERF_DIR/conf/portcullis.yaml.tmpl}"
+    shift $(($# < 3 ? $# : 3))
     wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID" "$@"
 }
 start_portcullis_uring() { start_portcullis "$1" io_uring; }
@@ -384,6 +392,187 @@ probe_introspect() {
     }
 }
 
+# ---- session target (the browser login flow)
+# One Portcullis whose route runs the login flow against perf/tools/fake-oidc.js. After it
+# starts, curl logs in once (protected URL → the fake's /authorize → the callback → the session
+# cookie); wrk then sends that cookie on every request, which Portcullis serves from its per-core
+# session cache without calling the IdP.
+SESSION_SECRET=perf-session-secret-0123456789ab   # fixed, 32 characters
+SESSION_HOST=perf.test
+SESSION_NAME=portcullis-session   # the Portcullis instance that holds the session
+SESSION_COOKIE=""                 # the request's Cookie value: session=…[; session_2=…]
+SESSION_CHUNKS=0
+SESSION_PORT=""
+IDP_ADDR=""
+IDP_STATS=""                      # the fake IdP's counters after the rounds
+
+start_fake_oidc() {
+    [[ -z $IDP_ADDR ]] || return 0
+    [[ -r $JWT_PRIVKEY ]] || die "test key missing: $JWT_PRIVKEY"
+    alloc_port
+    IDP_ADDR=127.0.0.1:$PORT
+    start_pinned fake-oidc "$LOAD_CPU" "$NODE" "$PERF_DIR/tools/fake-oidc.js" "$PORT" "$JWT_PRIVKEY" \
+        --client-id perf --client-secret perf-secret
+    wait_listening fake-oidc "$PORT" "$LAST_PID"
+}
+
+# login_step NAME WHAT URL — one GET with the login's cookie jar, Host perf.test sent to the
+# session Portcullis; sets L_CODE (status), L_LOCATION (absolute Location) and L_BODY (file).
+# The response heads go to logs/session-login/.
+login_step() {
+    local name=$1 what=$2 url=$3 dir=$WORK/$SESSION_NAME/login out
+    mkdir -p "$dir" "$WORK/logs/session-login"
+    L_BODY=$dir/body
+    out=$(curl -sS --max-time 10 --connect-to "$SESSION_HOST:80:127.0.0.1:$SESSION_PORT" \
+        -c "$dir/jar" -b "$dir/jar" -D "$WORK/logs/session-login/head-$what" -o "$L_BODY" -w '%{http_code} %{redirect_url}' \
+        "$url" 2>"$dir/curl-err") || out="none (curl: $(head -c 200 "$dir/curl-err"))"
+    L_CODE=${out%% *}
+    L_LOCATION=${out#* }
+    [[ $L_CODE != none ]] || L_LOCATION=""
+    log "$name login, $what: $L_CODE${L_LOCATION:+ → ${L_LOCATION:0:100}}"
+}
+
+# session_cookie_from_jar FILE — the jar's session cookie as a Cookie value, chunks in order
+# (session, session_2, …); fails when there is none or a chunk is missing.
+session_cookie_from_jar() {
+    awk -F'\t' '
+        /^#HttpOnly_/ { sub(/^#HttpOnly_/, "") }
+        /^#/ || NF < 7 { next }
+        $6 ~ /^session(_[0-9]+)?$/ {
+            i = ($6 == "session") ? 1 : substr($6, 9) + 0
+            c[i] = $6 "=" $7
+            if (i > n) n = i
+        }
+        END {
+            if (n == 0) exit 1
+            for (i = 1; i <= n; i++) { if (!(i in c)) exit 1; printf "%s%s", (i > 1 ? "; " : ""), c[i] }
+        }' "$1"
+}
+
+# ensure_session — start the fake IdP and the session Portcullis, log in once, set
+# SESSION_COOKIE. Fails loudly at any step that is not what the login flow should do.
+ensure_session() {
+    [[ -z $SESSION_COOKIE ]] || return 0
+    local name=$SESSION_NAME pid deadline jar=$WORK/$SESSION_NAME/login/jar authz callback
+    start_fake_oidc
+    TMPL_VARS=(IDP="$IDP_ADDR" SESSION_SECRET="$SESSION_SECRET")
+    launch_portcullis "$name" io_uring "$PERF_DIR/conf/portcullis-session.yaml.tmpl"
+    pid=$LAST_PID
+    SESSION_PORT=$PORT
+    wait_listening "$name" "$SESSION_PORT" "$pid"
+    authz="http://$IDP_ADDR/authorize?"
+
+    # 1. A protected URL without a session: 302 to the fake's /authorize (once discovery is in;
+    #    until then Portcullis may answer 503).
+    deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        is_alive "$pid" || { tail -n 40 "$WORK/logs/$name.log" >&2 || true; die "$name (pid $pid) exited before the login (log above)"; }
+        login_step "$name" protected "http://$SESSION_HOST/"
+        [[ $L_CODE == 302 && $L_LOCATION == "$authz"* ]] && break
+        [[ $L_CODE == none || $L_CODE == 5* ]] && ((SECONDS < deadline)) || {
+            tail -n 20 "$WORK/logs/$name.log" >&2 || true
+            die "$name: a protected URL without a session answered $L_CODE (Location: ${L_LOCATION:-none}) instead of 302 to $authz… (body: $(head -c 300 "$L_BODY" | tr '\n' ' '))"
+        }
+        sleep 0.5
+    done
+    grep -qi '^set-cookie: session_login_' "$WORK/logs/session-login/head-protected" ||
+        die "$name: the redirect to the IdP set no login attempt cookie (session_login_…; headers in $OUT_DIR/logs/session-login/)"
+
+    # 2. The fake IdP's /authorize: 302 to the callback with a code.
+    login_step "$name" authorize "$L_LOCATION"
+    callback="http://$SESSION_HOST/.apisix/redirect?"
+    [[ $L_CODE == 302 && $L_LOCATION == "$callback"* && $L_LOCATION == *code=* ]] ||
+        die "fake-oidc: /authorize answered $L_CODE (Location: ${L_LOCATION:-none}) instead of 302 to $callback…code=… (body: $(head -c 300 "$L_BODY" | tr '\n' ' '))"
+
+    # 3. The callback on Portcullis, with the attempt cookie: code exchange, id token check,
+    #    userinfo, then 302 back to the protected URL with the session cookie.
+    login_step "$name" callback "$L_LOCATION"
+    [[ $L_CODE == 302 && $L_LOCATION == "http://$SESSION_HOST/" ]] || {
+        tail -n 20 "$WORK/logs/$name.log" >&2 || true
+        die "$name: the callback answered $L_CODE (Location: ${L_LOCATION:-none}) instead of 302 back to http://$SESSION_HOST/ (body: $(head -c 300 "$L_BODY" | tr '\n' ' '))"
+    }
+    grep -qi '^set-cookie: session=' "$WORK/logs/session-login/head-callback" ||
+        die "$name: the callback set no session cookie (headers in $OUT_DIR/logs/session-login/)"
+
+    # 4. The protected URL again, with the jar: the upstream's answer.
+    login_step "$name" "with-session" "http://$SESSION_HOST/"
+    [[ $L_CODE == 200 && $(<"$L_BODY") == *"$EXPECTED_BODY"* ]] ||
+        die "$name: with the session cookie the protected URL answered $L_CODE instead of 200 with the upstream's body (body: $(head -c 300 "$L_BODY" | tr '\n' ' '))"
+
+    SESSION_COOKIE=$(session_cookie_from_jar "$jar") ||
+        die "$name: no complete session cookie (session, session_2, …) in the jar $jar"
+    SESSION_CHUNKS=$(tr ';' '\n' <<<"$SESSION_COOKIE" | grep -c =)
+    log "$name: logged in; the session cookie is ${#SESSION_COOKIE} bytes in $SESSION_CHUNKS chunk(s)"
+
+    # The exact requests wrk sends (127.0.0.1, Host header, Cookie header): 200 with the upstream's
+    # body and no renewed cookie; a tampered cookie or none is no session (302 to the IdP).
+    session_check "$name"
+    local first=${SESSION_COOKIE%%;*} tampered pos
+    pos=$((${#first} / 2))
+    tampered="${first:0:pos}$([[ ${first:pos:1} == A ]] && echo B || echo A)${first:pos+1}${SESSION_COOKIE:${#first}}"
+    session_expect_login "$name" "a tampered session cookie" -H "Cookie: $tampered"
+    session_expect_login "$name" "no cookie"
+}
+
+# session_check NAME — one request as wrk sends it must answer 200 with the upstream's body and
+# without Set-Cookie (no re-sealed session). Also run after the warm-up and every measured run:
+# wrk counts a 302 as a success.
+session_check() {
+    local name=$1 code
+    code=$(curl -sS --max-time 5 -D "$WORK/check-head" -o "$WORK/check-body" -w '%{http_code}' \
+        -H "Host: $SESSION_HOST" -H "Cookie: $SESSION_COOKIE" "http://127.0.0.1:$SESSION_PORT/" 2>"$WORK/check-err") ||
+        code="none (curl: $(head -c 200 "$WORK/check-err"))"
+    [[ $code == 200 && $(<"$WORK/check-body") == *"$EXPECTED_BODY"* ]] ||
+        die "$name answered $code instead of 200 with the upstream's body to a request with the session cookie (Location: $(awk 'tolower($1) == "location:" { print $2 }' "$WORK/check-head" | tr -d '\r'))"
+    ! grep -qi '^set-cookie:' "$WORK/check-head" ||
+        die "$name renewed the session cookie on a request with it (wrk would keep sending the old one): $(grep -i '^set-cookie:' "$WORK/check-head" | head -c 200)"
+}
+
+# session_expect_login NAME WHAT [curl args] — answered with a 302 to the IdP's /authorize.
+session_expect_login() {
+    local name=$1 what=$2 out code location
+    shift 2
+    out=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code} %{redirect_url}' \
+        -H "Host: $SESSION_HOST" "$@" "http://127.0.0.1:$SESSION_PORT/" 2>&1) || out="none $out"
+    code=${out%% *}
+    location=${out#* }
+    [[ $code == 302 && $location == "http://$IDP_ADDR/authorize?"* ]] ||
+        die "$name answered $code (Location: $location) instead of 302 to the IdP to a request with $what"
+    log "$name answers 302 to the IdP to a request with $what"
+}
+
+start_portcullis_session() {
+    local name=$1
+    [[ $name == "$SESSION_NAME" ]] || die "the session target must be named $SESSION_NAME"
+    ensure_session
+    TARGET_URL[$name]="http://127.0.0.1:$SESSION_PORT/"
+    TARGET_WRK[$name]+=$(printf '%q ' -H "Host: $SESSION_HOST" -H "Cookie: $SESSION_COOKIE")
+    TARGET_CHECK[$name]=session_check
+}
+
+# Portcullis without auth, loaded with exactly the session target's requests (the same Host and
+# Cookie headers): the baseline that leaves only the session's own cost. It needs the cookie of a
+# real login, so it starts the session Portcullis too when that target is not selected.
+start_portcullis_cookie() {
+    local name=$1
+    ensure_session
+    start_portcullis "$name" io_uring
+    TARGET_WRK[$name]+=$(printf '%q ' -H "Host: $SESSION_HOST" -H "Cookie: $SESSION_COOKIE")
+}
+
+# The session targets join the default selection only if this portcullis accepts the login
+# flow's config (builds before the login flow refuse it).
+probe_session() {
+    local dir=$WORK/probe-session
+    mkdir -p "$dir"
+    render "$PERF_DIR/conf/portcullis-session.yaml.tmpl" "$dir/config.yaml" DIR="$dir" PORT=1 ADMIN_PORT=2 \
+        DRIVER=io_uring UPSTREAM=127.0.0.1:3 IDP=127.0.0.1:4 SESSION_SECRET="$SESSION_SECRET"
+    "$PORTCULLIS_BIN" -c "$dir/config.yaml" check >"$WORK/logs/probe-session.log" 2>&1 || {
+        PROBE_WHY="this portcullis refuses the login flow's config: $(grep -v 'invalid config' "$WORK/logs/probe-session.log" | head -n1 | sed 's/^ *//')"
+        return 1
+    }
+}
+
 # The order here is the order within each round and in the table.
 add_target upstream-direct        start_upstream_direct
 add_target nginx                  start_nginx_proxy
@@ -396,8 +585,11 @@ add_target portcullis-jwt-nocache start_portcullis_jwt_nocache
 add_target haproxy-jwt            start_haproxy_jwt
 add_target portcullis-introspect  start_portcullis_introspect
 add_target portcullis-opaque      start_portcullis_opaque
-TARGET_NODE=([nginx-tokens]=1 [portcullis-jwt-pool]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1 [portcullis-opaque]=1)
-TARGET_PROBE=([portcullis-introspect]=probe_introspect)
+add_target portcullis-session     start_portcullis_session
+add_target portcullis-cookie      start_portcullis_cookie
+TARGET_NODE=([nginx-tokens]=1 [portcullis-jwt-pool]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1 [portcullis-opaque]=1
+    [portcullis-session]=1 [portcullis-cookie]=1)
+TARGET_PROBE=([portcullis-introspect]=probe_introspect [portcullis-session]=probe_session [portcullis-cookie]=probe_session)
 
 # ---------------------------------------------------------------- measuring
 RAW=""   # TSV of every measured run
@@ -546,6 +738,22 @@ goal_row() {
     }'
 }
 
+# session_idp_verdict — after the IdP counters: whether the run made IdP calls beyond the one
+# login (its /authorize, /token and /userinfo, plus discovery and JWKS at start).
+session_idp_verdict() {
+    local calls
+    calls=$("$NODE" -e '
+        let s; try { s = JSON.parse(process.argv[1]); } catch (e) { process.exit(1); }
+        const r = s.requests || {};
+        console.log(`${r["/authorize"] || 0} ${r["/token"] || 0} ${r["/userinfo"] || 0} ${s.refused || 0}`);
+    ' "$IDP_STATS" 2>/dev/null) || { echo " (unreadable)"; return 0; }
+    if [[ $calls == "1 1 1 0" ]]; then
+        echo " (one login: 1 authorize, 1 token, 1 userinfo call; no IdP call per request)"
+    else
+        echo ". **WARNING: authorize/token/userinfo/refused = ${calls// //}, not the one login's 1/1/1/0: the load did not run on the one session**"
+    fi
+}
+
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 col_of() { awk -F'\t' -v n="$1" -v c="$2" '$2 == n { print $c }' "$RAW"; }
 
@@ -578,6 +786,9 @@ report() {
     fi
     if in_selected portcullis-introspect; then
         echo "- introspection: \`portcullis-introspect\` rotates over $TOKEN_POOL opaque tokens, validated by introspection against a fake endpoint (\`perf/tools/fake-introspect.js\`, node, on core $LOAD_CPU); warm cache after the warm-up. Endpoint counters at the end: ${INTROSPECT_STATS:-n/a}"
+    fi
+    if [[ -n $SESSION_COOKIE ]]; then
+        echo "- session: \`portcullis-session\` runs the login flow (\`bearer_only: false\`, fixed \`session.secret\`, \`set_userinfo_header\`, \`set_id_token_header\`, \`set_access_token_header\`) against a fake OpenID provider (\`perf/tools/fake-oidc.js\`, node, on core $LOAD_CPU); curl logged in once, then every request carries \`Host: $SESSION_HOST\` and that session's \`Cookie\` header (${#SESSION_COOKIE} bytes, $SESSION_CHUNKS chunk(s)), served from the per-core session cache.$(in_selected portcullis-cookie && echo " \`portcullis-cookie\`: Portcullis without auth, fed the same headers.") IdP counters at the end: ${IDP_STATS:-n/a}$(session_idp_verdict)"
     fi
     echo "- values are medians over the rounds; ratios are against \`$BASELINE\` (req/s: higher is better; p99: lower is better); core $PROXY_CPU busy % and µs/req = CPU time used on the proxy core during the run (divided by the requests served); errors = non-2xx/3xx responses + socket errors, summed over all rounds"
     nbg=$(awk -F'\t' 'NR > 1 && $14 == 1 { n++ } END { print n + 0 }' "$RAW")
@@ -625,6 +836,8 @@ report() {
     goal_row portcullis-jwt-nocache haproxy-jwt 1.5
     goal_row portcullis-introspect portcullis-uring 0.95
     goal_row portcullis-introspect portcullis-opaque 0.95
+    goal_row portcullis-session portcullis-uring 0.9
+    goal_row portcullis-session portcullis-cookie 0.9
     if ((${#SKIPPED_NOTES[@]} > 0)); then
         echo
         for note in "${SKIPPED_NOTES[@]}"; do echo "- $note"; done
@@ -738,6 +951,7 @@ main() {
     for name in "${SELECTED[@]}"; do
         eval "extra=(${TARGET_WRK[$name]})"
         warm_up "$name" "${TARGET_URL[$name]}" "${extra[@]}"
+        [[ -z ${TARGET_CHECK[$name]:-} ]] || "${TARGET_CHECK[$name]}" "$name"
     done
     check_all_alive
 
@@ -750,12 +964,16 @@ main() {
             measure "$name" "${TARGET_URL[$name]}" "${extra[@]}"
             ((W_NON2XX == 0)) || log "WARNING: $name answered $W_NON2XX non-2xx/3xx responses in round $ROUND (see $OUT_DIR/logs/wrk-r$ROUND-$name.txt)"
             check_all_alive
+            [[ -z ${TARGET_CHECK[$name]:-} ]] || "${TARGET_CHECK[$name]}" "$name"
             sleep 1
         done
     done
 
     if [[ -n $INTROSPECT_ADDR ]]; then
         INTROSPECT_STATS=$(curl -sS --max-time 5 "http://$INTROSPECT_ADDR/stats" 2>/dev/null) || INTROSPECT_STATS=unavailable
+    fi
+    if [[ -n $IDP_ADDR ]]; then
+        IDP_STATS=$(curl -sS --max-time 5 "http://$IDP_ADDR/stats" 2>/dev/null) || IDP_STATS=unavailable
     fi
     run_rss_step
 
