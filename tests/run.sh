@@ -5,15 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive besides the Rust toolchain, as "command:package": node runs the
-# real identity provider (tests/idp).
+# real identity provider (tests/idp) and the browser driver (tests/browser); chromium is the
+# browser of the login-flow tests, launched as /usr/bin/chromium (tests/common/browser.rs).
 need_apt=()
 for pair in node:nodejs npm:npm; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! /usr/bin/chromium --version >/dev/null 2>&1; then
+  echo "the browser tests need Debian's chromium at /usr/bin/chromium, and it does not run" >&2
+  exit 1
 fi
 
 # The real identity provider of the OpenID Connect tests (tests/idp: node running oidc-provider 9)
@@ -36,6 +42,14 @@ if [ ! -f tests/idp/node_modules/.package-lock.json ] \
   echo "== npm ci in tests/idp"
   (cd tests/idp && npm ci --no-audit --no-fund)
   touch tests/idp/node_modules/.package-lock.json
+fi
+# The browser driver (tests/browser: playwright-core, pinned by its package-lock.json; it downloads
+# no browser and drives the chromium above), installed the same way.
+if [ ! -f tests/browser/node_modules/.package-lock.json ] \
+  || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+  echo "== npm ci in tests/browser"
+  (cd tests/browser && npm ci --no-audit --no-fund)
+  touch tests/browser/node_modules/.package-lock.json
 fi
 
 for component in rustfmt clippy; do

@@ -67,7 +67,28 @@ pub struct RealIdp {
     _stdin: Option<ChildStdin>,
     port: u16,
     stderr: Arc<Mutex<String>>,
+    /// Started with [`IdpOptions::debug`]: every request is logged, so it can be counted.
+    debug: bool,
 }
+
+/// One request the IdP served, from its debug log (`[idp] GET /me -> 200 (3 ms)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpRequest {
+    pub method: String,
+    /// The request target as received (path and query).
+    pub target: String,
+    pub status: u16,
+}
+
+impl IdpRequest {
+    /// The target without its query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// How long [`RealIdp::sync_log`] waits for its marker request to show up in the log.
+const LOG_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RealIdp {
     /// Starts the IdP with the default redirect URI (`http://127.0.0.1/.apisix/redirect`).
@@ -202,6 +223,7 @@ impl RealIdp {
             _stdin: stdin,
             port,
             stderr,
+            debug: opts.debug,
         }
     }
 
@@ -242,6 +264,84 @@ impl RealIdp {
     /// Everything the IdP wrote to stderr so far (warnings, `[idp]` lines).
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// `<issuer>/auth`: the discovery's `authorization_endpoint`.
+    pub fn authorization_endpoint(&self) -> String {
+        format!("{}/auth", self.issuer())
+    }
+
+    /// `<issuer>/me`: the discovery's `userinfo_endpoint`.
+    pub fn userinfo_endpoint(&self) -> String {
+        format!("{}/me", self.issuer())
+    }
+
+    /// `<issuer>/session/end`: the discovery's `end_session_endpoint`.
+    pub fn end_session_endpoint(&self) -> String {
+        format!("{}/session/end", self.issuer())
+    }
+
+    /// Every request the IdP has served so far, in order, without [`RealIdp::sync_log`]'s own
+    /// markers. Needs [`IdpOptions::debug`] (panics otherwise, so a count can never read zero
+    /// because nothing was logged). Call [`RealIdp::sync_log`] first to be sure that every
+    /// request answered so far is in.
+    pub fn requests(&self) -> Vec<IdpRequest> {
+        assert!(
+            self.debug,
+            "RealIdp::requests needs the IdP started with IdpOptions {{ debug: true, .. }}"
+        );
+        let log = self.stderr();
+        log.lines()
+            .filter_map(parse_request_line)
+            .filter(|r| !r.target.contains(SYNC_MARKER))
+            .collect()
+    }
+
+    /// How many requests with `method` to `path` (query ignored) the IdP has served so far.
+    pub fn count(&self, method: &str, path: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.method == method && r.path() == path)
+            .count()
+    }
+
+    /// Token, userinfo and introspection requests so far: what a login costs at the IdP, and
+    /// what a request served from a session must not cause. Call [`RealIdp::sync_log`] first.
+    pub fn backchannel_calls(&self) -> Vec<IdpRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| matches!(r.path(), "/token" | "/me" | "/token/introspection"))
+            .collect()
+    }
+
+    /// Makes sure the log holds every request the IdP answered before this call: sends a marker
+    /// request and waits (bounded) until the stderr reader has seen it. The IdP writes each
+    /// line before it sends the answer, and its stderr is one ordered pipe.
+    pub fn sync_log(&self) {
+        assert!(
+            self.debug,
+            "RealIdp::sync_log needs the IdP started with IdpOptions {{ debug: true, .. }}"
+        );
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("{SYNC_MARKER}={}-{n}", std::process::id());
+        let r = self.request(
+            "GET",
+            &format!("/.well-known/openid-configuration?{marker}"),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "IdP log marker request: {:?}", r.text());
+        let deadline = Instant::now() + LOG_SYNC_TIMEOUT;
+        while !self.stderr().contains(&marker) {
+            assert!(
+                Instant::now() < deadline,
+                "the IdP's log marker {marker} did not show up within {LOG_SYNC_TIMEOUT:?}; \
+                 stderr:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// A raw request to the IdP (`Host: localhost:<port>`, `Connection: close`).
@@ -344,6 +444,25 @@ impl Drop for RealIdp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The query key of [`RealIdp::sync_log`]'s marker requests.
+const SYNC_MARKER: &str = "portcullis-log-sync";
+
+/// Parses one debug line of `server.mjs`: `[idp] METHOD TARGET -> STATUS (N ms)`.
+fn parse_request_line(line: &str) -> Option<IdpRequest> {
+    let rest = line.strip_prefix("[idp] ")?;
+    let (method, rest) = rest.split_once(' ')?;
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let (target, rest) = rest.rsplit_once(" -> ")?;
+    let status = rest.split(' ').next()?.parse().ok()?;
+    Some(IdpRequest {
+        method: method.to_string(),
+        target: target.to_string(),
+        status,
+    })
 }
 
 fn check_installed(dir: &std::path::Path) {
