@@ -199,7 +199,7 @@ pub async fn access(
     let found = read_chunked(cookie_values(req), base);
     let old_chunks = found.as_ref().map_or(0, |(_, n)| *n);
     if let Some((sealed, _)) = &found {
-        if let Some(session) = current_session(p, st, sealed, now, ctx).await? {
+        if let Some(session) = current_session(p, st, sealed, old_chunks, now, ctx).await? {
             ctx.session = Some(session);
             return Ok(None);
         }
@@ -220,6 +220,7 @@ async fn current_session(
     p: &OidcPlugin,
     st: &CoreState,
     sealed: &str,
+    old_chunks: usize,
     now: f64,
     ctx: &mut Ctx,
 ) -> Result<Option<Rc<Session>>, ProxyError> {
@@ -257,7 +258,8 @@ async fn current_session(
         }
         return match refresh(p, st, sealed, &session, now).await {
             Some((renewed, cookie)) => {
-                ctx.set_cookies = set_cookie_values(base, &cookie, &cookie_attrs(p, ctx), 0);
+                ctx.set_cookies =
+                    set_cookie_values(base, &cookie, &cookie_attrs(p, ctx), old_chunks);
                 Ok(Some(renewed))
             }
             // A failed refresh is no session: the request is unauthenticated.
@@ -273,7 +275,7 @@ async fn current_session(
         st.sessions
             .borrow_mut()
             .insert(base, &cookie, pushed.clone());
-        ctx.set_cookies = set_cookie_values(base, &cookie, &cookie_attrs(p, ctx), 0);
+        ctx.set_cookies = set_cookie_values(base, &cookie, &cookie_attrs(p, ctx), old_chunks);
         return Ok(Some(pushed));
     }
     Ok(Some(session))

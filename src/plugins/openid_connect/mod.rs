@@ -379,7 +379,10 @@ impl CoreState {
         CoreState {
             tokens: RefCell::new(TokenCache::new(entries, bytes)),
             introspections: RefCell::new(introspect::Introspections::new(entries, bytes)),
-            sessions: RefCell::new(SessionCache::new(SESSION_CACHE_ENTRIES.min(entries))),
+            sessions: RefCell::new(SessionCache::with_max_bytes(
+                SESSION_CACHE_ENTRIES.min(entries),
+                bytes,
+            )),
             refreshes: RefCell::default(),
         }
     }
