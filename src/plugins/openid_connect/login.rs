@@ -135,19 +135,20 @@ fn redirect_uri(p: &OidcPlugin, req: &Request<'_>, path: &[u8]) -> Result<String
     }
 }
 
+/// The path of a configured `redirect_uri` (absolute or relative), without its query: what
+/// callbacks arrive at. Compiled once per route.
+pub fn callback_path(redirect_uri: &str) -> Box<str> {
+    let path = match redirect_uri.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => redirect_uri,
+    };
+    path.split('?').next().unwrap_or(path).into()
+}
+
 /// Whether `path` is this route's callback.
 fn is_callback(p: &OidcPlugin, path: &[u8]) -> bool {
-    match p.cfg.redirect_uri.as_deref() {
-        Some(u) => {
-            let after_scheme = u.find("://").map_or(u, |i| &u[i + 3..]);
-            let configured = if u.contains("://") {
-                after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
-            } else {
-                u
-            };
-            let configured = configured.split('?').next().unwrap_or(configured);
-            path == configured.as_bytes()
-        }
+    match p.callback_path.as_deref() {
+        Some(configured) => path == configured.as_bytes(),
         None => path.ends_with(CALLBACK_SUFFIX.as_bytes()),
     }
 }
@@ -915,6 +916,13 @@ mod tests {
         ] {
             assert!(!is_ours(name.as_bytes(), "session"), "{name}");
         }
+    }
+
+    #[test]
+    fn callback_paths_of_configured_redirect_uris() {
+        assert_eq!(&*callback_path("https://app.test/cb?x=1"), "/cb");
+        assert_eq!(&*callback_path("https://app.test"), "/");
+        assert_eq!(&*callback_path("/a/callback"), "/a/callback");
     }
 
     #[test]

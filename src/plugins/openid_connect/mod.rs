@@ -60,6 +60,8 @@ pub struct OidcPlugin {
     /// The key its session cookies are sealed with, or why there is none (then a login answers
     /// 503 saying so).
     pub session_key: Result<Arc<SessionKey>, Arc<str>>,
+    /// The path callbacks arrive at, when `redirect_uri` is configured.
+    callback_path: Option<Box<str>>,
 }
 
 impl OidcPlugin {
@@ -128,6 +130,7 @@ impl OidcPlugin {
             introspection_namespace,
             login,
             session_key,
+            callback_path: cfg.redirect_uri.as_deref().map(login::callback_path),
             cfg,
         }
     }
