@@ -389,7 +389,17 @@ impl Proxy {
         extra_args: &[&str],
         ports: Vec<u16>,
     ) -> Proxy {
-        let config_path = dir.write("config.yaml", config_yaml);
+        // The Admin API listens on 127.0.0.1:9180 by default; tests run in parallel, so each
+        // proxy gets a free port of its own unless the test chose one.
+        let config_yaml = if config_yaml.lines().any(|l| l.starts_with("admin:")) {
+            config_yaml.to_string()
+        } else {
+            format!(
+                "{config_yaml}\nadmin:\n  listen: 127.0.0.1:{}\n",
+                free_port()
+            )
+        };
+        let config_path = dir.write("config.yaml", &config_yaml);
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let child = Command::new(bin())
