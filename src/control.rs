@@ -169,10 +169,7 @@ impl Control {
             for (id, obj) in stored.get(&kind).into_iter().flatten() {
                 match checked(&state, kind, id, &obj.value) {
                     Ok(c) => insert_checked(&mut state, kind, id, c, obj.clone()),
-                    Err(e) => tracing::error!(
-                        "stored {} `{id}` left out: {e}",
-                        kind.singular()
-                    ),
+                    Err(e) => tracing::error!("stored {} `{id}` left out: {e}", kind.singular()),
                 }
             }
         }
@@ -344,7 +341,12 @@ impl Control {
 
     /// Create or replace an object (PUT, POST): checked against everything else in effect,
     /// saved, then published. `Ok(true)` when it was created.
-    pub fn put(&self, kind: Kind, id: &str, mut body: Value) -> Result<(Answer, bool), ChangeError> {
+    pub fn put(
+        &self,
+        kind: Kind,
+        id: &str,
+        mut body: Value,
+    ) -> Result<(Answer, bool), ChangeError> {
         let mut state = self.lock();
         if let Value::Object(m) = &mut body {
             // Bookkeeping a client may send back as it read it; ours is kept apart.
@@ -455,7 +457,7 @@ impl Control {
 
 /// An object checked, in the form the table is built from.
 enum Checked {
-    Route(RouteSpec),
+    Route(Box<RouteSpec>),
     Upstream(UpstreamObject),
 }
 
@@ -488,9 +490,11 @@ fn checked(state: &State, kind: Kind, id: &str, body: &Value) -> Result<Checked,
                     ));
                 }
             }
-            route.map(Checked::Route)
+            route.map(|r| Checked::Route(Box::new(r)))
         }
-        Kind::Upstreams => check_upstream_object(body.clone(), Some(id), &mut errors).map(Checked::Upstream),
+        Kind::Upstreams => {
+            check_upstream_object(body.clone(), Some(id), &mut errors).map(Checked::Upstream)
+        }
     };
     match out {
         Some(c) if errors.is_empty() => Ok(c),
@@ -501,7 +505,7 @@ fn checked(state: &State, kind: Kind, id: &str, body: &Value) -> Result<Checked,
 fn insert_checked(state: &mut State, kind: Kind, id: &str, c: Checked, stored: Stored) {
     match c {
         Checked::Route(r) => {
-            state.admin_routes.insert(id.to_string(), r);
+            state.admin_routes.insert(id.to_string(), *r);
         }
         Checked::Upstream(u) => {
             state.admin_upstreams.insert(id.to_string(), u);
@@ -593,8 +597,14 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc_7396() {
         let mut v = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
-        merge_patch(&mut v, json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}));
-        assert_eq!(v, json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}}));
+        merge_patch(
+            &mut v,
+            json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            v,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
         let mut v = json!({"a": 1});
         merge_patch(&mut v, json!("whole"));
         assert_eq!(v, json!("whole"));

@@ -135,10 +135,7 @@ pub fn handle(control: &Control, key: &str, req: &Request<'_>) -> Response {
                 Err(r) => return r,
             };
             if body.get("id").is_some() {
-                return Response::error(
-                    400,
-                    "id: POST generates the id; use PUT to choose one",
-                );
+                return Response::error(400, "id: POST generates the id; use PUT to choose one");
             }
             let id = control.new_id(kind);
             match control.put(kind, &id, body) {

@@ -64,12 +64,13 @@ pub fn start(
                     continue;
                 }
                 let a = Arc::clone(&admin);
-                let spawned = std::thread::Builder::new()
-                    .name("admin-conn".into())
-                    .spawn(move || {
-                        serve(&a, stream);
-                        a.open.fetch_sub(1, Ordering::AcqRel);
-                    });
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("admin-conn".into())
+                        .spawn(move || {
+                            serve(&a, stream);
+                            a.open.fetch_sub(1, Ordering::AcqRel);
+                        });
                 if spawned.is_err() {
                     admin.open.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -115,7 +116,8 @@ fn serve_one(admin: &Admin, stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result
     };
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
-    req.parse(buf).map_err(|e| io::Error::other(e.to_string()))?;
+    req.parse(buf)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let method = req.method.unwrap_or_default().to_string();
     let target = req.path.unwrap_or_default().to_string();
     let http10 = req.version == Some(0);
