@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::fs;
 use std::time::Duration;
 
 use common::auth::bearer_at;
@@ -49,7 +48,7 @@ fn reload_with(p: &Proxy, yaml: &str) {
     let text = yaml
         .replace("{PORT}", &p.port.to_string())
         .replace("{DATA}", &data.to_string_lossy());
-    fs::write(&p.config_path, text).expect("write the config file");
+    p.rewrite_config(&text);
     p.signal(libc::SIGHUP);
 }
 

@@ -334,6 +334,12 @@ pub struct Proxy {
     exited: Option<ExitStatus>,
 }
 
+/// Whether a YAML config text has a top-level `admin` key (plain or quoted, as `to_yaml` writes).
+fn has_admin_section(yaml: &str) -> bool {
+    yaml.lines()
+        .any(|l| l.starts_with("admin:") || l.starts_with("\"admin\":"))
+}
+
 fn listen_ports(cfg: &Value) -> Vec<u16> {
     let parse = |s: &str| -> u16 {
         s.rsplit(':')
@@ -391,7 +397,7 @@ impl Proxy {
     ) -> Proxy {
         // The Admin API listens on 127.0.0.1:9180 by default; tests run in parallel, so each
         // proxy gets a free port of its own unless the test chose one.
-        let config_yaml = if config_yaml.lines().any(|l| l.starts_with("admin:")) {
+        let config_yaml = if has_admin_section(config_yaml) {
             config_yaml.to_string()
         } else {
             format!(
@@ -470,6 +476,20 @@ impl Proxy {
             }
             thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Rewrites the config file with `text`, keeping the Admin API port the harness chose at
+    /// start unless `text` has an `admin:` section of its own (a reload would otherwise see it
+    /// change).
+    pub fn rewrite_config(&self, text: &str) {
+        let current = self.config_text();
+        let text = match current.find("\nadmin:\n") {
+            Some(i) if !has_admin_section(text) => {
+                format!("{text}{}", &current[i..])
+            }
+            _ => text.to_string(),
+        };
+        fs::write(&self.config_path, text).expect("write the config file");
     }
 
     pub fn config_text(&self) -> String {
