@@ -118,6 +118,7 @@ fn upstream_head(c: &mut Criterion) {
         peer_ip: "192.0.2.10",
         trusted: false,
         path: None,
+        tls: false,
     };
     let ctx = Ctx::default();
     let edits = Heads {

@@ -97,7 +97,15 @@ impl Control {
                 let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
                 *routes = (routes.0 + 1, new.routes);
                 self.shared.routes.store(Arc::new(table));
-                tracing::info!(routes = n, "routes reloaded");
+                // New handshakes take the new certificates; open connections keep theirs.
+                let store = new.tls.cert_store();
+                let names = store.names();
+                self.shared.certs.publish(store);
+                tracing::info!(
+                    routes = n,
+                    tls_names = names,
+                    "routes and certificates reloaded"
+                );
             }
         }
     }

@@ -17,4 +17,5 @@ pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -15,6 +15,7 @@ use portcullis::idp::Idp;
 use portcullis::plugins::PluginEnv;
 use portcullis::router::RouteTable;
 use portcullis::server::{self, listener, Shared};
+use portcullis::tls::{self, Certs};
 
 #[derive(Parser)]
 #[command(
@@ -81,18 +82,37 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
     let _ = rustls::crypto::ring::default_provider().install_default();
     let driver = server::choose_driver(config.runtime.driver)?;
     let listeners = listener::bind_all(&config.listen, config.workers)?;
+    let tls_listeners = listener::bind_all(&config.tls.listen, config.workers)?;
+    let certs = Arc::new(Certs::new(config.tls.cert_store()));
+    let tls = if config.tls.listen.is_empty() {
+        None
+    } else {
+        if config.tls.ssls.is_empty() {
+            tracing::warn!("tls.listen is set but ssls is empty: every handshake is refused until a certificate is added");
+        }
+        Some(tls::server_config(config.tls.protocols, certs.clone())?)
+    };
     let plugins = PluginEnv::new(Idp::start()?, config.data_dir.clone());
     let table = RouteTable::compile(&config.routes, &config.per_core, &plugins);
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(table)),
         stopping: AtomicBool::new(false),
+        certs,
+        tls,
     });
     let config = Arc::new(config);
     // Before any thread starts, so that only the control thread ever takes these signals.
     control::block_signals();
-    let workers = server::start_workers(config.clone(), shared.clone(), listeners, driver)?;
+    let workers = server::start_workers(
+        config.clone(),
+        shared.clone(),
+        listeners,
+        tls_listeners,
+        driver,
+    )?;
     tracing::info!(
         listen = ?config.listen,
+        tls_listen = ?config.tls.listen,
         workers = config.workers,
         driver = ?driver,
         routes = shared.routes.load().routes.len(),

@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive besides the Rust toolchain, as "command:package": node runs the
 # real identity provider (tests/idp) and the browser driver (tests/browser); chromium is the
-# browser of the login-flow tests, launched as /usr/bin/chromium (tests/common/browser.rs).
+# browser of the login-flow tests, launched as /usr/bin/chromium (tests/common/browser.rs);
+# openssl (s_client), curl and python3 are the TLS tests' real clients (tests/tls.rs).
 need_apt=()
-for pair in node:nodejs npm:npm; do
+for pair in node:nodejs npm:npm openssl:openssl curl:curl python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
@@ -66,3 +67,5 @@ echo "== benches in test mode (each benchmark runs once)"
 cargo test --benches
 echo "== cargo test (unit, and integration against the real binary)"
 cargo test --lib --bins --tests
+echo "== the core suites again, every client over HTTPS (tls.listen beside listen)"
+PORTCULLIS_TEST_SCHEME=https cargo test --test proxy_core --test forwarding --test oidc_login

@@ -17,7 +17,7 @@ use super::request::{itoa_u64, write_request_head, ClientFacts, Edits};
 use super::tls;
 use super::{Node, Upstream};
 use crate::error::ProxyError;
-use crate::http::conn::{read_append, Conn, STREAM_CHUNK};
+use crate::http::conn::{read_append, ClientStream, Conn, STREAM_CHUNK};
 use crate::http::h1::{
     named_in_connection, parse_response, BodyKind, ChunkError, ChunkedScanner, HeaderKind,
     RequestHead, ResponseHead,
@@ -85,8 +85,8 @@ pub struct Env<'a> {
 
 /// Forward `head` (parsed at `conn.pos`) to `up`, with the route's plugins' `edits`; on `Err`
 /// nothing was sent to the client.
-pub async fn forward<E: Edits>(
-    conn: &mut Conn,
+pub async fn forward<S: ClientStream, E: Edits>(
+    conn: &mut Conn<S>,
     w: &Env<'_>,
     head: &RequestHead,
     up: &Upstream,
@@ -135,6 +135,7 @@ pub async fn forward<E: Edits>(
         peer_ip: &conn.peer_ip,
         trusted: conn.trusted,
         path: normalized_path.then_some(&conn.norm_path[..]),
+        tls: conn.tls,
     };
     write_request_head(
         &mut conn.wbuf,
@@ -360,8 +361,8 @@ async fn send_range(
 /// Stream the rest of a request body that did not arrive with its head; `(in_buf, in_raw)`:
 /// the body bytes that came with the head, and how many of them go out as they are.
 #[allow(clippy::too_many_arguments)]
-async fn stream_request_body(
-    conn: &mut Conn,
+async fn stream_request_body<S: ClientStream>(
+    conn: &mut Conn<S>,
     w: &Env<'_>,
     upc: &mut UpstreamConn,
     head: &RequestHead,
@@ -441,8 +442,8 @@ async fn stream_request_body(
 }
 
 /// Send the vetted trailer section a finished chunked body held back, if it had one.
-async fn send_trailers(
-    conn: &mut Conn,
+async fn send_trailers<S: ClientStream>(
+    conn: &mut Conn<S>,
     upc: &mut UpstreamConn,
     scanner: &ChunkedScanner,
     send_timeout: Duration,
@@ -456,9 +457,9 @@ async fn send_trailers(
 }
 
 /// Read the upstream's response head into `conn.ubuf`, skipping interim (1xx) responses.
-async fn read_response_head(
+async fn read_response_head<S: ClientStream>(
     upc: &mut UpstreamConn,
-    conn: &mut Conn,
+    conn: &mut Conn<S>,
     limits: &Limits,
     is_head: bool,
     timeout: Duration,
@@ -539,8 +540,8 @@ struct Progress {
     bytes: u64,
 }
 
-fn write_response_head<E: Edits>(
-    conn: &mut Conn,
+fn write_response_head<S: ClientStream, E: Edits>(
+    conn: &mut Conn<S>,
     head: &RequestHead,
     resp: &ResponseHead,
     client_keep: bool,
@@ -585,8 +586,8 @@ fn write_response_head<E: Edits>(
     out.extend_from_slice(b"\r\n");
 }
 
-async fn write_client(
-    conn: &mut Conn,
+async fn write_client<S: ClientStream>(
+    conn: &mut Conn<S>,
     send_timeout: Duration,
     progress: &mut Progress,
 ) -> Result<(), ProxyError> {
@@ -597,9 +598,9 @@ async fn write_client(
     Ok(())
 }
 
-async fn read_upstream(
+async fn read_upstream<S: ClientStream>(
     upc: &mut UpstreamConn,
-    conn: &mut Conn,
+    conn: &mut Conn<S>,
     timeout: Duration,
 ) -> Result<usize, ProxyError> {
     conn.ubuf.clear();
@@ -616,8 +617,8 @@ async fn read_upstream(
     }
 }
 
-async fn send_ubuf_range(
-    conn: &mut Conn,
+async fn send_ubuf_range<S: ClientStream>(
+    conn: &mut Conn<S>,
     k: usize,
     send_timeout: Duration,
     progress: &mut Progress,
@@ -637,8 +638,8 @@ async fn send_ubuf_range(
 /// Relay the response whose head is in `conn.ubuf`. Returns whether the upstream connection
 /// ended exactly at the end of the response (and so may be reused).
 #[allow(clippy::too_many_arguments)]
-async fn relay_response<E: Edits>(
-    conn: &mut Conn,
+async fn relay_response<S: ClientStream, E: Edits>(
+    conn: &mut Conn<S>,
     w: &Env<'_>,
     head: &RequestHead,
     resp: &ResponseHead,

@@ -42,6 +42,8 @@ pub struct ClientFacts<'a> {
     pub trusted: bool,
     /// The normalised path, when it differs from the one sent (it is what the route matched).
     pub path: Option<&'a [u8]>,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 /// Write the upstream request head for `head` (parsed from `buf`) into `out`.
@@ -157,7 +159,8 @@ pub fn write_request_head<E: Edits>(
         header(out, b"X-Real-IP", client.peer_ip.as_bytes());
     }
     if !saw_proto && !edits.drops(b"x-forwarded-proto", HeaderKind::XForwardedProto) {
-        header(out, b"X-Forwarded-Proto", b"http");
+        let proto: &[u8] = if client.tls { b"https" } else { b"http" };
+        header(out, b"X-Forwarded-Proto", proto);
     }
     if !saw_fwd_host && !edits.drops(b"x-forwarded-host", HeaderKind::XForwardedHost) {
         if let Some(h) = client_host {
@@ -216,6 +219,7 @@ mod tests {
         let facts = ClientFacts {
             peer_ip: "10.0.0.9",
             trusted,
+            tls: false,
             path: None,
         };
         write_request_head(&mut out, &buf, &head, &hs, pass_host, &node, &facts, edits);
