@@ -92,7 +92,8 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
         }
         Some(tls::server_config(config.tls.protocols, certs.clone())?)
     };
-    let plugins = PluginEnv::new(Idp::start()?, config.data_dir.clone());
+    let mut plugins = PluginEnv::new(Idp::start()?, config.data_dir.clone());
+    plugins.https_port = config.tls.listen.first().map(|a| a.port());
     let table = RouteTable::compile(&config.routes, &config.per_core, &plugins);
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(table)),

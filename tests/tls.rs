@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::fake_idp::FakeIdp;
 use common::tls::{cert_for, ssl, KeyKind};
 use common::*;
 use serde_json::{json, Value};
@@ -16,8 +17,13 @@ use serde_json::{json, Value};
 /// A proxy with a TLS listener over `ssls`, one open route to `up`, and `extra` merged at the
 /// top level. `Proxy::client` then speaks TLS with SNI `localhost`.
 fn start(up: &Upstream, ssls: Value, extra: Value) -> Proxy {
+    start_routes(vec![route("1", "/*", &[up])], ssls, extra)
+}
+
+/// As [`start`], with `routes`.
+fn start_routes(routes: Vec<Value>, ssls: Value, extra: Value) -> Proxy {
     let port = free_port();
-    let mut cfg = base_config(vec![route("1", "/*", &[up])]);
+    let mut cfg = base_config(routes);
     cfg["tls"] = json!({"listen": [format!("127.0.0.1:{port}")]});
     cfg["ssls"] = ssls;
     if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
@@ -461,4 +467,66 @@ fn bad_ssls_are_refused_with_the_field_named() {
         json!({}),
     ));
     assert!(ok, "{out}");
+}
+
+#[test]
+fn http_to_https_redirects_plain_requests_before_authentication() {
+    let idp = FakeIdp::start();
+    let up = Upstream::start("A");
+    let mut r = route("1", "/*", &[&up]);
+    r["plugins"] = json!({
+        "openid-connect": {"client_id": "c", "client_secret": "s", "bearer_only": true,
+                           "discovery": idp.discovery_url(), "use_jwks": true},
+        "redirect": {"http_to_https": true},
+    });
+    let pem = tls::harness_cert();
+    let p = start_routes(
+        vec![r],
+        json!([ssl("1", &["localhost"], pem)]),
+        json!({"trusted_addresses": ["127.0.0.1"]}),
+    );
+    let https = tls_port(&p);
+    for (host, path) in [
+        ("app.test", "/a/b?x=1&y=%20"),
+        ("app.test:8080", "/"),
+        ("[::1]:80", "/v6"),
+    ] {
+        let r = Client::connect(p.port).request("GET", path, &[("Host", host)], b"");
+        assert_eq!(r.status, 301, "{host}{path}: {:?}", r.headers);
+        let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+        let name = if host.starts_with('[') { "[::1]" } else { name };
+        assert_eq!(
+            r.header("location"),
+            Some(&*format!("https://{name}:{https}{path}"))
+        );
+        assert!(
+            r.header("www-authenticate").is_none(),
+            "no authentication first"
+        );
+    }
+    // A POST with a body is answered too, and the connection closes (its body was not read).
+    let r = Client::connect(p.port).request("POST", "/form", &[("Host", "app.test")], b"a=1");
+    assert_eq!(r.status, 301);
+    // Over HTTPS the request goes on to authentication.
+    let r = p
+        .client()
+        .request("GET", "/a", &[("Host", "localhost")], b"");
+    assert_eq!(r.status, 401, "{:?}", r.headers);
+    // A trusted balancer that terminated TLS says so: not redirected again.
+    let r = Client::connect(p.port).request(
+        "GET",
+        "/a",
+        &[("Host", "app.test"), ("X-Forwarded-Proto", "https")],
+        b"",
+    );
+    assert_eq!(r.status, 401, "{:?}", r.headers);
+    assert_eq!(up.requests(), 0);
+    // Options the plugin does not implement are refused by name.
+    let (ok, out) = check_config(
+        "data_dir: \"{DATA}\"\nroutes:\n  - uri: /x\n    plugins: {redirect: {http_to_https: true, ret_code: 302}}\n    upstream: {nodes: {\"127.0.0.1:1\": 1}}\n",
+    );
+    assert!(
+        !ok && out.contains("plugins.redirect.ret_code: is not supported"),
+        "{out}"
+    );
 }
