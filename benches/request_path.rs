@@ -119,6 +119,7 @@ fn upstream_head(c: &mut Criterion) {
         trusted: false,
         path: None,
         tls: false,
+        upgrade: None,
     };
     let ctx = Ctx::default();
     let edits = Heads {

@@ -21,6 +21,8 @@ pub struct Route {
     pub upstream: Upstream,
     /// Plugins, compiled, in priority order.
     pub plugins: Box<[Plugin]>,
+    /// Whether WebSocket upgrades are forwarded (`enable_websocket`).
+    pub websocket: bool,
 }
 
 /// The route table snapshot workers match against.
@@ -167,6 +169,7 @@ fn compile_route(
                 .unwrap_or(per_core.upstream_keepalive_requests),
         },
         plugins: plugins::compile(&spec.plugins, env),
+        websocket: spec.websocket,
     }
 }
 

@@ -18,6 +18,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+# python3 -m venv needs ensurepip, which Debian ships apart.
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  echo "== installing python3-venv"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+fi
 if ! /usr/bin/chromium --version >/dev/null 2>&1; then
   echo "the browser tests need Debian's chromium at /usr/bin/chromium, and it does not run" >&2
   exit 1
@@ -51,6 +57,17 @@ if [ ! -f tests/browser/node_modules/.package-lock.json ] \
   echo "== npm ci in tests/browser"
   (cd tests/browser && npm ci --no-audit --no-fund)
   touch tests/browser/node_modules/.package-lock.json
+fi
+
+# Python packages the tests drive (tests/python/requirements.txt, pinned with hashes), in their
+# own venv: Debian's python3 takes no pip installs outside one. Reinstalled when the file changes.
+if [ ! -x tests/python/.venv/bin/python3 ] \
+  || [ tests/python/requirements.txt -nt tests/python/.venv/.installed ]; then
+  echo "== pip install -r tests/python/requirements.txt (in tests/python/.venv)"
+  python3 -m venv tests/python/.venv
+  tests/python/.venv/bin/python3 -m pip install -q --disable-pip-version-check \
+    --require-hashes -r tests/python/requirements.txt
+  touch tests/python/.venv/.installed
 fi
 
 for component in rustfmt clippy; do

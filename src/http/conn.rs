@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use monoio::net::TcpStream;
 
 use super::h1::HeaderIdx;
@@ -17,10 +17,11 @@ pub const READ_CHUNK: usize = 8 * 1024;
 pub const STREAM_CHUNK: usize = 64 * 1024;
 
 /// What a client connection runs over: a TCP socket, or TLS over one. Code on the request path
-/// is generic over it, so the plain path compiles to direct socket calls.
-pub trait ClientStream: AsyncReadRent + AsyncWriteRent {}
+/// is generic over it, so the plain path compiles to direct socket calls. `Split`: a WebSocket
+/// tunnel reads and writes it at once.
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split {}
 
-impl<S: AsyncReadRent + AsyncWriteRent> ClientStream for S {}
+impl<S: AsyncReadRent + AsyncWriteRent + Split> ClientStream for S {}
 
 /// The state one client connection keeps across its requests.
 pub struct Conn<S = TcpStream> {

@@ -282,6 +282,7 @@ mod tests {
             trusted: false,
             path: None,
             tls: false,
+            upgrade: None,
         };
         let mut out = Vec::new();
         write_request_head(

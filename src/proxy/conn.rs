@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
@@ -18,6 +18,8 @@ use crate::http::reply::Reply;
 use crate::plugins::{self, Ctx, Heads};
 use crate::router::Route;
 use crate::upstream::forward::{forward, Env};
+use crate::upstream::pool::UpstreamConn;
+use crate::upstream::tunnel;
 
 /// Serve one accepted plain-HTTP connection until it closes.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Core>) {
@@ -64,8 +66,17 @@ pub async fn serve_stream<S: ClientStream>(
                 break;
             }
         };
-        let keep_alive = handle(&mut conn, &w, &head).await;
+        let mut tunnel = None;
+        let keep_alive = handle(&mut conn, &w, &head, &mut tunnel).await;
         conn.served += 1;
+        if let Some((upstream, idle)) = tunnel {
+            // A WebSocket upgrade the upstream accepted: the connection is a byte tunnel now.
+            let early = conn.rbuf.split_off(conn.pos);
+            let relayed =
+                tunnel::relay(conn.stream, early, upstream, idle, w.shutdown.wait()).await;
+            tracing::debug!(peer = %conn.peer, up = relayed.up, down = relayed.down, end = ?relayed.end, "tunnel closed");
+            return;
+        }
         if !keep_alive || w.shutdown.started() {
             break;
         }
@@ -85,7 +96,14 @@ pub async fn serve_stream<S: ClientStream>(
 const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Route and forward one request, answer errors, log it; returns whether to keep the connection.
-async fn handle<S: ClientStream>(conn: &mut Conn<S>, w: &Core, head: &RequestHead) -> bool {
+/// `tunnel` receives the upstream connection (and the idle limit) of an accepted WebSocket
+/// upgrade, which the caller then relays.
+async fn handle<S: ClientStream>(
+    conn: &mut Conn<S>,
+    w: &Core,
+    head: &RequestHead,
+    tunnel: &mut Option<(UpstreamConn, Duration)>,
+) -> bool {
     let started = Instant::now();
     let buf = &conn.rbuf[conn.pos..];
     // The head's bytes may be overwritten while a body streams, so the log keeps its own copy.
@@ -157,6 +175,7 @@ async fn handle<S: ClientStream>(conn: &mut Conn<S>, w: &Core, head: &RequestHea
         limits: &w.limits,
         pool: &w.pool,
         client_may_stay: conn.served + 1 < w.limits.keepalive_requests && !w.shutdown.started(),
+        websocket: route.websocket,
     };
     let edits = Heads {
         plugins: &route.plugins,
@@ -184,6 +203,9 @@ async fn handle<S: ClientStream>(conn: &mut Conn<S>, w: &Core, head: &RequestHea
                 upstream: o.upstream,
                 error: o.error,
             });
+            if let Some(upstream) = o.tunnel {
+                *tunnel = Some((upstream, route.upstream.timeouts.read));
+            }
             o.keep_alive
         }
         Err(e) => {

@@ -19,8 +19,8 @@ use super::{Node, Upstream};
 use crate::error::ProxyError;
 use crate::http::conn::{read_append, ClientStream, Conn, STREAM_CHUNK};
 use crate::http::h1::{
-    named_in_connection, parse_response, BodyKind, ChunkError, ChunkedScanner, HeaderKind,
-    RequestHead, ResponseHead,
+    header_values, named_in_connection, parse_response, BodyKind, ChunkError, ChunkedScanner,
+    HeaderIdx, HeaderKind, RequestHead, ResponseHead,
 };
 use crate::http::Limits;
 
@@ -40,6 +40,9 @@ pub struct Outcome {
     pub upstream: Option<SocketAddr>,
     /// Why the answer was cut short, if it was (the client got a partial response).
     pub error: Option<&'static str>,
+    /// After a 101 to a WebSocket upgrade: the upstream connection, now the other end of a
+    /// byte tunnel the caller relays (see [`super::tunnel`]).
+    pub tunnel: Option<UpstreamConn>,
 }
 
 fn timed_out(what: &'static str) -> ProxyError {
@@ -81,6 +84,25 @@ pub struct Env<'a> {
     /// Whether the client connection may stay open after this answer (the worker is not
     /// draining and the connection is under its request budget).
     pub client_may_stay: bool,
+    /// Whether the route forwards WebSocket upgrades (`enable_websocket`).
+    pub websocket: bool,
+}
+
+/// The `Upgrade` value of a WebSocket handshake: a bodiless HTTP/1.1 GET with `Upgrade:
+/// websocket`, `upgrade` named in `Connection`.
+fn websocket_upgrade<'b>(
+    buf: &'b [u8],
+    head: &RequestHead,
+    headers: &'b [HeaderIdx],
+) -> Option<&'b [u8]> {
+    if head.http10 || head.body != BodyKind::None || head.method.get(buf) != b"GET" {
+        return None;
+    }
+    let value = header_values(buf, headers, b"upgrade").next()?;
+    let websocket = value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    (websocket && named_in_connection(buf, headers, b"upgrade")).then_some(value)
 }
 
 /// Forward `head` (parsed at `conn.pos`) to `up`, with the route's plugins' `edits`; on `Err`
@@ -131,12 +153,19 @@ pub async fn forward<S: ClientStream, E: Edits>(
             return Err(e);
         }
     };
+    let upgrade = if w.websocket {
+        websocket_upgrade(&conn.rbuf[conn.pos..], head, &conn.headers)
+    } else {
+        None
+    };
     let facts = ClientFacts {
         peer_ip: &conn.peer_ip,
         trusted: conn.trusted,
         path: normalized_path.then_some(&conn.norm_path[..]),
         tls: conn.tls,
+        upgrade,
     };
+    let upgrading = upgrade.is_some();
     write_request_head(
         &mut conn.wbuf,
         &conn.rbuf[conn.pos..],
@@ -173,7 +202,7 @@ pub async fn forward<S: ClientStream, E: Edits>(
                 )
                 .await?;
             }
-            read_response_head(&mut upc, conn, w.limits, head.is_head, t.read).await
+            read_response_head(&mut upc, conn, w.limits, head.is_head, upgrading, t.read).await
         };
         match attempt.await {
             Ok(resp) => break resp,
@@ -187,6 +216,26 @@ pub async fn forward<S: ClientStream, E: Edits>(
         }
     };
     let mut progress = Progress::default();
+    if resp.status == 101 {
+        // Only an upgrade request reads a 101 as final (read_response_head).
+        let sent = switch_protocols(
+            conn,
+            head,
+            &resp,
+            edits,
+            w.limits.send_timeout,
+            &mut progress,
+        )
+        .await;
+        return Ok(Outcome {
+            status: 101,
+            bytes: progress.bytes,
+            keep_alive: false,
+            upstream: Some(addr),
+            error: sent.as_ref().err().map(ProxyError::label),
+            tunnel: sent.is_ok().then_some(upc),
+        });
+    }
     let client_keep = head.keep_alive
         && resp.body != BodyKind::UntilClose
         && !(resp.body == BodyKind::Chunked && head.http10)
@@ -208,6 +257,7 @@ pub async fn forward<S: ClientStream, E: Edits>(
         keep_alive: client_keep,
         upstream: Some(addr),
         error: None,
+        tunnel: None,
     };
     match relayed {
         Ok(upstream_clean) => {
@@ -462,6 +512,7 @@ async fn read_response_head<S: ClientStream>(
     conn: &mut Conn<S>,
     limits: &Limits,
     is_head: bool,
+    upgrade: bool,
     timeout: Duration,
 ) -> Result<ResponseHead, ProxyError> {
     let max_bytes = limits.max_response_header_bytes;
@@ -479,6 +530,7 @@ async fn read_response_head<S: ClientStream>(
                 Some(h) if h.head_len > max_bytes => {
                     return Err(ProxyError::UpstreamBadResponse("response head too large"))
                 }
+                Some(h) if h.status == 101 && upgrade => return Ok(h),
                 Some(h) if h.status == 101 => {
                     return Err(ProxyError::UpstreamBadResponse(
                         "unexpected protocol switch",
@@ -584,6 +636,29 @@ fn write_response_head<S: ClientStream, E: Edits>(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Answer the client's upgrade with the upstream's 101 (its `Upgrade` protocol restored, as
+/// the hop-by-hop filter drops it), followed by whatever the upstream sent after it.
+async fn switch_protocols<S: ClientStream, E: Edits>(
+    conn: &mut Conn<S>,
+    head: &RequestHead,
+    resp: &ResponseHead,
+    edits: &E,
+    send_timeout: Duration,
+    progress: &mut Progress,
+) -> Result<(), ProxyError> {
+    write_response_head(conn, head, resp, true, edits);
+    let out = &mut conn.wbuf;
+    out.truncate(out.len() - 2);
+    out.extend_from_slice(b"Connection: Upgrade\r\n");
+    let protocol = header_values(&conn.ubuf, &conn.resp_headers, b"upgrade")
+        .next()
+        .unwrap_or(b"websocket");
+    crate::http::h1::write_header(out, b"Upgrade", protocol);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&conn.ubuf[resp.head_len..]);
+    write_client(conn, send_timeout, progress).await
 }
 
 async fn write_client<S: ClientStream>(

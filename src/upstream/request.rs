@@ -44,6 +44,9 @@ pub struct ClientFacts<'a> {
     pub path: Option<&'a [u8]>,
     /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
     pub tls: bool,
+    /// The client's `Upgrade` value, when the request is a protocol upgrade the route lets
+    /// through (WebSocket); otherwise `Upgrade` is dropped as hop-by-hop.
+    pub upgrade: Option<&'a [u8]>,
 }
 
 /// Write the upstream request head for `head` (parsed from `buf`) into `out`.
@@ -168,6 +171,10 @@ pub fn write_request_head<E: Edits>(
         }
     }
     edits.append_upstream(buf, headers, out);
+    if let Some(protocol) = client.upgrade {
+        out.extend_from_slice(b"Connection: Upgrade\r\n");
+        header(out, b"Upgrade", protocol);
+    }
     match head.body {
         BodyKind::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -220,6 +227,7 @@ mod tests {
             peer_ip: "10.0.0.9",
             trusted,
             tls: false,
+            upgrade: None,
             path: None,
         };
         write_request_head(&mut out, &buf, &head, &hs, pass_host, &node, &facts, edits);
