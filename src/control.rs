@@ -101,11 +101,8 @@ impl Control {
                 let store = new.tls.cert_store();
                 let names = store.names();
                 self.shared.certs.publish(store);
-                tracing::info!(
-                    routes = n,
-                    tls_names = names,
-                    "routes and certificates reloaded"
-                );
+                tracing::info!(routes = n, "routes reloaded");
+                tracing::info!(names, "certificates reloaded");
             }
         }
     }
