@@ -120,6 +120,8 @@ fn upstream_head(c: &mut Criterion) {
         peer_ip: "192.0.2.10",
         trusted: false,
         path: None,
+        tls: false,
+        upgrade: None,
     };
     let ctx = Ctx::default();
     let edits = Heads {

@@ -9,6 +9,7 @@
 #   RSS_STEP=0 perf/run.sh           # skip the memory step (perf/rss.sh) after the rounds
 #   PERF_TARGETS="portcullis-uring portcullis-session portcullis-cookie" perf/run.sh   # the session targets
 #   UPSTREAM=nginx perf/run.sh       # Debian nginx as the upstream instead of perf/upstream
+#   PERF_TARGETS="nginx-https portcullis-https nginx-tls-full portcullis-tls-full nginx-tls-resume portcullis-tls-resume" RSS_STEP=0 perf/run.sh   # TLS
 #
 # See perf/README.md. Output: a Markdown report on stdout and in
 # perf/out/latest.md; raw numbers and every process's log in perf/out/.
@@ -38,9 +39,10 @@ RSS_STEP=${RSS_STEP:-1}             # 1: run perf/rss.sh after the rounds (needs
 NODE=${NODE:-node}                  # mints tokens, runs the fake introspection endpoint and OpenID provider
 UPSTREAM=${UPSTREAM:-fast}          # fast: perf/upstream (built here); nginx: Debian nginx
 UPSTREAM_BIN=$PERF_DIR/upstream/target/release/perf-upstream
+S_TIME_PROCS=${S_TIME_PROCS:-8}     # parallel `openssl s_time -new` clients of the full-handshake targets
 
 [[ $UPSTREAM == fast || $UPSTREAM == nginx ]] || { echo "run.sh: UPSTREAM must be fast or nginx (got '$UPSTREAM')" >&2; exit 2; }
-for v in ROUNDS DURATION WARMUP CONNECTIONS THREADS PORT_BASE READY_TIMEOUT TOKEN_POOL RSS_STEP; do
+for v in ROUNDS DURATION WARMUP CONNECTIONS THREADS PORT_BASE READY_TIMEOUT TOKEN_POOL RSS_STEP S_TIME_PROCS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "run.sh: $v must be a non-negative integer (got '${!v}')" >&2; exit 2; }
 done
 ((ROUNDS >= 1 && DURATION >= 1)) || { echo "run.sh: ROUNDS and DURATION must be >= 1" >&2; exit 2; }
@@ -124,7 +126,7 @@ wait_listening() {
 # ---------------------------------------------------------------- setup
 ensure_tools() {
     local missing=() pair bin pkg
-    local -a tools=(nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl taskset:util-linux)
+    local -a tools=(nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl taskset:util-linux openssl:openssl)
     # node mints the token pools and runs the fake introspection endpoint and OpenID provider.
     if needs_node; then
         if [[ $NODE == node ]]; then
@@ -180,6 +182,9 @@ start_upstream() {
 # targets that need credentials), and sets TARGET_URL[NAME].
 ALL_TARGETS=()
 declare -A TARGET_STARTER=() TARGET_WRK=() TARGET_URL=() TARGET_PROBE=() TARGET_NODE=() TARGET_CHECK=()
+# TARGET_TOOL[NAME]=s_time: NAME is loaded by parallel `openssl s_time -new` clients (full TLS
+# handshakes, one request each) instead of wrk.
+declare -A TARGET_TOOL=()
 SKIPPED_NOTES=()   # targets left out of the default selection, and why (for the report)
 
 # add_target NAME STARTER [extra wrk args...]
@@ -594,6 +599,93 @@ probe_session() {
     }
 }
 
+# ---- TLS targets
+# nginx and Portcullis terminate TLS with the same ECDSA P-256 certificate (made per run by
+# openssl) in front of the same upstream. Three loads per server:
+#   *-https       keep-alive HTTPS requests (wrk);
+#   *-tls-full    new connections with a full handshake and one request each: S_TIME_PROCS
+#                 parallel `openssl s_time -new` clients (wrk would resume its sessions);
+#   *-tls-resume  new connections with one request each, resumed (wrk with Connection: close:
+#                 it keeps each connection's TLS 1.2 session and offers its ticket on reconnect).
+# For the last two, core 0 µs/req is the proxy's CPU per handshake (plus one proxied request).
+TLS_CERT="" TLS_KEY=""
+NGINX_HTTPS_URL="" PORTCULLIS_HTTPS_URL=""
+
+ensure_tls_cert() {
+    [[ -z $TLS_CERT ]] || return 0
+    mkdir -p "$WORK/tls"
+    TLS_CERT=$WORK/tls/cert.pem
+    TLS_KEY=$WORK/tls/key.pem
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=perf.test -addext subjectAltName=DNS:perf.test \
+        -keyout "$TLS_KEY" -out "$TLS_CERT" >"$WORK/logs/tls-cert.log" 2>&1 ||
+        { cat "$WORK/logs/tls-cert.log" >&2; die "openssl could not make the benchmark certificate"; }
+    log "made an ECDSA P-256 certificate for perf.test"
+}
+
+ensure_nginx_https() {
+    [[ -z $NGINX_HTTPS_URL ]] || return 0
+    local name=nginx-https-server dir=$WORK/nginx-https
+    ensure_tls_cert
+    mkdir -p "$dir"
+    alloc_port
+    render "$PERF_DIR/conf/nginx-https.conf.tmpl" "$dir/nginx.conf" DIR="$dir" PORT="$PORT" \
+        UPSTREAM="$UPSTREAM_ADDR" CERT="$TLS_CERT" KEY="$TLS_KEY"
+    nginx -t -q -p "$dir" -c "$dir/nginx.conf" >"$WORK/logs/$name-config-test.log" 2>&1 ||
+        { cat "$WORK/logs/$name-config-test.log" >&2; die "$name config test failed"; }
+    start_pinned "$name" "$PROXY_CPU" nginx -p "$dir" -c "$dir/nginx.conf"
+    NGINX_HTTPS_URL="https://127.0.0.1:$PORT/"
+    wait_ready "$name" "$NGINX_HTTPS_URL" "$LAST_PID" -k
+    check_resumption "$name" "$NGINX_HTTPS_URL"
+}
+
+ensure_portcullis_https() {
+    [[ -z $PORTCULLIS_HTTPS_URL ]] || return 0
+    local name=portcullis-https-server tls_port pid
+    ensure_tls_cert
+    alloc_port
+    tls_port=$PORT
+    TMPL_VARS=(TLS_PORT="$tls_port" CERT="$TLS_CERT" KEY="$TLS_KEY")
+    launch_portcullis "$name" io_uring "$PERF_DIR/conf/portcullis-https.yaml.tmpl"
+    pid=$LAST_PID
+    wait_ready "$name" "${TARGET_URL[$name]}" "$pid"
+    PORTCULLIS_HTTPS_URL="https://127.0.0.1:$tls_port/"
+    wait_ready "$name" "$PORTCULLIS_HTTPS_URL" "$pid" -k
+    check_resumption "$name" "$PORTCULLIS_HTTPS_URL"
+}
+
+# check_resumption NAME URL — a TLS 1.2 session saved from one connection must resume on the
+# next, as the resume targets assume (and TLS 1.3 too).
+check_resumption() {
+    local name=$1 hostport=${2#https://} v out
+    hostport=${hostport%/}
+    for v in -tls1_2 -tls1_3; do
+        printf 'GET / HTTP/1.1\r\nHost: perf.test\r\nConnection: close\r\n\r\n' |
+            timeout 10 openssl s_client -connect "$hostport" "$v" -sess_out "$WORK/tls/sess$v" -ign_eof \
+                >"$WORK/logs/$name-resume-1$v.log" 2>&1 || true
+        out=$(printf 'GET / HTTP/1.1\r\nHost: perf.test\r\nConnection: close\r\n\r\n' |
+            timeout 10 openssl s_client -connect "$hostport" "$v" -sess_in "$WORK/tls/sess$v" -ign_eof 2>&1) || true
+        printf '%s\n' "$out" >"$WORK/logs/$name-resume-2$v.log"
+        grep -q '^Reused, ' <<<"$out" || die "$name did not resume a $v session (logs/$name-resume-2$v.log)"
+    done
+    log "$name resumes TLS 1.2 and 1.3 sessions"
+}
+
+start_nginx_https() { ensure_nginx_https; TARGET_URL[$1]=$NGINX_HTTPS_URL; }
+start_portcullis_https() { ensure_portcullis_https; TARGET_URL[$1]=$PORTCULLIS_HTTPS_URL; }
+start_nginx_tls_full() { ensure_nginx_https; TARGET_URL[$1]=$NGINX_HTTPS_URL; TARGET_TOOL[$1]=s_time; }
+start_portcullis_tls_full() { ensure_portcullis_https; TARGET_URL[$1]=$PORTCULLIS_HTTPS_URL; TARGET_TOOL[$1]=s_time; }
+start_nginx_tls_resume() {
+    ensure_nginx_https
+    TARGET_URL[$1]=$NGINX_HTTPS_URL
+    TARGET_WRK[$1]+=$(printf '%q ' -H "Connection: close")
+}
+start_portcullis_tls_resume() {
+    ensure_portcullis_https
+    TARGET_URL[$1]=$PORTCULLIS_HTTPS_URL
+    TARGET_WRK[$1]+=$(printf '%q ' -H "Connection: close")
+}
+
 # The order here is the order within each round and in the table.
 add_target upstream-direct        start_upstream_direct
 add_target nginx                  start_nginx_proxy
@@ -610,6 +702,12 @@ add_target portcullis-uring-puts  start_portcullis_uring_puts
 add_target portcullis-opaque      start_portcullis_opaque
 add_target portcullis-session     start_portcullis_session
 add_target portcullis-cookie      start_portcullis_cookie
+add_target nginx-https            start_nginx_https
+add_target portcullis-https       start_portcullis_https
+add_target nginx-tls-full         start_nginx_tls_full
+add_target portcullis-tls-full    start_portcullis_tls_full
+add_target nginx-tls-resume       start_nginx_tls_resume
+add_target portcullis-tls-resume  start_portcullis_tls_resume
 TARGET_NODE=([nginx-tokens]=1 [portcullis-jwt-pool]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1 [portcullis-opaque]=1
     [portcullis-session]=1 [portcullis-cookie]=1 [portcullis-introspect-puts]=1)
 TARGET_PROBE=([portcullis-introspect]=probe_introspect [portcullis-session]=probe_session [portcullis-cookie]=probe_session
@@ -661,6 +759,44 @@ run_wrk() {
     W_SOCKERR=$((W_CONNERR + W_READERR + W_WRITEERR + W_TIMEOUT))
 }
 
+# run_s_time LOGFILE DURATION URL — S_TIME_PROCS parallel `openssl s_time -new` clients on the
+# load core for DURATION seconds, each making connection after connection with a full handshake
+# and one GET. Sets the W_* variables as run_wrk does (no latency figures: W_P50/W_P99 are 0).
+run_s_time() {
+    local logfile=$1 dur=$2 url=$3 hostport i total=0 n
+    local -a pids=()
+    hostport=${url#https://}
+    hostport=${hostport%/}
+    for ((i = 0; i < S_TIME_PROCS; i++)); do
+        timeout --kill-after=5 $((dur + 30)) taskset -c "$LOAD_CPU" \
+            openssl s_time -connect "$hostport" -new -time "$dur" -www / >"$logfile.$i" 2>&1 &
+        pids+=($!)
+    done
+    for ((i = 0; i < S_TIME_PROCS; i++)); do
+        wait "${pids[$i]}" || { cat "$logfile.$i" >&2; die "openssl s_time failed against $url (output above)"; }
+        # "N connections in T real seconds, B bytes read per connection"
+        n=$(awk '/connections in .* real seconds/ { n = $1 } END { print n + 0 }' "$logfile.$i")
+        grep -q 'bytes read per connection' "$logfile.$i" && ! grep -q ' 0 bytes read per connection' "$logfile.$i" ||
+            { cat "$logfile.$i" >&2; die "openssl s_time read no answer from $url (output above)"; }
+        total=$((total + n))
+    done
+    cat "$logfile".* >"$logfile"
+    rm -f "$logfile".*
+    W_RPS=$(awk -v n="$total" -v d="$dur" 'BEGIN { printf "%.2f", n / d }')
+    W_P50=0 W_P99=0 W_REQ=$total W_NON2XX=0 W_CONNERR=0 W_READERR=0 W_WRITEERR=0 W_TIMEOUT=0 W_SOCKERR=0
+}
+
+# load LOGFILE DURATION NAME URL [extra wrk args] — the target's load tool (wrk, or s_time).
+load() {
+    local logfile=$1 dur=$2 name=$3
+    shift 3
+    if [[ ${TARGET_TOOL[$name]:-wrk} == s_time ]]; then
+        run_s_time "$logfile" "$dur" "$1"
+    else
+        run_wrk "$logfile" "$dur" "$@"
+    fi
+}
+
 # cpu_jiffies CPU — prints "busy total" jiffies of one core from /proc/stat.
 cpu_jiffies() {
     awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
@@ -706,7 +842,7 @@ measure() {
     fi
     start_sampler "$flag"
     read -r b0 t0 < <(cpu_jiffies "$PROXY_CPU")
-    run_wrk "$WORK/logs/wrk-r$ROUND-$name.txt" "$DURATION" "$url" "$@"
+    load "$WORK/logs/wrk-r$ROUND-$name.txt" "$DURATION" "$name" "$url" "$@"
     read -r b1 t1 < <(cpu_jiffies "$PROXY_CPU")
     stop_sampler
     if [[ -n ${PUTS_FLAG[$name]:-} ]]; then
@@ -734,7 +870,7 @@ warm_up() {
     local name=$1 url=$2
     shift 2
     ((WARMUP > 0)) || return 0
-    run_wrk "$WORK/logs/wrk-warmup-$name.txt" "$WARMUP" "$url" "$@"
+    load "$WORK/logs/wrk-warmup-$name.txt" "$WARMUP" "$name" "$url" "$@"
     ((W_REQ > 0)) || die "$name served no request during warm-up"
     ((W_NON2XX == 0)) || die "$name answered $W_NON2XX non-2xx/3xx responses during warm-up (see $OUT_DIR/logs/wrk-warmup-$name.txt)"
     ((W_CONNERR == 0)) || die "$name had $W_CONNERR connect errors during warm-up"
@@ -897,6 +1033,9 @@ report() {
     goal_row portcullis-introspect-puts portcullis-introspect 0.95
     goal_row portcullis-session portcullis-uring 0.9
     goal_row portcullis-session portcullis-cookie 0.9
+    goal_row portcullis-https nginx-https 1.0
+    goal_row portcullis-tls-full nginx-tls-full 1.0
+    goal_row portcullis-tls-resume nginx-tls-resume 1.0
     if ((${#SKIPPED_NOTES[@]} > 0)); then
         echo
         for note in "${SKIPPED_NOTES[@]}"; do echo "- $note"; done

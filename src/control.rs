@@ -15,11 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::config::route::{check_route, check_upstream_object, id_of, UpstreamObject};
+use crate::config::ssl::check_ssl;
 use crate::config::store::{Kind, Objects, Store, Stored};
 use crate::config::{self, Config, ConfigError, RouteSpec, Upstreams};
 use crate::plugins::PluginEnv;
 use crate::router::RouteTable;
 use crate::server::Shared;
+use crate::tls::SslSpec;
 
 /// Why an Admin API change was refused; each maps to one answer in `admin`.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,11 @@ struct State {
     stored: Objects,
     admin_routes: BTreeMap<String, RouteSpec>,
     admin_upstreams: Upstreams,
+    /// The file's SSL objects in force, and its `tls.fallback_sni`.
+    file_ssls: Vec<SslSpec>,
+    fallback_sni: Option<String>,
+    /// The Admin API's SSL objects, with whether each is enabled (`status`).
+    admin_ssls: BTreeMap<String, (SslSpec, bool)>,
 }
 
 impl State {
@@ -80,6 +87,24 @@ impl State {
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
         all
+    }
+
+    /// SSL objects in force: the file's, an Admin object replacing one with the same id, then
+    /// the Admin API's others; disabled ones left out.
+    fn ssls(&self) -> Vec<SslSpec> {
+        let mut out: Vec<SslSpec> = self
+            .file_ssls
+            .iter()
+            .filter(|s| !self.admin_ssls.contains_key(&s.id))
+            .cloned()
+            .collect();
+        out.extend(
+            self.admin_ssls
+                .values()
+                .filter(|(_, enabled)| *enabled)
+                .map(|(s, _)| s.clone()),
+        );
+        out
     }
 
     /// Routes in effect: the file's in file order (an Admin object with the same id in its
@@ -163,9 +188,12 @@ impl Control {
             stored: Objects::new(),
             admin_routes: BTreeMap::new(),
             admin_upstreams: Upstreams::new(),
+            file_ssls: config.tls.ssls.clone(),
+            fallback_sni: config.tls.fallback_sni.clone(),
+            admin_ssls: BTreeMap::new(),
         };
         // Upstreams first: routes are checked against them.
-        for kind in [Kind::Upstreams, Kind::Routes] {
+        for kind in [Kind::Ssls, Kind::Upstreams, Kind::Routes] {
             for (id, obj) in stored.get(&kind).into_iter().flatten() {
                 match checked(&state, kind, id, &obj.value) {
                     Ok(c) => insert_checked(&mut state, kind, id, c, obj.clone()),
@@ -184,6 +212,9 @@ impl Control {
         {
             let mut state = control.lock();
             control.publish(&mut state, true);
+            if !state.admin_ssls.is_empty() {
+                control.publish_certs(&state);
+            }
         }
         control
     }
@@ -206,6 +237,13 @@ impl Control {
         );
         state.generation += 1;
         self.shared.routes.store(Arc::new(table));
+    }
+
+    /// Hand the SSL objects in force to new handshakes; open connections keep theirs.
+    fn publish_certs(&self, state: &State) {
+        self.shared
+            .certs
+            .publish_ssls(&state.ssls(), state.fallback_sni.as_deref());
     }
 
     /// Block until SIGTERM or SIGINT; reload the config file on SIGHUP meanwhile.
@@ -276,6 +314,15 @@ impl Control {
         tracing::info!(
             routes = self.shared.routes.load().routes.len(),
             "routes reloaded"
+        );
+        // New handshakes take the new certificates (the Admin API's over the file's); open
+        // connections keep theirs.
+        state.file_ssls = new.tls.ssls;
+        state.fallback_sni = new.tls.fallback_sni;
+        self.publish_certs(&state);
+        tracing::info!(
+            names = self.shared.certs.current().names(),
+            "certificates reloaded"
         );
     }
 
@@ -371,7 +418,7 @@ impl Control {
             value: stored.answer(),
         };
         insert_checked(&mut state, kind, id, c, stored);
-        self.publish(&mut state, true);
+        self.apply(&mut state, kind);
         Ok((answer, created))
     }
 
@@ -426,8 +473,11 @@ impl Control {
             Kind::Upstreams => {
                 state.admin_upstreams.remove(id);
             }
+            Kind::Ssls => {
+                state.admin_ssls.remove(id);
+            }
         }
-        self.publish(&mut state, true);
+        self.apply(&mut state, kind);
         Ok(())
     }
 
@@ -447,6 +497,14 @@ impl Control {
         }
     }
 
+    /// Publish what a change of `kind` affects.
+    fn apply(&self, state: &mut State, kind: Kind) {
+        match kind {
+            Kind::Ssls => self.publish_certs(state),
+            Kind::Routes | Kind::Upstreams => self.publish(state, true),
+        }
+    }
+
     fn save(&self, write: impl FnOnce(&Store) -> std::io::Result<()>) -> Result<(), ChangeError> {
         match &self.store {
             Ok(s) => write(s).map_err(|e| ChangeError::Storage(e.to_string())),
@@ -455,15 +513,20 @@ impl Control {
     }
 }
 
-/// An object checked, in the form the table is built from.
+/// An object checked, in the form the table (or the certificate store) is built from.
 enum Checked {
     Route(Box<RouteSpec>),
     Upstream(UpstreamObject),
+    Ssl(SslSpec, bool),
 }
 
 /// Check an object as it would stand with everything else in `state`.
 fn checked(state: &State, kind: Kind, id: &str, body: &Value) -> Result<Checked, ChangeError> {
     let mut errors = Vec::new();
+    // Ids name files in the store: the route id grammar for every kind.
+    if let Err(e) = id_of(&Value::String(id.to_string())) {
+        return Err(ChangeError::Invalid(vec![e]));
+    }
     if let Some(written) = body.get("id") {
         match id_of(written) {
             Ok(w) if w != id => errors.push(ConfigError::plain(
@@ -495,6 +558,7 @@ fn checked(state: &State, kind: Kind, id: &str, body: &Value) -> Result<Checked,
         Kind::Upstreams => {
             check_upstream_object(body.clone(), Some(id), &mut errors).map(Checked::Upstream)
         }
+        Kind::Ssls => check_ssl(body.clone(), id, &mut errors).map(|(s, on)| Checked::Ssl(s, on)),
     };
     match out {
         Some(c) if errors.is_empty() => Ok(c),
@@ -510,6 +574,9 @@ fn insert_checked(state: &mut State, kind: Kind, id: &str, c: Checked, stored: S
         Checked::Upstream(u) => {
             state.admin_upstreams.insert(id.to_string(), u);
         }
+        Checked::Ssl(s, enabled) => {
+            state.admin_ssls.insert(id.to_string(), (s, enabled));
+        }
     }
     state
         .stored
@@ -522,17 +589,25 @@ fn is_file_object(state: &State, kind: Kind, id: &str) -> bool {
     match kind {
         Kind::Routes => state.file_routes.iter().any(|r| r.id == id),
         Kind::Upstreams => state.file_upstreams.contains_key(id),
+        Kind::Ssls => state.file_ssls.iter().any(|s| s.id == id),
     }
 }
 
 /// Every object of a kind in effect, as answered: Admin objects as stored (with their times),
-/// file objects as written.
+/// file objects as written. An SSL object's private keys are never answered.
 fn answers(state: &State, kind: Kind) -> Vec<Answer> {
     let stored = state.stored.get(&kind);
     let admin = |id: &str| {
-        stored.and_then(|m| m.get(id)).map(|s| Answer {
-            id: id.to_string(),
-            value: s.answer(),
+        stored.and_then(|m| m.get(id)).map(|s| {
+            let mut value = s.answer();
+            if let (Kind::Ssls, Value::Object(m)) = (kind, &mut value) {
+                m.remove("key");
+                m.remove("keys");
+            }
+            Answer {
+                id: id.to_string(),
+                value,
+            }
         })
     };
     let mut out: BTreeMap<String, Answer> = BTreeMap::new();
@@ -555,6 +630,18 @@ fn answers(state: &State, kind: Kind) -> Vec<Answer> {
                     Answer {
                         id: id.clone(),
                         value: u.source.clone(),
+                    },
+                );
+            }
+        }
+        // The file's certificates are in the file; the answer names them without any PEM.
+        Kind::Ssls => {
+            for s in &state.file_ssls {
+                out.insert(
+                    s.id.clone(),
+                    Answer {
+                        id: s.id.clone(),
+                        value: serde_json::json!({ "id": s.id, "snis": s.snis }),
                     },
                 );
             }

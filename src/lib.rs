@@ -18,4 +18,5 @@ pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -16,6 +16,7 @@ use portcullis::idp::Idp;
 use portcullis::plugins::PluginEnv;
 use portcullis::router::RouteTable;
 use portcullis::server::{self, listener, Shared};
+use portcullis::tls::{self, Certs};
 
 #[derive(Parser)]
 #[command(
@@ -84,10 +85,23 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
     let _ = rustls::crypto::ring::default_provider().install_default();
     let driver = server::choose_driver(config.runtime.driver)?;
     let listeners = listener::bind_all(&config.listen, config.workers)?;
-    let plugins = PluginEnv::new(Idp::start()?, config.data_dir.clone());
+    let tls_listeners = listener::bind_all(&config.tls.listen, config.workers)?;
+    let certs = Arc::new(Certs::new(config.tls.cert_store()));
+    let tls = if config.tls.listen.is_empty() {
+        None
+    } else {
+        if config.tls.ssls.is_empty() {
+            tracing::warn!("tls.listen is set but ssls is empty: every handshake is refused until a certificate is added");
+        }
+        Some(tls::server_config(config.tls.protocols, certs.clone())?)
+    };
+    let mut plugins = PluginEnv::new(Idp::start()?, config.data_dir.clone());
+    plugins.https_port = config.tls.listen.first().map(|a| a.port());
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
         stopping: AtomicBool::new(false),
+        certs,
+        tls,
     });
     let config = Arc::new(config);
     // The first table: the file's routes with the Admin API's stored objects over them.
@@ -98,9 +112,16 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
         tracing::info!("Admin API off (admin.enabled: false)");
         None
     };
-    let workers = server::start_workers(config.clone(), shared.clone(), listeners, driver)?;
+    let workers = server::start_workers(
+        config.clone(),
+        shared.clone(),
+        listeners,
+        tls_listeners,
+        driver,
+    )?;
     tracing::info!(
         listen = ?config.listen,
+        tls_listen = ?config.tls.listen,
         workers = config.workers,
         driver = ?driver,
         routes = shared.routes.load().routes.len(),

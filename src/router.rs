@@ -27,6 +27,8 @@ pub struct Route {
     /// The route and its upstream object as written, canonical JSON: a new table reuses a route
     /// compiled from the same text instead of compiling (and resolving) it again.
     fingerprint: Box<str>,
+    /// Whether WebSocket upgrades are forwarded (`enable_websocket`).
+    pub websocket: bool,
 }
 
 /// The route table snapshot workers match against.
@@ -206,6 +208,7 @@ fn compile_route(spec: &RouteSpec, u: &UpstreamSpec, per_core: &PerCore, env: &P
         plugins: plugins::compile(&spec.plugins, env),
         balancer_key: Arc::from(""),
         fingerprint: Box::default(),
+        websocket: spec.websocket,
     }
 }
 

@@ -105,7 +105,8 @@ impl Site {
             headers.push(("Cookie", &cookie));
         }
         headers.extend_from_slice(extra);
-        Client::connect(self.proxy.port).request("GET", path, &headers, b"")
+        // The HTTPS port in HTTPS mode (tests/run.sh runs this file both ways).
+        self.proxy.client().request("GET", path, &headers, b"")
     }
 
     /// Start a login at `path`: the 302 to the IdP, with the attempt cookie in `jar`.
@@ -155,7 +156,10 @@ fn a_navigation_is_redirected_to_the_idp_with_every_parameter() {
     assert_eq!(q.get("prompt"), Some("consent"));
     assert_eq!(
         q.get("redirect_uri"),
-        Some("http://app.test/app/page/.apisix/redirect")
+        Some(&*format!(
+            "{}://app.test/app/page/.apisix/redirect",
+            tls::scheme()
+        ))
     );
     assert_eq!(q.get("code_challenge_method"), Some("S256"));
     let state = q.get("state").unwrap();
@@ -194,7 +198,12 @@ fn the_full_login_sets_a_session_and_the_upstream_sees_identity() {
     for attr in ["HttpOnly", "SameSite=Lax", "Path=/"] {
         assert!(session_cookie.contains(attr), "{session_cookie}");
     }
-    assert!(!session_cookie.contains("Secure"), "plain HTTP: no Secure");
+    // Secure exactly when the browser came over HTTPS.
+    assert_eq!(
+        session_cookie.contains("; Secure"),
+        tls::https_mode(),
+        "{session_cookie}"
+    );
     assert_eq!(
         jar.names(),
         vec!["session"],
@@ -569,7 +578,7 @@ fn logout_clears_the_session_and_goes_through_end_session() {
         .is_some_and(|t| t.split('.').count() == 3));
     assert_eq!(
         q.get("post_logout_redirect_uri"),
-        Some("http://app.test/open/bye")
+        Some(&*format!("{}://app.test/open/bye", tls::scheme()))
     );
     jar.take(&r);
     assert!(

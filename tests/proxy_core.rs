@@ -698,8 +698,9 @@ fn slowloris_client_is_disconnected_after_header_read_timeout() {
     cfg["limits"] = json!({"header_read_timeout": 1});
     let p = Proxy::start(cfg);
 
-    // A client that trickles a request head, one header line every 200 ms.
-    let mut c = p.client();
+    // A client that trickles a request head, one header line every 200 ms (plain: the writer
+    // thread writes the socket directly; tests/tls.rs stalls a handshake the same way).
+    let mut c = Client::connect(p.port);
     let mut w = c.stream.try_clone().unwrap();
     let start = Instant::now();
     let writer = thread::spawn(move || {

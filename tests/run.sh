@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive besides the Rust toolchain, as "command:package": node runs the
 # real identity provider (tests/idp) and the browser driver (tests/browser); chromium is the
-# browser of the login-flow tests, launched as /usr/bin/chromium (tests/common/browser.rs).
+# browser of the login-flow tests, launched as /usr/bin/chromium (tests/common/browser.rs);
+# openssl (s_client), curl and python3 are the TLS tests' real clients (tests/tls.rs).
 need_apt=()
-for pair in node:nodejs npm:npm; do
+for pair in node:nodejs npm:npm openssl:openssl curl:curl python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
@@ -16,6 +17,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+# python3 -m venv needs ensurepip, which Debian ships apart.
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  echo "== installing python3-venv"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
 fi
 if ! /usr/bin/chromium --version >/dev/null 2>&1; then
   echo "the browser tests need Debian's chromium at /usr/bin/chromium, and it does not run" >&2
@@ -52,6 +59,17 @@ if [ ! -f tests/browser/node_modules/.package-lock.json ] \
   touch tests/browser/node_modules/.package-lock.json
 fi
 
+# Python packages the tests drive (tests/python/requirements.txt, pinned with hashes), in their
+# own venv: Debian's python3 takes no pip installs outside one. Reinstalled when the file changes.
+if [ ! -x tests/python/.venv/bin/python3 ] \
+  || [ tests/python/requirements.txt -nt tests/python/.venv/.installed ]; then
+  echo "== pip install -r tests/python/requirements.txt (in tests/python/.venv)"
+  python3 -m venv tests/python/.venv
+  tests/python/.venv/bin/python3 -m pip install -q --disable-pip-version-check \
+    --require-hashes -r tests/python/requirements.txt
+  touch tests/python/.venv/.installed
+fi
+
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     rustup component add "$component"
@@ -66,3 +84,5 @@ echo "== benches in test mode (each benchmark runs once)"
 cargo test --benches
 echo "== cargo test (unit, and integration against the real binary)"
 cargo test --lib --bins --tests
+echo "== the core suites again, every client over HTTPS (tls.listen beside listen)"
+PORTCULLIS_TEST_SCHEME=https cargo test --test proxy_core --test forwarding --test oidc_login

@@ -95,6 +95,7 @@ pub fn handle(control: &Control, key: &str, req: &Request<'_>) -> Response {
     let kind = match segments.first().copied() {
         Some("routes") => Kind::Routes,
         Some("upstreams") => Kind::Upstreams,
+        Some("ssls") => Kind::Ssls,
         _ => return Response::error(404, "404 Route Not Found"),
     };
     let id = match segments.len() {

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod json;
 pub mod route;
+pub mod ssl;
 pub mod store;
 mod yaml;
 
@@ -100,11 +101,15 @@ struct RawConfig {
     per_core: RawPerCore,
     log: RawLog,
     dns: RawDns,
+    tls: RawTls,
     // Routes and upstreams are what a reload applies; they are compared by the router, not here.
     #[serde(skip)]
     routes: Vec<serde_json::Value>,
     #[serde(skip)]
     upstreams: Vec<serde_json::Value>,
+    // Certificates are applied live by a reload, like routes.
+    #[serde(skip)]
+    ssls: Vec<serde_json::Value>,
 }
 
 // A data_dir that is not UTF-8 still compares, instead of failing the whole comparison.
@@ -126,8 +131,10 @@ impl Default for RawConfig {
             per_core: RawPerCore::default(),
             log: RawLog::default(),
             dns: RawDns::default(),
+            tls: RawTls::default(),
             routes: Vec::new(),
             upstreams: Vec::new(),
+            ssls: Vec::new(),
         }
     }
 }
@@ -251,6 +258,103 @@ impl Default for RawDns {
         Self {
             refresh_interval: 30.0,
         }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    listen: OneOrMany,
+    // Applied live with the certificates, so a reload does not call it a restart-only change.
+    #[serde(skip_serializing)]
+    fallback_sni: Option<String>,
+    protocols: Vec<String>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            listen: OneOrMany::Many(Vec::new()),
+            fallback_sni: None,
+            protocols: vec!["TLSv1.2".into(), "TLSv1.3".into()],
+        }
+    }
+}
+
+/// TLS termination settings (`tls` section) and the certificates (`ssls`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// HTTPS addresses; none: no TLS listener.
+    pub listen: Vec<SocketAddr>,
+    /// The name whose certificate answers a handshake with no or an unknown SNI.
+    pub fallback_sni: Option<String>,
+    /// Protocol versions spoken.
+    pub protocols: crate::tls::Protocols,
+    /// The SSL objects in force (enabled ones), keys parsed.
+    pub ssls: Vec<crate::tls::SslSpec>,
+}
+
+impl TlsSettings {
+    /// The certificate store these settings describe.
+    pub fn cert_store(&self) -> crate::tls::CertStore {
+        crate::tls::CertStore::compile(&self.ssls, self.fallback_sni.as_deref())
+    }
+}
+
+fn check_tls(
+    raw: RawTls,
+    ssls: Vec<serde_json::Value>,
+    errors: &mut Vec<ConfigError>,
+) -> TlsSettings {
+    let listen = raw
+        .listen
+        .into_vec()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| parse_addr(s, &format!("tls.listen[{i}]"), errors))
+        .collect();
+    let mut protocols = crate::tls::Protocols {
+        tls12: false,
+        tls13: false,
+    };
+    for (i, p) in raw.protocols.iter().enumerate() {
+        match p.as_str() {
+            "TLSv1.2" => protocols.tls12 = true,
+            "TLSv1.3" => protocols.tls13 = true,
+            other => errors.push(ConfigError::new(
+                format!("tls.protocols[{i}]"),
+                format!("`{other}` is not a protocol Portcullis speaks"),
+                "TLSv1.2, TLSv1.3",
+            )),
+        }
+    }
+    if raw.protocols.is_empty() {
+        errors.push(ConfigError::new(
+            "tls.protocols",
+            "is empty",
+            "TLSv1.2, TLSv1.3, either or both",
+        ));
+    }
+    let ssls = ssl::check_ssls(ssls, errors);
+    let fallback_sni = raw.fallback_sni.map(|f| f.trim().to_ascii_lowercase());
+    if let Some(f) = &fallback_sni {
+        let store = crate::tls::CertStore::compile(&ssls, None);
+        if store
+            .choose(Some(f), crate::tls::store::ANY_SCHEME)
+            .is_none()
+        {
+            errors.push(ConfigError::new(
+                "tls.fallback_sni",
+                format!("no SSL object in `ssls` has a certificate for `{f}`"),
+                "a name listed in the snis of an SSL object",
+            ));
+        }
+    }
+    TlsSettings {
+        listen,
+        fallback_sni,
+        protocols,
+        ssls,
     }
 }
 
@@ -411,6 +515,8 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Upstream objects routes name by `upstream_id`.
     pub upstreams: Upstreams,
+    /// TLS termination and certificates.
+    pub tls: TlsSettings,
     /// Every other setting by field path, for a reload to tell which ones changed.
     pub settings: Settings,
 }
@@ -464,6 +570,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "per_core",
     "log",
     "dns",
+    "tls",
+    "ssls",
     "routes",
     "upstreams",
 ];
@@ -504,6 +612,8 @@ fn raw_sections(doc: serde_json::Value, errors: &mut Vec<ConfigError>) -> RawCon
         per_core,
         log,
         dns,
+        tls,
+        ssls,
         routes,
         upstreams
     );
@@ -699,6 +809,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         "admin.max_body_bytes",
         errors,
     ) as usize;
+    let tls = check_tls(raw.tls, raw.ssls, errors);
     Config {
         listen,
         workers,
@@ -716,6 +827,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         dns_refresh_interval,
         routes,
         upstreams,
+        tls,
         settings,
     }
 }

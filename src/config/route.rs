@@ -232,6 +232,9 @@ pub struct RouteSpec {
     pub timeout: Option<Timeouts>,
     /// The plugins, checked.
     pub plugins: Plugins,
+    /// `enable_websocket`: an `Upgrade: websocket` request is forwarded as one and, after the
+    /// upstream's 101, bytes are relayed both ways.
+    pub websocket: bool,
     /// The route exactly as written, for answering reads of it.
     pub source: Value,
 }
@@ -512,12 +515,6 @@ pub fn check_route(
             None
         })
         .collect();
-    if raw.enable_websocket == Some(true) {
-        errors.push(ConfigError::plain(
-            "enable_websocket",
-            "WebSocket proxying is not supported yet",
-        ));
-    }
     let enabled = match raw.status {
         None | Some(1) => true,
         Some(0) => false,
@@ -588,6 +585,7 @@ pub fn check_route(
         upstream,
         timeout: route_timeout,
         plugins,
+        websocket: raw.enable_websocket == Some(true),
         source,
     })
 }

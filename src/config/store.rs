@@ -23,6 +23,8 @@ pub enum Kind {
     Routes,
     /// `/apisix/admin/upstreams`.
     Upstreams,
+    /// `/apisix/admin/ssls`.
+    Ssls,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
         match self {
             Kind::Routes => "routes",
             Kind::Upstreams => "upstreams",
+            Kind::Ssls => "ssls",
         }
     }
 
@@ -39,11 +42,12 @@ impl Kind {
         match self {
             Kind::Routes => "route",
             Kind::Upstreams => "upstream",
+            Kind::Ssls => "SSL object",
         }
     }
 
     /// Every kind.
-    pub const ALL: [Kind; 2] = [Kind::Routes, Kind::Upstreams];
+    pub const ALL: [Kind; 3] = [Kind::Routes, Kind::Upstreams, Kind::Ssls];
 }
 
 /// One stored object: what was written, and when.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use monoio::net::TcpStream;
 
 use super::h1::HeaderIdx;
@@ -16,10 +16,22 @@ pub const READ_CHUNK: usize = 8 * 1024;
 /// Read size used while streaming bodies.
 pub const STREAM_CHUNK: usize = 64 * 1024;
 
+/// What a client connection runs over: a TCP socket, or TLS over one. Code on the request path
+/// is generic over it, so the plain path compiles to direct socket calls. `Split`: a WebSocket
+/// tunnel reads and writes it at once.
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split {}
+
+impl<S: AsyncReadRent + AsyncWriteRent + Split> ClientStream for S {}
+
 /// The state one client connection keeps across its requests.
-pub struct Conn {
-    /// The client socket.
-    pub stream: TcpStream,
+pub struct Conn<S = TcpStream> {
+    /// The client socket (or the TLS session over it).
+    pub stream: S,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// When the first request head must be complete: the header timeout counts from accept,
+    /// so a TLS handshake spends from the same budget.
+    pub first_deadline: std::time::Instant,
     /// Client address.
     pub peer: SocketAddr,
     /// Client IP as text, for `X-Forwarded-For`.
@@ -48,7 +60,7 @@ pub struct Conn {
     pub body_consumed: bool,
 }
 
-impl Conn {
+impl<S: ClientStream> Conn<S> {
     /// Drop consumed bytes from the front of the read buffer.
     pub fn compact(&mut self) {
         if self.pos > 0 {

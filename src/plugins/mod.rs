@@ -3,6 +3,7 @@
 
 pub mod openid_connect;
 pub mod proxy_rewrite;
+pub mod redirect;
 
 use serde_json::Value;
 
@@ -20,9 +21,10 @@ use crate::upstream::request::Edits;
 use openid_connect::session::Session;
 use openid_connect::{config::OidcConfig, Identity, OidcPlugin};
 pub use proxy_rewrite::ProxyRewrite;
+use redirect::{Redirect, RedirectConfig};
 
 /// Plugin names this build accepts.
-pub const KNOWN: &[&str] = &["openid-connect", "proxy-rewrite"];
+pub const KNOWN: &[&str] = &["openid-connect", "proxy-rewrite", "redirect"];
 
 /// The checked plugins of one route.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +36,8 @@ pub struct Plugins {
     /// `openid-connect`'s config as written, canonical JSON: what the compiled plugin (and with
     /// it its caches, keys and provider) is known by across route tables.
     pub openid_connect_text: Box<str>,
+    /// `redirect`, when configured.
+    pub redirect: Option<RedirectConfig>,
 }
 
 /// Check a route's `plugins` map; errors carry `plugins.<name>…` paths.
@@ -43,6 +47,7 @@ pub fn check(map: serde_json::Map<String, Value>, errors: &mut Vec<ConfigError>)
         let path = format!("plugins.{name}");
         match name.as_str() {
             "proxy-rewrite" => plugins.proxy_rewrite = proxy_rewrite::check(conf, &path, errors),
+            "redirect" => plugins.redirect = redirect::check(conf, &path, errors),
             "openid-connect" => {
                 // serde_json's maps are sorted, so equal configs give equal text.
                 plugins.openid_connect_text =
@@ -72,6 +77,8 @@ pub enum Plugin {
     OpenIdConnect(Arc<OidcPlugin>),
     /// `proxy-rewrite` (priority 1008).
     ProxyRewrite(ProxyRewrite),
+    /// `redirect` (priority 900; its `http_to_https` answers before authentication).
+    Redirect(Redirect),
 }
 
 impl Plugin {
@@ -80,6 +87,7 @@ impl Plugin {
         match self {
             Plugin::OpenIdConnect(_) => 2599,
             Plugin::ProxyRewrite(_) => 1008,
+            Plugin::Redirect(_) => 900,
         }
     }
 }
@@ -89,6 +97,8 @@ impl Plugin {
 pub struct PluginEnv {
     /// The IdP thread.
     pub idp: Idp,
+    /// The first `tls.listen` port, for `redirect`'s `Location` (none: 443).
+    pub https_port: Option<u16>,
     data_dir: PathBuf,
     secret: Mutex<Option<Arc<[u8]>>>,
     /// Compiled `openid-connect` plugins by config text, while some route table holds them.
@@ -100,6 +110,7 @@ impl PluginEnv {
     pub fn new(idp: Idp, data_dir: PathBuf) -> PluginEnv {
         PluginEnv {
             idp,
+            https_port: None,
             data_dir,
             secret: Mutex::new(None),
             oidc: Mutex::default(),
@@ -155,6 +166,9 @@ pub fn compile(checked: &Plugins, env: &PluginEnv) -> Box<[Plugin]> {
     if let Some(r) = &checked.proxy_rewrite {
         list.push(Plugin::ProxyRewrite(r.clone()));
     }
+    if let Some(r) = &checked.redirect {
+        list.push(Plugin::Redirect(Redirect::new(r, env.https_port)));
+    }
     list.sort_by_key(|p| std::cmp::Reverse(p.priority()));
     list.into_boxed_slice()
 }
@@ -209,15 +223,31 @@ pub struct Request<'a> {
     pub tls: bool,
 }
 
-/// Authenticate phase: each plugin may refuse the request (an error, answered in one place),
-/// answer it itself (`Ok(Some)`: a login redirect, the login callback, logout), or establish
-/// what later phases need.
+/// Before-authentication phase: plugins that answer a request without looking at who sent it
+/// (`redirect`'s `http_to_https`), so that nothing is asked of a client about to be sent away.
+fn before_auth(plugins: &[Plugin], req: &Request<'_>) -> Result<Option<Reply>, ProxyError> {
+    for p in plugins {
+        if let Plugin::Redirect(r) = p {
+            if let Some(reply) = r.before_auth(req)? {
+                return Ok(Some(reply));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The before-authentication phase, then the authenticate phase: each plugin may refuse the
+/// request (an error, answered in one place), answer it itself (`Ok(Some)`: an HTTPS redirect,
+/// a login redirect, the login callback, logout), or establish what later phases need.
 pub async fn access(
     plugins: &[Plugin],
     state: &CoreState,
     req: &Request<'_>,
     ctx: &mut Ctx,
 ) -> Result<Option<Reply>, ProxyError> {
+    if let Some(reply) = before_auth(plugins, req)? {
+        return Ok(Some(reply));
+    }
     for p in plugins {
         match p {
             Plugin::OpenIdConnect(o) => {
@@ -225,7 +255,7 @@ pub async fn access(
                     return Ok(Some(reply));
                 }
             }
-            Plugin::ProxyRewrite(_) => {}
+            Plugin::ProxyRewrite(_) | Plugin::Redirect(_) => {}
         }
     }
     Ok(None)
@@ -261,6 +291,7 @@ impl Edits for Heads<'_> {
         self.plugins.iter().any(|p| match p {
             Plugin::OpenIdConnect(o) => o.drops(self.ctx, name, kind),
             Plugin::ProxyRewrite(r) => r.drops(name),
+            Plugin::Redirect(_) => false,
         })
     }
 
@@ -269,6 +300,7 @@ impl Edits for Heads<'_> {
             match p {
                 Plugin::OpenIdConnect(o) => o.append_upstream(self.ctx, buf, headers, out),
                 Plugin::ProxyRewrite(r) => r.append(out),
+                Plugin::Redirect(_) => {}
             }
         }
     }

@@ -281,6 +281,8 @@ mod tests {
             peer_ip: "10.0.0.9",
             trusted: false,
             path: None,
+            tls: false,
+            upgrade: None,
         };
         let mut out = Vec::new();
         write_request_head(

@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
@@ -11,19 +11,36 @@ use super::Core;
 use crate::access_log::{AccessLog, Entry};
 use crate::config::route::method_bit;
 use crate::error::ProxyError;
-use crate::http::conn::{read_append, Conn, READ_CHUNK};
+use crate::http::conn::{read_append, ClientStream, Conn, READ_CHUNK};
 use crate::http::h1::{parse_request, BodyKind, RequestHead};
 use crate::http::path;
 use crate::http::reply::Reply;
 use crate::plugins::{self, Ctx, Heads};
 use crate::router::Route;
 use crate::upstream::forward::{forward, Env};
+use crate::upstream::pool::UpstreamConn;
+use crate::upstream::tunnel;
 
-/// Serve one accepted connection until it closes.
+/// Serve one accepted plain-HTTP connection until it closes.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Core>) {
     let _ = stream.set_nodelay(true);
+    let first_deadline = Instant::now() + w.limits.header_read_timeout;
+    serve_stream(stream, false, first_deadline, peer, w).await
+}
+
+/// Serve one connection over `stream` (plain, or a TLS session after its handshake) until it
+/// closes. `first_deadline`: when the first request head must be in, counted from accept.
+pub async fn serve_stream<S: ClientStream>(
+    stream: S,
+    tls: bool,
+    first_deadline: Instant,
+    peer: SocketAddr,
+    w: Rc<Core>,
+) {
     let mut conn = Conn {
         stream,
+        tls,
+        first_deadline,
         peer,
         peer_ip: peer.ip().to_canonical().to_string(),
         trusted: w.trusted.iter().any(|c| c.contains(peer.ip())),
@@ -49,16 +66,44 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Core>) {
                 break;
             }
         };
-        let keep_alive = handle(&mut conn, &w, &head).await;
+        let mut tunnel = None;
+        let keep_alive = handle(&mut conn, &w, &head, &mut tunnel).await;
         conn.served += 1;
+        if let Some((upstream, idle)) = tunnel {
+            // A WebSocket upgrade the upstream accepted: the connection is a byte tunnel now.
+            let early = conn.rbuf.split_off(conn.pos);
+            let relayed =
+                tunnel::relay(conn.stream, early, upstream, idle, w.shutdown.wait()).await;
+            tracing::debug!(peer = %conn.peer, up = relayed.up, down = relayed.down, end = ?relayed.end, "tunnel closed");
+            return;
+        }
         if !keep_alive || w.shutdown.started() {
             break;
         }
     }
+    if conn.tls {
+        // close_notify, so the client can tell the end of an answer from a cut connection
+        // (curl and OpenSSL report the latter as an error). Bounded: the peer may not read.
+        let _ = monoio::time::timeout(
+            CLOSE_NOTIFY_TIMEOUT,
+            monoio::io::AsyncWriteRent::shutdown(&mut conn.stream),
+        )
+        .await;
+    }
 }
 
+/// How long a TLS connection's close_notify may take to leave.
+const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Route and forward one request, answer errors, log it; returns whether to keep the connection.
-async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
+/// `tunnel` receives the upstream connection (and the idle limit) of an accepted WebSocket
+/// upgrade, which the caller then relays.
+async fn handle<S: ClientStream>(
+    conn: &mut Conn<S>,
+    w: &Core,
+    head: &RequestHead,
+    tunnel: &mut Option<(UpstreamConn, Duration)>,
+) -> bool {
     let started = Instant::now();
     let buf = &conn.rbuf[conn.pos..];
     // The head's bytes may be overwritten while a body streams, so the log keeps its own copy.
@@ -116,7 +161,7 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
                 head.path.get(&conn.rbuf[conn.pos..])
             },
             trusted: conn.trusted,
-            tls: false,
+            tls: conn.tls,
         };
         let decided = plugins::access(&route.plugins, &w.plugins, &req, &mut ctx).await;
         if !matches!(decided, Ok(None)) {
@@ -135,6 +180,7 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
         limits: &w.limits,
         pool: &w.pool,
         client_may_stay: conn.served + 1 < w.limits.keepalive_requests && !w.shutdown.started(),
+        websocket: route.websocket,
     };
     let edits = Heads {
         plugins: &route.plugins,
@@ -162,6 +208,9 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
                 upstream: o.upstream,
                 error: o.error,
             });
+            if let Some(upstream) = o.tunnel {
+                *tunnel = Some((upstream, route.upstream.timeouts.read));
+            }
             o.keep_alive
         }
         Err(e) => {
@@ -176,8 +225,8 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
 /// Answer an error (when the client can still be answered) and log it. Returns whether the
 /// connection stays open: only when `keep` says the request was read completely, and the
 /// answer went out.
-async fn answer_error(
-    conn: &mut Conn,
+async fn answer_error<S: ClientStream>(
+    conn: &mut Conn<S>,
     w: &Core,
     route: Option<&Route>,
     e: &ProxyError,
@@ -194,8 +243,8 @@ async fn answer_error(
 }
 
 /// Write a locally made answer and log it; returns whether the connection stays open.
-async fn answer(
-    conn: &mut Conn,
+async fn answer<S: ClientStream>(
+    conn: &mut Conn<S>,
     w: &Core,
     route: Option<&Route>,
     reply: &Reply,
@@ -213,8 +262,8 @@ async fn answer(
     keep && answered
 }
 
-fn log_local(
-    conn: &Conn,
+fn log_local<S>(
+    conn: &Conn<S>,
     w: &Core,
     route: Option<&Route>,
     status: u16,
@@ -236,7 +285,10 @@ fn log_local(
 
 /// Read until a whole request head is buffered. `Ok(None)`: the client closed cleanly, stayed
 /// idle past the keep-alive timeout, or the worker is draining.
-async fn read_head(conn: &mut Conn, w: &Core) -> Result<Option<RequestHead>, ProxyError> {
+async fn read_head<S: ClientStream>(
+    conn: &mut Conn<S>,
+    w: &Core,
+) -> Result<Option<RequestHead>, ProxyError> {
     let limits = &w.limits;
     let mut deadline: Option<Instant> = None;
     loop {
@@ -255,7 +307,13 @@ async fn read_head(conn: &mut Conn, w: &Core) -> Result<Option<RequestHead>, Pro
             if conn.rbuf.len() - conn.pos >= limits.max_header_bytes {
                 return Err(ProxyError::HeaderTooLarge);
             }
-            deadline.get_or_insert_with(|| Instant::now() + limits.header_read_timeout);
+            deadline.get_or_insert_with(|| {
+                if conn.served == 0 {
+                    conn.first_deadline
+                } else {
+                    Instant::now() + limits.header_read_timeout
+                }
+            });
         }
         conn.compact();
         if conn.rbuf.capacity() == conn.rbuf.len() {
@@ -264,7 +322,9 @@ async fn read_head(conn: &mut Conn, w: &Core) -> Result<Option<RequestHead>, Pro
         let idle = conn.rbuf.is_empty();
         let wait = match deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
-            None if conn.served == 0 => limits.header_read_timeout,
+            None if conn.served == 0 => conn
+                .first_deadline
+                .saturating_duration_since(Instant::now()),
             None => limits.keepalive_timeout,
         };
         let buf = std::mem::take(&mut conn.rbuf);

@@ -20,6 +20,11 @@ pub struct Shared {
     pub routes: Arc<ArcSwap<RouteTable>>,
     /// Set once when the process begins a graceful stop.
     pub stopping: AtomicBool,
+    /// The certificates TLS handshakes choose from; the control plane publishes new ones.
+    pub certs: Arc<crate::tls::Certs>,
+    /// The server config of every TLS listener (one, so that ticket keys are shared by the
+    /// cores); `None` without `tls.listen`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The I/O driver workers actually run.
@@ -74,15 +79,17 @@ impl Workers {
     }
 }
 
-/// Start `config.workers` worker threads on the given listeners.
+/// Start `config.workers` worker threads on the given listeners (`tls_listeners`: the HTTPS
+/// ones, per worker like `listeners`).
 pub fn start_workers(
     config: Arc<Config>,
     shared: Arc<Shared>,
     listeners: Vec<Vec<std::net::TcpListener>>,
+    tls_listeners: Vec<Vec<std::net::TcpListener>>,
     driver: Driver,
 ) -> io::Result<Workers> {
     let mut listener_fds = Vec::new();
-    for l in listeners.iter().flatten() {
+    for l in listeners.iter().chain(&tls_listeners).flatten() {
         // SAFETY: dup of a valid descriptor; the result is owned by the OwnedFd.
         let fd = unsafe { libc::dup(l.as_raw_fd()) };
         if fd < 0 {
@@ -94,7 +101,9 @@ pub fn start_workers(
         .map(|n| n.get())
         .unwrap_or(1);
     let mut handles = Vec::new();
+    let mut tls_listeners = tls_listeners.into_iter();
     for (i, ls) in listeners.into_iter().enumerate() {
+        let tls_ls = tls_listeners.next().unwrap_or_default();
         let config = config.clone();
         let shared = shared.clone();
         let h = std::thread::Builder::new()
@@ -106,7 +115,7 @@ pub fn start_workers(
                     }
                 }
                 run_runtime(i, driver, &config, || {
-                    worker::run(config.clone(), shared, ls)
+                    worker::run(config.clone(), shared, ls, tls_ls)
                 });
             })?;
         handles.push(h);

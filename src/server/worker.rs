@@ -27,7 +27,12 @@ impl Drop for ActiveGuard {
 }
 
 /// The worker's whole life: serve until the process stops, then drain.
-pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+pub async fn run(
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    tls_listeners: Vec<std::net::TcpListener>,
+) {
     let routes = shared.routes.clone();
     let first = routes.load_full();
     let w = Rc::new(Core {
@@ -50,6 +55,24 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
                 monoio::spawn(accept_loop(l, w.clone(), shared.clone()));
             }
             Err(e) => tracing::error!(error = %e, "cannot register listener with the runtime"),
+        }
+    }
+    if let Some(tls) = &shared.tls {
+        let acceptor = monoio_rustls::TlsAcceptor::from(tls.clone());
+        for l in tls_listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    monoio::spawn(tls_accept_loop(
+                        l,
+                        acceptor.clone(),
+                        w.clone(),
+                        shared.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register TLS listener with the runtime")
+                }
+            }
         }
     }
     // Housekeeping: notice a stop, flush the log, close expired upstream connections.
@@ -82,6 +105,47 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
 }
 
 async fn accept_loop(listener: TcpListener, w: Rc<Core>, shared: Arc<Shared>) {
+    accept_each(listener, w, shared, |stream, peer, w| async move {
+        conn::serve(stream, peer, w).await;
+    })
+    .await
+}
+
+/// Accept HTTPS connections: each handshake runs in the connection's own task, under the
+/// header timeout counted from accept, so a slow, garbage or aborted handshake costs that one
+/// connection and nothing else.
+async fn tls_accept_loop(
+    listener: TcpListener,
+    acceptor: monoio_rustls::TlsAcceptor,
+    w: Rc<Core>,
+    shared: Arc<Shared>,
+) {
+    accept_each(listener, w, shared, move |stream, peer, w| {
+        let acceptor = acceptor.clone();
+        async move {
+            let _ = stream.set_nodelay(true);
+            let deadline = Instant::now() + w.limits.header_read_timeout;
+            let handshake = monoio::time::timeout_at(deadline.into(), acceptor.accept(stream));
+            let stream = monoio::select! {
+                r = handshake => r,
+                _ = w.shutdown.wait() => return,
+            };
+            match stream {
+                Ok(Ok(tls)) => conn::serve_stream(tls, true, deadline, peer, w).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    })
+    .await
+}
+
+/// The accept loop both listeners share: the connection cap, the active count, the stop.
+async fn accept_each<F, Fut>(listener: TcpListener, w: Rc<Core>, shared: Arc<Shared>, serve: F)
+where
+    F: Fn(monoio::net::TcpStream, std::net::SocketAddr, Rc<Core>) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),
@@ -96,8 +160,9 @@ async fn accept_loop(listener: TcpListener, w: Rc<Core>, shared: Arc<Shared>) {
                 }
                 w.active.set(w.active.get() + 1);
                 let guard = ActiveGuard(w.clone());
+                let task = serve(stream, peer, guard.0.clone());
                 monoio::spawn(async move {
-                    conn::serve(stream, peer, guard.0.clone()).await;
+                    task.await;
                     drop(guard);
                 });
             }

@@ -17,10 +17,10 @@ use super::request::{itoa_u64, write_request_head, ClientFacts, Edits};
 use super::tls;
 use super::{Node, Upstream};
 use crate::error::ProxyError;
-use crate::http::conn::{read_append, Conn, STREAM_CHUNK};
+use crate::http::conn::{read_append, ClientStream, Conn, STREAM_CHUNK};
 use crate::http::h1::{
-    named_in_connection, parse_response, BodyKind, ChunkError, ChunkedScanner, HeaderKind,
-    RequestHead, ResponseHead,
+    header_values, named_in_connection, parse_response, BodyKind, ChunkError, ChunkedScanner,
+    HeaderIdx, HeaderKind, RequestHead, ResponseHead,
 };
 use crate::http::Limits;
 
@@ -40,6 +40,9 @@ pub struct Outcome {
     pub upstream: Option<SocketAddr>,
     /// Why the answer was cut short, if it was (the client got a partial response).
     pub error: Option<&'static str>,
+    /// After a 101 to a WebSocket upgrade: the upstream connection, now the other end of a
+    /// byte tunnel the caller relays (see [`super::tunnel`]).
+    pub tunnel: Option<UpstreamConn>,
 }
 
 fn timed_out(what: &'static str) -> ProxyError {
@@ -81,12 +84,31 @@ pub struct Env<'a> {
     /// Whether the client connection may stay open after this answer (the worker is not
     /// draining and the connection is under its request budget).
     pub client_may_stay: bool,
+    /// Whether the route forwards WebSocket upgrades (`enable_websocket`).
+    pub websocket: bool,
+}
+
+/// The `Upgrade` value of a WebSocket handshake: a bodiless HTTP/1.1 GET with `Upgrade:
+/// websocket`, `upgrade` named in `Connection`.
+fn websocket_upgrade<'b>(
+    buf: &'b [u8],
+    head: &RequestHead,
+    headers: &'b [HeaderIdx],
+) -> Option<&'b [u8]> {
+    if head.http10 || head.body != BodyKind::None || head.method.get(buf) != b"GET" {
+        return None;
+    }
+    let value = header_values(buf, headers, b"upgrade").next()?;
+    let websocket = value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    (websocket && named_in_connection(buf, headers, b"upgrade")).then_some(value)
 }
 
 /// Forward `head` (parsed at `conn.pos`) to `up`, with the route's plugins' `edits`; on `Err`
 /// nothing was sent to the client.
-pub async fn forward<E: Edits>(
-    conn: &mut Conn,
+pub async fn forward<S: ClientStream, E: Edits>(
+    conn: &mut Conn<S>,
     w: &Env<'_>,
     head: &RequestHead,
     up: &Upstream,
@@ -131,11 +153,19 @@ pub async fn forward<E: Edits>(
             return Err(e);
         }
     };
+    let upgrade = if w.websocket {
+        websocket_upgrade(&conn.rbuf[conn.pos..], head, &conn.headers)
+    } else {
+        None
+    };
     let facts = ClientFacts {
         peer_ip: &conn.peer_ip,
         trusted: conn.trusted,
         path: normalized_path.then_some(&conn.norm_path[..]),
+        tls: conn.tls,
+        upgrade,
     };
+    let upgrading = upgrade.is_some();
     write_request_head(
         &mut conn.wbuf,
         &conn.rbuf[conn.pos..],
@@ -172,7 +202,7 @@ pub async fn forward<E: Edits>(
                 )
                 .await?;
             }
-            read_response_head(&mut upc, conn, w.limits, head.is_head, t.read).await
+            read_response_head(&mut upc, conn, w.limits, head.is_head, upgrading, t.read).await
         };
         match attempt.await {
             Ok(resp) => break resp,
@@ -186,6 +216,26 @@ pub async fn forward<E: Edits>(
         }
     };
     let mut progress = Progress::default();
+    if resp.status == 101 {
+        // Only an upgrade request reads a 101 as final (read_response_head).
+        let sent = switch_protocols(
+            conn,
+            head,
+            &resp,
+            edits,
+            w.limits.send_timeout,
+            &mut progress,
+        )
+        .await;
+        return Ok(Outcome {
+            status: 101,
+            bytes: progress.bytes,
+            keep_alive: false,
+            upstream: Some(addr),
+            error: sent.as_ref().err().map(ProxyError::label),
+            tunnel: sent.is_ok().then_some(upc),
+        });
+    }
     let client_keep = head.keep_alive
         && resp.body != BodyKind::UntilClose
         && !(resp.body == BodyKind::Chunked && head.http10)
@@ -207,6 +257,7 @@ pub async fn forward<E: Edits>(
         keep_alive: client_keep,
         upstream: Some(addr),
         error: None,
+        tunnel: None,
     };
     match relayed {
         Ok(upstream_clean) => {
@@ -360,8 +411,8 @@ async fn send_range(
 /// Stream the rest of a request body that did not arrive with its head; `(in_buf, in_raw)`:
 /// the body bytes that came with the head, and how many of them go out as they are.
 #[allow(clippy::too_many_arguments)]
-async fn stream_request_body(
-    conn: &mut Conn,
+async fn stream_request_body<S: ClientStream>(
+    conn: &mut Conn<S>,
     w: &Env<'_>,
     upc: &mut UpstreamConn,
     head: &RequestHead,
@@ -441,8 +492,8 @@ async fn stream_request_body(
 }
 
 /// Send the vetted trailer section a finished chunked body held back, if it had one.
-async fn send_trailers(
-    conn: &mut Conn,
+async fn send_trailers<S: ClientStream>(
+    conn: &mut Conn<S>,
     upc: &mut UpstreamConn,
     scanner: &ChunkedScanner,
     send_timeout: Duration,
@@ -456,11 +507,12 @@ async fn send_trailers(
 }
 
 /// Read the upstream's response head into `conn.ubuf`, skipping interim (1xx) responses.
-async fn read_response_head(
+async fn read_response_head<S: ClientStream>(
     upc: &mut UpstreamConn,
-    conn: &mut Conn,
+    conn: &mut Conn<S>,
     limits: &Limits,
     is_head: bool,
+    upgrade: bool,
     timeout: Duration,
 ) -> Result<ResponseHead, ProxyError> {
     let max_bytes = limits.max_response_header_bytes;
@@ -478,6 +530,7 @@ async fn read_response_head(
                 Some(h) if h.head_len > max_bytes => {
                     return Err(ProxyError::UpstreamBadResponse("response head too large"))
                 }
+                Some(h) if h.status == 101 && upgrade => return Ok(h),
                 Some(h) if h.status == 101 => {
                     return Err(ProxyError::UpstreamBadResponse(
                         "unexpected protocol switch",
@@ -539,8 +592,8 @@ struct Progress {
     bytes: u64,
 }
 
-fn write_response_head<E: Edits>(
-    conn: &mut Conn,
+fn write_response_head<S: ClientStream, E: Edits>(
+    conn: &mut Conn<S>,
     head: &RequestHead,
     resp: &ResponseHead,
     client_keep: bool,
@@ -585,8 +638,31 @@ fn write_response_head<E: Edits>(
     out.extend_from_slice(b"\r\n");
 }
 
-async fn write_client(
-    conn: &mut Conn,
+/// Answer the client's upgrade with the upstream's 101 (its `Upgrade` protocol restored, as
+/// the hop-by-hop filter drops it), followed by whatever the upstream sent after it.
+async fn switch_protocols<S: ClientStream, E: Edits>(
+    conn: &mut Conn<S>,
+    head: &RequestHead,
+    resp: &ResponseHead,
+    edits: &E,
+    send_timeout: Duration,
+    progress: &mut Progress,
+) -> Result<(), ProxyError> {
+    write_response_head(conn, head, resp, true, edits);
+    let out = &mut conn.wbuf;
+    out.truncate(out.len() - 2);
+    out.extend_from_slice(b"Connection: Upgrade\r\n");
+    let protocol = header_values(&conn.ubuf, &conn.resp_headers, b"upgrade")
+        .next()
+        .unwrap_or(b"websocket");
+    crate::http::h1::write_header(out, b"Upgrade", protocol);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&conn.ubuf[resp.head_len..]);
+    write_client(conn, send_timeout, progress).await
+}
+
+async fn write_client<S: ClientStream>(
+    conn: &mut Conn<S>,
     send_timeout: Duration,
     progress: &mut Progress,
 ) -> Result<(), ProxyError> {
@@ -597,9 +673,9 @@ async fn write_client(
     Ok(())
 }
 
-async fn read_upstream(
+async fn read_upstream<S: ClientStream>(
     upc: &mut UpstreamConn,
-    conn: &mut Conn,
+    conn: &mut Conn<S>,
     timeout: Duration,
 ) -> Result<usize, ProxyError> {
     conn.ubuf.clear();
@@ -616,8 +692,8 @@ async fn read_upstream(
     }
 }
 
-async fn send_ubuf_range(
-    conn: &mut Conn,
+async fn send_ubuf_range<S: ClientStream>(
+    conn: &mut Conn<S>,
     k: usize,
     send_timeout: Duration,
     progress: &mut Progress,
@@ -637,8 +713,8 @@ async fn send_ubuf_range(
 /// Relay the response whose head is in `conn.ubuf`. Returns whether the upstream connection
 /// ended exactly at the end of the response (and so may be reused).
 #[allow(clippy::too_many_arguments)]
-async fn relay_response<E: Edits>(
-    conn: &mut Conn,
+async fn relay_response<S: ClientStream, E: Edits>(
+    conn: &mut Conn<S>,
     w: &Env<'_>,
     head: &RequestHead,
     resp: &ResponseHead,

@@ -7,6 +7,7 @@ pub mod forward;
 pub mod pool;
 pub mod request;
 pub mod tls;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

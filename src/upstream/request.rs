@@ -42,6 +42,11 @@ pub struct ClientFacts<'a> {
     pub trusted: bool,
     /// The normalised path, when it differs from the one sent (it is what the route matched).
     pub path: Option<&'a [u8]>,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+    /// The client's `Upgrade` value, when the request is a protocol upgrade the route lets
+    /// through (WebSocket); otherwise `Upgrade` is dropped as hop-by-hop.
+    pub upgrade: Option<&'a [u8]>,
 }
 
 /// Write the upstream request head for `head` (parsed from `buf`) into `out`.
@@ -157,7 +162,8 @@ pub fn write_request_head<E: Edits>(
         header(out, b"X-Real-IP", client.peer_ip.as_bytes());
     }
     if !saw_proto && !edits.drops(b"x-forwarded-proto", HeaderKind::XForwardedProto) {
-        header(out, b"X-Forwarded-Proto", b"http");
+        let proto: &[u8] = if client.tls { b"https" } else { b"http" };
+        header(out, b"X-Forwarded-Proto", proto);
     }
     if !saw_fwd_host && !edits.drops(b"x-forwarded-host", HeaderKind::XForwardedHost) {
         if let Some(h) = client_host {
@@ -165,6 +171,10 @@ pub fn write_request_head<E: Edits>(
         }
     }
     edits.append_upstream(buf, headers, out);
+    if let Some(protocol) = client.upgrade {
+        out.extend_from_slice(b"Connection: Upgrade\r\n");
+        header(out, b"Upgrade", protocol);
+    }
     match head.body {
         BodyKind::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -216,6 +226,8 @@ mod tests {
         let facts = ClientFacts {
             peer_ip: "10.0.0.9",
             trusted,
+            tls: false,
+            upgrade: None,
             path: None,
         };
         write_request_head(&mut out, &buf, &head, &hs, pass_host, &node, &facts, edits);

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod fake_idp;
 pub mod jwt;
 pub mod real_idp;
+pub mod tls;
 
 /// Timeout applied to every socket read and write in the tests.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -327,6 +328,8 @@ pub struct Proxy {
     pub port: u16,
     /// All listen ports.
     pub ports: Vec<u16>,
+    /// The HTTPS port [`Proxy::client`] uses, in HTTPS mode.
+    pub tls_port: Option<u16>,
     pub dir: TempDir,
     pub config_path: PathBuf,
     pub stderr_path: PathBuf,
@@ -370,9 +373,19 @@ impl Proxy {
             if cfg.get("data_dir").is_none() {
                 cfg["data_dir"] = json!(dir.path().join("data").to_string_lossy());
             }
-            let ports = listen_ports(&cfg);
+            let mut ports = listen_ports(&cfg);
+            // HTTPS mode: the same config with a TLS listener beside, which clients then use.
+            let tls_port = (tls::https_mode() && cfg.get("tls").is_none()).then(|| {
+                let port = free_port();
+                cfg["tls"] = json!({"listen": [format!("127.0.0.1:{port}")]});
+                let pem = tls::harness_cert();
+                cfg["ssls"] = json!([tls::ssl("harness", &["localhost"], pem)]);
+                ports.push(port);
+                port
+            });
             let yaml = to_yaml(&cfg);
             let mut p = Proxy::spawn_in(dir, &yaml, &[], ports);
+            p.tls_port = tls_port;
             match p.wait_ready() {
                 Ok(()) => return p,
                 Err(e) => {
@@ -422,6 +435,7 @@ impl Proxy {
             child,
             port: ports.first().copied().unwrap_or(0),
             ports,
+            tls_port: None,
             dir,
             config_path,
             stderr_path,
@@ -565,9 +579,13 @@ impl Proxy {
         kb * 1024
     }
 
-    /// A new client connection to the first listen port.
+    /// A new client connection: to the HTTPS port in HTTPS mode (see [`tls::SCHEME_ENV`]),
+    /// else to the first listen port.
     pub fn client(&self) -> Client {
-        Client::connect(self.port)
+        match self.tls_port {
+            Some(port) => Client::connect_tls(port, Some("localhost")),
+            None => Client::connect(self.port),
+        }
     }
 
     /// One GET on a fresh connection.
@@ -777,7 +795,7 @@ impl Head {
 
 /// A client connection with its own read buffer (so pipelined answers can be read one by one).
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: tls::Stream,
     buf: Vec<u8>,
     pos: usize,
     len: usize,
@@ -792,6 +810,17 @@ impl Client {
     }
 
     pub fn from_stream(stream: TcpStream) -> Client {
+        Client::from_any(tls::Stream::Plain(stream))
+    }
+
+    /// A client over TLS to 127.0.0.1:`port`, sending `sni`.
+    pub fn connect_tls(port: u16, sni: Option<&str>) -> Client {
+        let s = tls::Stream::connect_tls(port, sni)
+            .unwrap_or_else(|e| panic!("TLS to 127.0.0.1:{port} (SNI {sni:?}): {e}"));
+        Client::from_any(s)
+    }
+
+    fn from_any(stream: tls::Stream) -> Client {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
