@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{self, Config, RouteSpec};
+use crate::metrics::{self, ConfigSource};
 use crate::plugins::PluginEnv;
 use crate::router::RouteTable;
 use crate::server::Shared;
@@ -82,8 +83,12 @@ impl Control {
     /// Re-read the config file and swap in its routes; a bad file changes nothing.
     fn reload(&self) {
         match config::load_file(&self.config_path) {
-            Err(errors) => tracing::error!("reload refused, the running config stays:\n{errors}"),
+            Err(errors) => {
+                metrics::config_changed(ConfigSource::File, false);
+                tracing::error!("reload refused, the running config stays:\n{errors}")
+            }
             Ok(new) => {
+                metrics::config_changed(ConfigSource::File, true);
                 // Workers copy these at start (limits, trusted addresses, caches, pools, the
                 // runtime itself), so a reload can only say so. Compared with what runs, not
                 // with the previous file: a second reload still names a change not yet applied.

@@ -12,9 +12,11 @@ use clap::{Parser, Subcommand};
 use portcullis::config;
 use portcullis::control::{self, Control};
 use portcullis::idp::Idp;
+use portcullis::metrics::Registry;
 use portcullis::plugins::PluginEnv;
 use portcullis::router::RouteTable;
 use portcullis::server::{self, listener, Shared};
+use portcullis::status;
 
 #[derive(Parser)]
 #[command(
@@ -86,13 +88,23 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(table)),
         stopping: AtomicBool::new(false),
+        metrics: Arc::new(Registry::new(config.metrics)),
     });
+    let status_addr = status::start(
+        config.status_listen,
+        status::Status {
+            shared: shared.clone(),
+            idp: plugins.idp.clone(),
+            hostname: status::hostname(),
+        },
+    )?;
     let config = Arc::new(config);
     // Before any thread starts, so that only the control thread ever takes these signals.
     control::block_signals();
     let workers = server::start_workers(config.clone(), shared.clone(), listeners, driver)?;
     tracing::info!(
         listen = ?config.listen,
+        status = %status_addr,
         workers = config.workers,
         driver = ?driver,
         routes = shared.routes.load().routes.len(),

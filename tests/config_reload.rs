@@ -49,7 +49,8 @@ fn reload_with(p: &Proxy, yaml: &str) {
     let text = yaml
         .replace("{PORT}", &p.port.to_string())
         .replace("{DATA}", &data.to_string_lossy());
-    fs::write(&p.config_path, text).expect("write the config file");
+    // The status section the harness added at start stays, so only what the test changes does.
+    fs::write(&p.config_path, with_status_listener(&text)).expect("write the config file");
     p.signal(libc::SIGHUP);
 }
 

@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive besides the Rust toolchain, as "command:package": node runs the
 # real identity provider (tests/idp) and the browser driver (tests/browser); chromium is the
-# browser of the login-flow tests, launched as /usr/bin/chromium (tests/common/browser.rs).
+# browser of the login-flow tests, launched as /usr/bin/chromium (tests/common/browser.rs); python3
+# runs the metrics parser (tests/python).
 need_apt=()
-for pair in node:nodejs npm:npm; do
+for pair in node:nodejs npm:npm python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
@@ -51,6 +52,28 @@ if [ ! -f tests/browser/node_modules/.package-lock.json ] \
   (cd tests/browser && npm ci --no-audit --no-fund)
   touch tests/browser/node_modules/.package-lock.json
 fi
+
+# Python packages (tests/python/requirements.txt, pinned with hashes) in a venv of their own:
+# tests/status.rs parses /metrics with prometheus_client's parser. Reinstalled when the file is
+# newer than the venv.
+venv=tests/python/.venv
+if [ ! -x "$venv/bin/python3" ] || [ tests/python/requirements.txt -nt "$venv/.installed" ]; then
+  echo "== python venv in $venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    echo "== installing python3-venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --require-hashes \
+    --only-binary :all: -r tests/python/requirements.txt
+  touch "$venv/.installed"
+fi
+"$venv/bin/python3" -c 'import prometheus_client' || {
+  echo "prometheus_client is not importable from $venv" >&2
+  exit 1
+}
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -10,11 +10,12 @@ use monoio::net::TcpStream;
 use super::Core;
 use crate::access_log::{AccessLog, Entry};
 use crate::config::route::method_bit;
-use crate::error::ProxyError;
+use crate::error::{AuthKind, ErrorKind, ProxyError};
 use crate::http::conn::{read_append, Conn, READ_CHUNK};
 use crate::http::h1::{parse_request, BodyKind, RequestHead};
 use crate::http::path;
 use crate::http::reply::Reply;
+use crate::metrics::{node_key, AuthMethod, RouteStats};
 use crate::plugins::{self, Ctx, Heads};
 use crate::router::Route;
 use crate::upstream::forward::{forward, Env};
@@ -45,7 +46,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Core>) {
             Err(e) => {
                 conn.request_line.clear();
                 conn.request_line.push(b'-');
-                answer_error(&mut conn, &w, None, &e, Instant::now(), false).await;
+                let rec = Rec::unrouted(&w, Instant::now(), 0);
+                answer_error(&mut conn, &w, &rec, &e, false).await;
                 break;
             }
         };
@@ -70,14 +72,21 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
             head.http10,
         );
     }
+    // What the request brought: its head, and a body of announced length.
+    let bytes_in = head.head_len as u64
+        + match head.body {
+            BodyKind::Length(n) => n,
+            _ => 0,
+        };
+    let unrouted = Rec::unrouted(w, started, bytes_in);
     if let (BodyKind::Length(n), Some(max)) = (head.body, w.limits.max_body_bytes) {
         if n > max {
-            return answer_error(conn, w, None, &ProxyError::BodyTooLarge, started, false).await;
+            return answer_error(conn, w, &unrouted, &ProxyError::BodyTooLarge, false).await;
         }
     }
     let normalized = match path::normalize(head.path.get(buf), &mut conn.norm_path) {
         Ok(n) => n,
-        Err(e) => return answer_error(conn, w, None, &e, started, false).await,
+        Err(e) => return answer_error(conn, w, &unrouted, &e, false).await,
     };
     let buf = &conn.rbuf[conn.pos..];
     let routes = w.routes();
@@ -96,9 +105,16 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
         // Without a body the request is fully read, so the connection can stay open.
         let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
         conn.pos += head.head_len;
-        return answer_error(conn, w, None, &ProxyError::NoRoute, started, keep).await;
+        return answer_error(conn, w, &unrouted, &ProxyError::NoRoute, keep).await;
     };
     conn.body_consumed = false;
+    let mut rec = Rec {
+        route: Some(route),
+        stats: w.metrics.as_deref().map(|m| routes.stats(idx, m)),
+        auth: None,
+        bytes_in,
+        started,
+    };
     let mut ctx = Ctx::default();
     if !route.plugins.is_empty() {
         let req = plugins::Request {
@@ -114,14 +130,15 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
             tls: false,
         };
         let decided = plugins::access(&route.plugins, &w.plugins, &req, &mut ctx).await;
+        rec.auth = judged(&route.id, &decided, &ctx);
         if !matches!(decided, Ok(None)) {
             // Answered before any body byte was read: only a bodiless request leaves the
             // client's stream in step.
             let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
             conn.pos += head.head_len;
             return match decided {
-                Ok(Some(reply)) => answer(conn, w, Some(route), &reply, None, started, keep).await,
-                Err(e) => answer_error(conn, w, Some(route), &e, started, keep).await,
+                Ok(Some(reply)) => answer(conn, w, &rec, &reply, None, keep).await,
+                Err(e) => answer_error(conn, w, &rec, &e, keep).await,
                 Ok(None) => unreachable!("matched above"),
             };
         }
@@ -130,6 +147,7 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
         limits: &w.limits,
         pool: &w.pool,
         client_may_stay: conn.served + 1 < w.limits.keepalive_requests && !w.shutdown.started(),
+        connect_errors: rec.stats.map(|s| &s.connect_errors),
     };
     let edits = Heads {
         plugins: &route.plugins,
@@ -147,25 +165,80 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
     .await
     {
         Ok(o) => {
-            w.log.borrow_mut().record(&Entry {
-                peer: conn.peer,
-                request_line: &conn.request_line,
-                status: o.status,
-                bytes: o.bytes,
-                elapsed: started.elapsed(),
-                route: Some(&route.id),
-                upstream: o.upstream,
-                error: o.error,
-            });
+            let upstream = Upstreamed {
+                addr: o.upstream,
+                time: Some(o.upstream_time),
+            };
+            finish(conn, w, &rec, o.status, o.bytes, upstream, o.error);
             o.keep_alive
         }
         Err(e) => {
             // An upstream failure after the whole request was read leaves the client's stream
             // in step, so the client keeps its connection (as with nginx).
             let keep = conn.body_consumed && head.keep_alive && !head.http10;
-            answer_error(conn, w, Some(route), &e, started, keep).await
+            answer_error(conn, w, &rec, &e, keep).await
         }
     }
+}
+
+/// What the log and the metrics record about a request besides its answer.
+struct Rec<'a> {
+    route: Option<&'a Route>,
+    /// The route's metrics block on this core (the unrouted one before a route matched).
+    stats: Option<&'a RouteStats>,
+    /// How authentication judged it: the method, and `None` (accepted) or the refusal.
+    auth: Option<(AuthMethod, Option<AuthKind>)>,
+    bytes_in: u64,
+    started: Instant,
+}
+
+impl<'a> Rec<'a> {
+    fn unrouted(w: &'a Core, started: Instant, bytes_in: u64) -> Rec<'a> {
+        Rec {
+            route: None,
+            stats: w.metrics.as_deref().map(|m| &*m.unrouted),
+            auth: None,
+            bytes_in,
+            started,
+        }
+    }
+}
+
+/// The upstream side of an answer, when there was one.
+#[derive(Default)]
+struct Upstreamed {
+    addr: Option<SocketAddr>,
+    time: Option<std::time::Duration>,
+}
+
+/// The authentication verdict of the access phase, when a plugin judged the request: accepted
+/// (an identity or a session), passed without one (`no_token`), or refused for a reason. The
+/// login flow's own steps (the redirect to the IdP, the callback, logout) are answers, not
+/// verdicts, and are not counted. A refusal is logged here, once, with its reason kind.
+fn judged(
+    route: &str,
+    decided: &Result<Option<Reply>, ProxyError>,
+    ctx: &Ctx,
+) -> Option<(AuthMethod, Option<AuthKind>)> {
+    let method = ctx.auth_method?;
+    let outcome = match decided {
+        Ok(Some(_)) => return None,
+        Ok(None) if ctx.identity.is_some() || ctx.session.is_some() => None,
+        Ok(None) => Some(AuthKind::NoToken),
+        Err(e) => match e.kind() {
+            ErrorKind::Auth(k) => {
+                tracing::info!(
+                    route,
+                    method = method.as_str(),
+                    reason = k.as_str(),
+                    "authentication refused"
+                );
+                Some(k)
+            }
+            _ => return None,
+        },
+    };
+    Some((method, outcome))
 }
 
 /// Answer an error (when the client can still be answered) and log it. Returns whether the
@@ -174,15 +247,14 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
 async fn answer_error(
     conn: &mut Conn,
     w: &Core,
-    route: Option<&Route>,
+    rec: &Rec<'_>,
     e: &ProxyError,
-    started: Instant,
     keep: bool,
 ) -> bool {
     match e.response() {
-        Some(reply) => answer(conn, w, route, &reply, Some(e.label()), started, keep).await,
+        Some(reply) => answer(conn, w, rec, &reply, Some(e.label()), keep).await,
         None => {
-            log_local(conn, w, route, 0, 0, Some(e.label()), started);
+            finish(conn, w, rec, 0, 0, Upstreamed::default(), Some(e.label()));
             false
         }
     }
@@ -192,10 +264,9 @@ async fn answer_error(
 async fn answer(
     conn: &mut Conn,
     w: &Core,
-    route: Option<&Route>,
+    rec: &Rec<'_>,
     reply: &Reply,
     error: Option<&'static str>,
-    started: Instant,
     keep: bool,
 ) -> bool {
     let keep = keep && !w.shutdown.started();
@@ -204,29 +275,75 @@ async fn answer(
     let written = conn.wbuf.len() as u64;
     let answered = conn.write_wbuf(w.limits.send_timeout).await.is_ok();
     let bytes = if answered { written } else { 0 };
-    log_local(conn, w, route, reply.status, bytes, error, started);
+    finish(
+        conn,
+        w,
+        rec,
+        reply.status,
+        bytes,
+        Upstreamed::default(),
+        error,
+    );
     keep && answered
 }
 
-fn log_local(
+/// Count and log one answered (or abandoned) request.
+fn finish(
     conn: &Conn,
     w: &Core,
-    route: Option<&Route>,
+    rec: &Rec<'_>,
     status: u16,
     bytes: u64,
+    upstream: Upstreamed,
     error: Option<&'static str>,
-    started: Instant,
 ) {
+    let elapsed = rec.started.elapsed();
+    if let Some(s) = rec.stats {
+        count(s, rec, status, bytes, &upstream, elapsed);
+        if let Some(m) = &w.metrics {
+            m.requests.inc();
+        }
+    }
     w.log.borrow_mut().record(&Entry {
         peer: conn.peer,
         request_line: &conn.request_line,
         status,
         bytes,
-        elapsed: started.elapsed(),
-        route: route.map(|r| &*r.id),
-        upstream: None,
+        bytes_in: rec.bytes_in,
+        elapsed,
+        route: rec.route.map(|r| &*r.id),
+        upstream: upstream.addr,
+        upstream_time: upstream.time,
+        auth: rec.auth.map(|(m, k)| (m, k.map_or("ok", AuthKind::as_str))),
         error,
     });
+}
+
+/// The request's counts in its route's block (this core's own).
+fn count(
+    s: &RouteStats,
+    rec: &Rec<'_>,
+    status: u16,
+    bytes: u64,
+    upstream: &Upstreamed,
+    elapsed: std::time::Duration,
+) {
+    use crate::metrics::LATENCY_BOUNDS_US as B;
+    s.status
+        .inc(status, upstream.addr.map(|a| node_key(a.ip())));
+    s.ingress.add(rec.bytes_in);
+    s.egress.add(bytes);
+    let total = elapsed.as_micros() as u64;
+    s.latency[0].observe(&B, total);
+    // APISIX's `apisix` latency is the request's time less the upstream's.
+    let up = upstream.time.map_or(0, |t| t.as_micros() as u64);
+    if upstream.time.is_some() {
+        s.latency[1].observe(&B, up);
+    }
+    s.latency[2].observe(&B, total.saturating_sub(up));
+    if let Some((method, refused)) = rec.auth {
+        s.auth(method, refused);
+    }
 }
 
 /// Read until a whole request head is buffered. `Ok(None)`: the client closed cleanly, stayed

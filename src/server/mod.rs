@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, DriverChoice, UringFlags};
+use crate::metrics::Registry;
 use crate::router::RouteTable;
 
 /// State every core reads: immutable snapshots and the stop flag.
@@ -20,6 +21,8 @@ pub struct Shared {
     pub routes: Arc<ArcSwap<RouteTable>>,
     /// Set once when the process begins a graceful stop.
     pub stopping: AtomicBool,
+    /// Every worker's metrics block.
+    pub metrics: Arc<Registry>,
 }
 
 /// The I/O driver workers actually run.

@@ -22,12 +22,17 @@ struct ActiveGuard(Rc<Core>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get() - 1);
+        let n = self.0.active.get() - 1;
+        self.0.active.set(n);
+        if let Some(m) = &self.0.metrics {
+            m.active.set(n as u64);
+        }
     }
 }
 
 /// The worker's whole life: serve until the process stops, then drain.
 pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+    let metrics = shared.metrics.new_core();
     let routes = shared.routes.clone();
     let first = routes.load_full();
     let w = Rc::new(Core {
@@ -36,14 +41,18 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
         routes_src: RefCell::new(Cache::new(routes)),
         local: RefCell::new(Rc::new(LocalRoutes::new(first))),
         pool: RefCell::new(Pool::default()),
-        log: RefCell::new(AccessLog::new(config.access_log)),
+        log: RefCell::new(AccessLog::new(config.access_log, config.access_log_format)),
         plugins: plugins::CoreState::new(
             config.per_core.token_cache_entries,
             config.per_core.token_cache_bytes,
         ),
         shutdown: Shutdown::default(),
         active: Cell::new(0),
+        metrics,
     });
+    if let Some(m) = &w.metrics {
+        w.plugins.count_into(m);
+    }
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -90,11 +99,18 @@ async fn accept_loop(listener: TcpListener, w: Rc<Core>, shared: Arc<Shared>) {
         match accepted {
             None => break,
             Some(Ok((stream, peer))) => {
+                if let Some(m) = &w.metrics {
+                    m.accepted.inc();
+                }
                 if w.active.get() >= w.limits.max_connections {
                     drop(stream);
                     continue;
                 }
                 w.active.set(w.active.get() + 1);
+                if let Some(m) = &w.metrics {
+                    m.handled.inc();
+                    m.active.set(w.active.get() as u64);
+                }
                 let guard = ActiveGuard(w.clone());
                 monoio::spawn(async move {
                     conn::serve(stream, peer, guard.0.clone()).await;

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::AsyncWriteRentExt;
@@ -23,6 +23,7 @@ use crate::http::h1::{
     RequestHead, ResponseHead,
 };
 use crate::http::Limits;
+use crate::metrics::{node_key, Keyed};
 
 /// Request bodies up to this size that arrived with the head are sent in the same write, and
 /// such a request can be replayed on a fresh connection when a pooled one turns out dead.
@@ -40,6 +41,8 @@ pub struct Outcome {
     pub upstream: Option<SocketAddr>,
     /// Why the answer was cut short, if it was (the client got a partial response).
     pub error: Option<&'static str>,
+    /// From picking a node to the end of the upstream's answer.
+    pub upstream_time: Duration,
 }
 
 fn timed_out(what: &'static str) -> ProxyError {
@@ -81,6 +84,8 @@ pub struct Env<'a> {
     /// Whether the client connection may stay open after this answer (the worker is not
     /// draining and the connection is under its request budget).
     pub client_may_stay: bool,
+    /// Where failed connects are counted by node, when metrics are on.
+    pub connect_errors: Option<&'a Keyed<8>>,
 }
 
 /// Forward `head` (parsed at `conn.pos`) to `up`, with the route's plugins' `edits`; on `Err`
@@ -119,6 +124,7 @@ pub async fn forward<E: Edits>(
     };
     let replayable = complete && in_buf <= INLINE_BODY;
     let idempotent = is_idempotent(head.method.get(&conn.rbuf[conn.pos..]));
+    let started = Instant::now();
 
     let (node, addr, mut upc, mut reused) = match acquire(w, up, balancer, replayable).await {
         Ok(a) => a,
@@ -179,7 +185,9 @@ pub async fn forward<E: Edits>(
             // A pooled connection the upstream closed meanwhile: the request never reached it.
             Err(ProxyError::UpstreamIo(e)) if reused && replayable && idempotent => {
                 tracing::debug!(%addr, error = %e, "pooled upstream connection was dead; retrying on a new one");
-                upc = connect(addr, node, up).await?;
+                upc = connect(addr, node, up)
+                    .await
+                    .inspect_err(|_| count_connect_error(w, addr))?;
                 reused = false;
             }
             Err(e) => return Err(e),
@@ -207,6 +215,7 @@ pub async fn forward<E: Edits>(
         keep_alive: client_keep,
         upstream: Some(addr),
         error: None,
+        upstream_time: started.elapsed(),
     };
     match relayed {
         Ok(upstream_clean) => {
@@ -263,11 +272,18 @@ async fn acquire<'u>(
             Ok(c) => return Ok((node, addr, c, false)),
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "upstream connect failed");
+                count_connect_error(w, addr);
                 last = e;
             }
         }
     }
     Err(last)
+}
+
+fn count_connect_error(w: &Env<'_>, addr: SocketAddr) {
+    if let Some(k) = w.connect_errors {
+        k.inc(0, Some(node_key(addr.ip())));
+    }
 }
 
 /// Whether a pooled connection is still open, without blocking (one `recv` peek on the TCP

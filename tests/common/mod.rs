@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 pub mod auth;
 pub mod fake_idp;
 pub mod jwt;
+pub mod metrics;
 pub mod real_idp;
 
 /// Timeout applied to every socket read and write in the tests.
@@ -305,6 +306,24 @@ pub fn route(id: &str, uri: &str, ups: &[&Upstream]) -> Value {
     })
 }
 
+/// `yaml` with a `status` section listening on a port the system picks (see
+/// [`Proxy::status_port`]), unless it has one: the default port would be shared by every proxy
+/// the tests run at once.
+pub fn with_status_listener(yaml: &str) -> String {
+    if yaml
+        .lines()
+        .any(|l| l.starts_with("status:") || l.starts_with("\"status\":"))
+    {
+        return yaml.to_string();
+    }
+    let sep = if yaml.is_empty() || yaml.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{yaml}{sep}status:\n  listen: 127.0.0.1:0\n")
+}
+
 /// The base config used by most tests: one worker, no pinning, access log on.
 /// `listen` and `data_dir` are filled in by [`Proxy::start`] when absent.
 pub fn base_config(routes: Vec<Value>) -> Value {
@@ -389,7 +408,7 @@ impl Proxy {
         extra_args: &[&str],
         ports: Vec<u16>,
     ) -> Proxy {
-        let config_path = dir.write("config.yaml", config_yaml);
+        let config_path = dir.write("config.yaml", &with_status_listener(config_yaml));
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let child = Command::new(bin())
