@@ -87,5 +87,11 @@ echo "== cargo clippy --all-targets"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== benches in test mode (each benchmark runs once)"
 cargo test --benches
+# The integration tests write down every credential they hand the proxy and keep every proxy's
+# logs here (tests/common/leaks.rs); after them, no log may hold any of those credentials.
+leak_dir="${CARGO_TARGET_DIR:-target}/tmp/leak-check"
+rm -rf "$leak_dir"
 echo "== cargo test (unit, and integration against the real binary)"
 cargo test --lib --bins --tests
+echo "== no token, cookie value, secret or query value in any proxy log of the run"
+python3 tests/python/log_leaks.py "$leak_dir"

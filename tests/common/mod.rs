@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 pub mod auth;
 pub mod fake_idp;
 pub mod jwt;
+pub mod leaks;
 pub mod metrics;
 pub mod real_idp;
 
@@ -408,6 +409,7 @@ impl Proxy {
         extra_args: &[&str],
         ports: Vec<u16>,
     ) -> Proxy {
+        leaks::record_config(config_yaml);
         let config_path = dir.write("config.yaml", &with_status_listener(config_yaml));
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
@@ -571,6 +573,7 @@ impl Drop for Proxy {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        leaks::keep_logs(&[&self.stderr_path, &self.stdout_path]);
     }
 }
 
@@ -803,6 +806,7 @@ impl Client {
     /// Builds a request head. Adds `Host: test.local` unless `headers` has a Host, and a
     /// Content-Length for a non-empty body (or POST/PUT) unless `headers` frame the body.
     pub fn build(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        leaks::record_request(path, headers);
         let mut out = format!("{method} {path} HTTP/1.1\r\n");
         if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
             out.push_str("Host: test.local\r\n");
