@@ -28,6 +28,12 @@ impl Counter {
         self.add(1);
     }
 
+    /// Take one off a gauge. Only the owning thread may call this.
+    #[inline]
+    pub fn dec(&self) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(1), Relaxed);
+    }
+
     /// Set a gauge. Only the owning thread may call this.
     #[inline]
     pub fn set(&self, v: u64) {
@@ -347,6 +353,11 @@ impl RouteStats {
     }
 }
 
+/// Connection states in nginx's names, as `apisix_nginx_http_current_connections` labels them:
+/// reading a request head, handling a request (forwarding, writing the answer), idle between
+/// requests.
+pub const CONN_STATES: [&str; 3] = ["reading", "writing", "waiting"];
+
 /// Which token cache a [`CacheStats`] counts.
 pub const CACHE_NAMES: [&str; 2] = ["jwt", "introspection"];
 
@@ -373,6 +384,8 @@ pub struct CoreMetrics {
     pub handled: Counter,
     /// Open client connections (a gauge).
     pub active: Counter,
+    /// Open client connections by [`CONN_STATES`] (gauges).
+    pub states: [Counter; 3],
     /// Requests answered.
     pub requests: Counter,
     /// The token caches, by [`CACHE_NAMES`].
@@ -390,6 +403,7 @@ impl CoreMetrics {
             accepted: Counter::default(),
             handled: Counter::default(),
             active: Counter::default(),
+            states: Default::default(),
             requests: Counter::default(),
             caches: Default::default(),
             unrouted: Arc::new(RouteStats::new(Arc::from(""))),

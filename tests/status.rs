@@ -293,7 +293,16 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
     );
     let p = start_routes(
         vec![
-            oidc_route("jwt", "/jwt/*", &up, jwt_plugin(&idp)),
+            oidc_route(
+                "jwt",
+                "/jwt/*",
+                &up,
+                with(
+                    &jwt_plugin(&idp),
+                    json!({"required_scopes": ["read"], "claim_validator": {
+                        "audience": {"required": true, "match_with_client_id": true}}}),
+                ),
+            ),
             oidc_route("intro", "/intro/*", &up, intro),
         ],
         &up,
@@ -317,6 +326,11 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
     let unknown_kid = SigningKey::rsa2()
         .with_kid("not-in-the-set")
         .mint(&claims(&idp.issuer()));
+    let changed = |c: Value| key.mint(&with(&claims(&idp.issuer()), c));
+    let not_yet_valid = changed(json!({"nbf": now() + 3600}));
+    let bad_issuer = changed(json!({"iss": "https://elsewhere.example"}));
+    let bad_audience = changed(json!({"aud": "another-client"}));
+    let no_scope = changed(json!({"scope": "openid profile"}));
     // A token this core has not seen: one miss, then one hit.
     let fresh = key.mint(&with(
         &claims(&idp.issuer()),
@@ -329,6 +343,10 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
     assert_eq!(bearer_at(&p, "/jwt/x", &expired).status, 401);
     assert_eq!(bearer_at(&p, "/jwt/x", &bad_sig).status, 401);
     assert_eq!(bearer_at(&p, "/jwt/x", &unknown_kid).status, 401);
+    assert_eq!(bearer_at(&p, "/jwt/x", &not_yet_valid).status, 401);
+    assert_eq!(bearer_at(&p, "/jwt/x", &bad_issuer).status, 401);
+    assert_eq!(bearer_at(&p, "/jwt/x", &bad_audience).status, 403);
+    assert_eq!(bearer_at(&p, "/jwt/x", &no_scope).status, 403);
     assert_eq!(bearer_at(&p, "/intro/x", &active_token).status, 200);
     assert_eq!(bearer_at(&p, "/intro/x", &active_token).status, 200);
     assert_eq!(bearer_at(&p, "/intro/x", &inactive_token).status, 401);
@@ -348,8 +366,12 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
         ("expired", 1.0),
         ("bad_signature", 1.0),
         ("unknown_kid", 1.0),
-        ("bad_issuer", 0.0),
+        ("not_yet_valid", 1.0),
+        ("bad_issuer", 1.0),
+        ("bad_audience", 1.0),
+        ("insufficient_scope", 1.0),
         ("inactive", 0.0),
+        ("idp_error", 0.0),
     ] {
         assert_eq!(
             auth("jwt", "jwt", outcome),
@@ -358,7 +380,7 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
             after.text
         );
     }
-    assert_eq!(d("portcullis_auth_total", &[("route", "jwt")]), 7.0);
+    assert_eq!(d("portcullis_auth_total", &[("route", "jwt")]), 11.0);
     for (outcome, n) in [("ok", 2.0), ("inactive", 1.0), ("idp_error", 1.0)] {
         assert_eq!(
             auth("intro", "introspection", outcome),
@@ -374,13 +396,20 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
             "apisix_http_status_total",
             &[("route", "jwt"), ("code", "401")]
         ),
-        5.0
+        7.0
+    );
+    assert_eq!(
+        d(
+            "apisix_http_status_total",
+            &[("route", "jwt"), ("code", "403")]
+        ),
+        2.0
     );
 
     // Caches: every token with a credential is looked up once per request; only a repeat hits.
     let cache = |name: &str, cache: &str| d(name, &[("cache", cache)]);
     assert_eq!(cache("portcullis_token_cache_hits_total", "jwt"), 1.0);
-    assert_eq!(cache("portcullis_token_cache_misses_total", "jwt"), 5.0);
+    assert_eq!(cache("portcullis_token_cache_misses_total", "jwt"), 9.0);
     assert_eq!(
         cache("portcullis_token_cache_hits_total", "introspection"),
         1.0
@@ -448,7 +477,13 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
         "bad_signature",
         "unknown_kid",
         "malformed",
+        "not_yet_valid",
+        "bad_issuer",
+        "bad_audience",
+        "insufficient_scope",
         "inactive",
+        "idp_error",
+        "no_token",
     ] {
         let lines = log
             .lines()
@@ -468,6 +503,10 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
         &expired,
         &bad_sig,
         &unknown_kid,
+        &not_yet_valid,
+        &bad_issuer,
+        &bad_audience,
+        &no_scope,
         &active_token,
         &inactive_token,
         &failing_token,
@@ -660,4 +699,39 @@ fn a_reload_counts_as_a_config_change_applied_or_rejected() {
         )
     };
     assert_eq!((d("applied"), d("rejected")), (1.0, 1.0));
+}
+
+#[test]
+fn connection_states_follow_idle_busy_and_closed_connections() {
+    let up = Upstream::start("A");
+    let p = Proxy::start(base_config(vec![route("1", "/*", &[&up])]));
+    let state =
+        |m: &Metrics, s: &str| m.get("apisix_nginx_http_current_connections", &[("state", s)]);
+    let before = p.scrape_settled();
+    for s in ["active", "reading", "writing", "waiting"] {
+        assert_eq!(state(&before, s), 0.0, "{s}\n{}", before.text);
+    }
+    // One connection idle after its answer, one waiting on a slow upstream.
+    let mut idle = p.client();
+    assert_eq!(idle.get("/x").status, 200);
+    let port = p.port;
+    let slow = std::thread::spawn(move || Client::connect(port).get("/sleep/1500").status);
+    let mut m = p.scrape();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            m = p.scrape();
+            state(&m, "writing") == 1.0
+        }),
+        "{}",
+        m.text
+    );
+    assert_eq!(state(&m, "active"), 2.0, "{}", m.text);
+    assert_eq!(state(&m, "waiting"), 1.0, "{}", m.text);
+    assert_eq!(slow.join().unwrap(), 200);
+    drop(idle);
+    let after = p.scrape_settled();
+    for s in ["active", "reading", "writing", "waiting"] {
+        assert_eq!(state(&after, s), 0.0, "{s}\n{}", after.text);
+    }
+    assert_eq!(state(&after, "accepted") - state(&before, "accepted"), 2.0);
 }

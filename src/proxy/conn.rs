@@ -15,7 +15,7 @@ use crate::http::conn::{read_append, Conn, READ_CHUNK};
 use crate::http::h1::{parse_request, BodyKind, RequestHead};
 use crate::http::path;
 use crate::http::reply::Reply;
-use crate::metrics::{node_key, AuthMethod, RouteStats};
+use crate::metrics::{node_key, AuthMethod, CoreMetrics, RouteStats};
 use crate::plugins::{self, Ctx, Heads};
 use crate::router::Route;
 use crate::upstream::forward::{forward, Env};
@@ -39,7 +39,17 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Core>) {
         served: 0,
         body_consumed: false,
     };
+    let mut state = StateGauge {
+        metrics: w.metrics.as_deref(),
+        now: None,
+    };
     loop {
+        // A head already (partly) buffered is being read; an empty buffer waits for one.
+        state.set(Some(if conn.pos < conn.rbuf.len() {
+            READING
+        } else {
+            WAITING
+        }));
         let head = match read_head(&mut conn, &w).await {
             Ok(Some(head)) => head,
             Ok(None) => break,
@@ -51,11 +61,42 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Core>) {
                 break;
             }
         };
+        state.set(Some(WRITING));
         let keep_alive = handle(&mut conn, &w, &head).await;
         conn.served += 1;
         if !keep_alive || w.shutdown.started() {
             break;
         }
+    }
+}
+
+const READING: usize = 0;
+const WRITING: usize = 1;
+const WAITING: usize = 2;
+
+/// The connection's state in its core's gauges (`metrics::CONN_STATES`), left on drop.
+struct StateGauge<'a> {
+    metrics: Option<&'a CoreMetrics>,
+    now: Option<usize>,
+}
+
+impl StateGauge<'_> {
+    fn set(&mut self, next: Option<usize>) {
+        if let Some(m) = self.metrics {
+            if let Some(old) = self.now {
+                m.states[old].dec();
+            }
+            if let Some(new) = next {
+                m.states[new].inc();
+            }
+        }
+        self.now = next;
+    }
+}
+
+impl Drop for StateGauge<'_> {
+    fn drop(&mut self) {
+        self.set(None);
     }
 }
 

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use crate::idp::{Endpoint, Failure, Idp, RefreshReason};
 use crate::metrics::{
     outcome_label, AuthMethod, ConfigSource, HistogramSum, Key, Registry, AUTH_OUTCOMES,
-    CACHE_NAMES, CONFIG_CHANGES, IDP_BOUNDS_US, LATENCY_BUCKETS_MS, LATENCY_TYPES,
+    CACHE_NAMES, CONFIG_CHANGES, CONN_STATES, IDP_BOUNDS_US, LATENCY_BUCKETS_MS, LATENCY_TYPES,
 };
 
 /// A label value, escaped as the text format requires.
@@ -46,12 +46,16 @@ pub fn render(registry: &Registry, idp: &Idp, hostname: &str) -> String {
     let cores = registry.cores();
     let mut routes: BTreeMap<String, RouteSum> = BTreeMap::new();
     let (mut accepted, mut handled, mut active, mut requests) = (0, 0, 0, 0);
+    let mut states = [0u64; 3];
     let mut caches = [[0u64; 4]; 2];
     for core in &cores {
         accepted += core.accepted.get();
         handled += core.handled.get();
         active += core.active.get();
         requests += core.requests.get();
+        for (i, s) in core.states.iter().enumerate() {
+            states[i] += s.get();
+        }
         for (i, c) in core.caches.iter().enumerate() {
             caches[i][0] += c.hits.get();
             caches[i][1] += c.misses.get();
@@ -104,6 +108,9 @@ pub fn render(registry: &Registry, idp: &Idp, hostname: &str) -> String {
         ("active", active),
         ("handled", handled),
         ("total", requests),
+        (CONN_STATES[0], states[0]),
+        (CONN_STATES[1], states[1]),
+        (CONN_STATES[2], states[2]),
     ] {
         let _ = writeln!(
             out,
