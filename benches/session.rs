@@ -51,6 +51,7 @@ fn realistic() -> Session {
         created_at: 1_700_000_000.0,
         last_seen: 1_700_000_100.0,
         renewed_at: 1_700_000_000.0,
+        headers: Default::default(),
     }
 }
 

@@ -657,6 +657,7 @@ async fn callback(
         created_at: now,
         last_seen: now,
         renewed_at: now,
+        headers: Default::default(),
     };
     let cookie = session.seal(key, base);
     let old_chunks = read_chunked(cookie_values(req), base).map_or(0, |(_, n)| n);

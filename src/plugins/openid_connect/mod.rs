@@ -254,10 +254,14 @@ impl OidcPlugin {
                 header(out, b"X-Access-Token", s.access_token.as_bytes());
             }
             if cfg.set_id_token_header {
-                header(out, b"X-ID-Token", STANDARD.encode(&s.id_claims).as_bytes());
+                header(out, b"X-ID-Token", s.id_token_header().as_bytes());
             }
-            if let (true, Some(u)) = (cfg.set_userinfo_header, &s.userinfo) {
-                header(out, b"X-Userinfo", STANDARD.encode(u).as_bytes());
+            if let Some(u) = cfg
+                .set_userinfo_header
+                .then(|| s.userinfo_header())
+                .flatten()
+            {
+                header(out, b"X-Userinfo", u.as_bytes());
             }
             if let (true, Some(rt)) = (cfg.set_refresh_token_header, &s.refresh_token) {
                 header(out, b"X-Refresh-Token", rt.as_bytes());

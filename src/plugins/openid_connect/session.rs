@@ -5,6 +5,8 @@
 //!
 //! Cookie bytes come from clients: every parser here bounds-checks and never panics on them.
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -14,7 +16,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
@@ -262,6 +264,50 @@ pub struct Session {
     pub last_seen: f64,
     /// Last renewal, unix seconds (for `rolling_timeout`).
     pub renewed_at: f64,
+    /// `X-ID-Token` and `X-Userinfo` values, encoded on first use; not part of the cookie.
+    #[serde(skip)]
+    pub headers: EncodedHeaders,
+}
+
+/// Base64 header values derived from a session, kept with it: a cached session is sent upstream
+/// on every request, and encoding its claims each time cost an allocation and a pass over them.
+/// Derived data: it never makes two sessions differ, and a clone starts empty, because a clone
+/// is made to be changed (a refresh replaces the claims).
+#[derive(Debug, Default)]
+pub struct EncodedHeaders {
+    id_token: OnceCell<Box<str>>,
+    userinfo: OnceCell<Box<str>>,
+}
+
+impl Clone for EncodedHeaders {
+    fn clone(&self) -> EncodedHeaders {
+        EncodedHeaders::default()
+    }
+}
+
+impl PartialEq for EncodedHeaders {
+    fn eq(&self, _: &EncodedHeaders) -> bool {
+        true
+    }
+}
+
+impl Session {
+    /// `X-ID-Token`: base64 of the id token's claims.
+    pub fn id_token_header(&self) -> &str {
+        self.headers
+            .id_token
+            .get_or_init(|| STANDARD.encode(&self.id_claims).into())
+    }
+
+    /// `X-Userinfo`: base64 of the userinfo answer, when there was one.
+    pub fn userinfo_header(&self) -> Option<&str> {
+        let u = self.userinfo.as_ref()?;
+        Some(
+            self.headers
+                .userinfo
+                .get_or_init(|| STANDARD.encode(u).into()),
+        )
+    }
 }
 
 /// First plaintext byte of a sealed session: its encoding's version. A new layout takes a new
@@ -379,6 +425,7 @@ impl Session {
             created_at,
             last_seen,
             renewed_at,
+            headers: EncodedHeaders::default(),
         })
     }
 }
@@ -478,27 +525,11 @@ impl CookieAttrs<'_> {
     }
 }
 
-/// Position of the first `needle` in `hay`, eight bytes at a time: a session cookie is kilobytes
-/// of value to skip over, and a byte loop over it cost as much as the cache lookup it leads to.
+/// Position of the first `needle` in `hay`, vectorised (`memchr`): a session cookie is kilobytes
+/// of value to skip over, twice per request (reading it, and stripping it from what goes
+/// upstream), and a byte loop over it cost as much as the cache lookup it leads to.
 fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let pattern = LO * u64::from(needle);
-    let words = hay.chunks_exact(8);
-    let tail = words.remainder();
-    for (k, word) in words.enumerate() {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        let x = u64::from_le_bytes(w) ^ pattern;
-        // High bit set in each zero byte of `x`; a borrow can only mark bytes above the first
-        // zero, and the lowest mark is the first match.
-        let zero = x.wrapping_sub(LO) & !x & HI;
-        if zero != 0 {
-            return Some(k * 8 + (zero.trailing_zeros() / 8) as usize);
-        }
-    }
-    let done = hay.len() - tail.len();
-    tail.iter().position(|&b| b == needle).map(|i| done + i)
+    memchr::memchr(needle, hay)
 }
 
 /// The `;`-separated pieces of Cookie header lines, as `<[u8]>::split` would give them.
@@ -576,11 +607,13 @@ fn chunk_name(name: &str, i: usize) -> String {
 /// may be several lines; each is `a=b; c=d`).
 ///
 /// The first occurrence of each chunk wins. Bytes that are not UTF-8 are replaced (such a value
-/// never opens, but the chunk count still lets the caller clear them).
+/// never opens, but the chunk count still lets the caller clear them). A value in one chunk is
+/// borrowed from the header: copying a session cookie's kilobytes on every request cost more
+/// than the cache lookup it feeds.
 pub fn read_chunked<'a>(
     cookie_headers: impl Iterator<Item = &'a [u8]> + Clone,
     name: &str,
-) -> Option<(String, usize)> {
+) -> Option<(Cow<'a, str>, usize)> {
     // One pass over the header, chunks by index on the stack: no allocation but the result.
     let mut chunks: [Option<&'a [u8]>; MAX_CHUNKS] = [None; MAX_CHUNKS];
     for (n, v) in cookie_pairs(cookie_headers) {
@@ -592,7 +625,14 @@ pub fn read_chunked<'a>(
     let parts = || chunks[..count].iter().flatten();
     match count {
         0 => None,
-        1 => Some((String::from_utf8_lossy(chunks[0]?).into_owned(), 1)),
+        // `from_utf8` checks ASCII a word at a time; the lossy path only for what fails it.
+        1 => Some((
+            chunks[0].map_or(Cow::Borrowed(""), |v| match std::str::from_utf8(v) {
+                Ok(s) => Cow::Borrowed(s),
+                Err(_) => String::from_utf8_lossy(v),
+            }),
+            1,
+        )),
         _ => {
             let mut value = Vec::with_capacity(parts().map(|p| p.len()).sum());
             for p in parts() {
@@ -600,7 +640,7 @@ pub fn read_chunked<'a>(
             }
             let value = String::from_utf8(value)
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            Some((value, count))
+            Some((Cow::Owned(value), count))
         }
     }
 }
@@ -882,6 +922,7 @@ mod tests {
             created_at: 1_700_000_000.0,
             last_seen: 1_700_000_100.25,
             renewed_at: 1_700_000_050.0,
+            headers: Default::default(),
         }
     }
 
@@ -1027,6 +1068,27 @@ mod tests {
     }
 
     #[test]
+    fn encoded_headers_follow_the_claims_and_a_clone_starts_over() {
+        let s = session();
+        assert_eq!(s.id_token_header(), STANDARD.encode(&s.id_claims));
+        assert_eq!(
+            s.userinfo_header().map(str::to_owned),
+            s.userinfo.as_ref().map(|u| STANDARD.encode(u))
+        );
+        // A refresh clones the session and replaces its claims: the clone must not keep the
+        // old encoding.
+        let mut renewed = s.clone();
+        renewed.id_claims = r#"{"sub":"someone else"}"#.into();
+        renewed.userinfo = None;
+        assert_eq!(
+            renewed.id_token_header(),
+            STANDARD.encode(&renewed.id_claims)
+        );
+        assert_eq!(renewed.userinfo_header(), None);
+        assert_eq!(s.id_token_header(), STANDARD.encode(&s.id_claims));
+    }
+
+    #[test]
     fn session_round_trip_every_option() {
         let k = key();
         let full = session();
@@ -1159,6 +1221,7 @@ mod tests {
                 );
                 let header = as_cookie_header(&set);
                 let got = read_chunked(std::iter::once(header.as_bytes()), "session");
+                let got = got.map(|(v, n)| (v.into_owned(), n));
                 assert_eq!(got, Some((value.clone(), set.len())), "size {size}");
             }
         }
@@ -1200,7 +1263,7 @@ mod tests {
         let header = as_cookie_header(&set);
         assert_eq!(
             read_chunked(std::iter::once(header.as_bytes()), "session").map(|(v, _)| v),
-            Some("é".repeat(5_000))
+            Some("é".repeat(5_000).into())
         );
     }
 
@@ -1246,7 +1309,7 @@ mod tests {
     }
 
     fn read(lines: &[&str], name: &str) -> Option<(String, usize)> {
-        read_chunked(lines.iter().map(|l| l.as_bytes()), name)
+        read_chunked(lines.iter().map(|l| l.as_bytes()), name).map(|(v, n)| (v.into_owned(), n))
     }
 
     #[test]
@@ -1314,7 +1377,7 @@ mod tests {
         // Not UTF-8: replaced, still counted.
         assert_eq!(
             read_chunked(std::iter::once(&b"session=a\xffb"[..]), "session"),
-            Some(("a\u{fffd}b".to_owned(), 1))
+            Some(("a\u{fffd}b".into(), 1))
         );
         // Chunks up to MAX_CHUNKS, not beyond.
         let many: Vec<String> = (1..=MAX_CHUNKS + 2)
