@@ -358,8 +358,9 @@ impl RouteStats {
 /// requests.
 pub const CONN_STATES: [&str; 3] = ["reading", "writing", "waiting"];
 
-/// Which token cache a [`CacheStats`] counts.
-pub const CACHE_NAMES: [&str; 2] = ["jwt", "introspection"];
+/// Which per-core cache a [`CacheStats`] counts: verified JWTs, introspection answers, opened
+/// login sessions.
+pub const CACHE_NAMES: [&str; 3] = ["jwt", "introspection", "session"];
 
 /// One per-core cache's counters.
 #[derive(Debug, Default)]
@@ -388,8 +389,8 @@ pub struct CoreMetrics {
     pub states: [Counter; 3],
     /// Requests answered.
     pub requests: Counter,
-    /// The token caches, by [`CACHE_NAMES`].
-    pub caches: [Arc<CacheStats>; 2],
+    /// The caches, by [`CACHE_NAMES`].
+    pub caches: [Arc<CacheStats>; 3],
     /// Requests no route took (bad requests, no match).
     pub unrouted: Arc<RouteStats>,
     /// Per-route blocks, created by this worker the first time it serves a route id; locked

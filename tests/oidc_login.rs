@@ -240,10 +240,40 @@ fn a_revisit_makes_no_idp_call() {
     let s = site(json!({}));
     let jar = s.logged_in("/app/x");
     let (tokens, infos) = (s.idp.token_hits(), s.idp.userinfo_hits());
+    let before = s.proxy.scrape_settled();
     for _ in 0..5 {
         assert_eq!(s.get("/app/x", &jar, &[]).status, 200);
     }
     assert_eq!((s.idp.token_hits(), s.idp.userinfo_hits()), (tokens, infos));
+    // The metrics say the same: five sessions accepted, opened from the per-core cache after
+    // at most one decryption, and no IdP call.
+    let after = s.proxy.scrape_settled();
+    let d =
+        |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    let session_ok = [("route", "app"), ("method", "session"), ("outcome", "ok")];
+    assert_eq!(
+        d("portcullis_auth_total", &session_ok),
+        5.0,
+        "{}",
+        after.text
+    );
+    let (hits, misses) = (
+        d("portcullis_token_cache_hits_total", &[("cache", "session")]),
+        d(
+            "portcullis_token_cache_misses_total",
+            &[("cache", "session")],
+        ),
+    );
+    assert_eq!(hits + misses, 5.0);
+    assert!(misses <= 1.0, "{misses} misses");
+    assert_eq!(
+        d("portcullis_idp_requests_total", &[("endpoint", "token")]),
+        0.0
+    );
+    assert_eq!(
+        d("portcullis_idp_requests_total", &[("endpoint", "userinfo")]),
+        0.0
+    );
 }
 
 #[test]

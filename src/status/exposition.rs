@@ -47,7 +47,7 @@ pub fn render(registry: &Registry, idp: &Idp, hostname: &str) -> String {
     let mut routes: BTreeMap<String, RouteSum> = BTreeMap::new();
     let (mut accepted, mut handled, mut active, mut requests) = (0, 0, 0, 0);
     let mut states = [0u64; 3];
-    let mut caches = [[0u64; 4]; 2];
+    let mut caches = [[0u64; 4]; CACHE_NAMES.len()];
     for core in &cores {
         accepted += core.accepted.get();
         handled += core.handled.get();

@@ -408,6 +408,7 @@ impl CoreState {
             .borrow_mut()
             .cache
             .count_into(m.caches[1].clone());
+        self.sessions.borrow_mut().count_into(m.caches[2].clone());
     }
 
     /// Drop up to `budget` expired entries from each cache.
