@@ -113,13 +113,8 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
             head.http10,
         );
     }
-    // What the request brought: its head, and a body of announced length.
-    let bytes_in = head.head_len as u64
-        + match head.body {
-            BodyKind::Length(n) => n,
-            _ => 0,
-        };
-    let unrouted = Rec::unrouted(w, started, bytes_in);
+    // Answers before routing never read a body.
+    let unrouted = Rec::unrouted(w, started, head.head_len as u64);
     if let (BodyKind::Length(n), Some(max)) = (head.body, w.limits.max_body_bytes) {
         if n > max {
             return answer_error(conn, w, &unrouted, &ProxyError::BodyTooLarge, false).await;
@@ -153,7 +148,11 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
         route: Some(route),
         stats: w.metrics.as_deref().map(|m| routes.stats(idx, m)),
         auth: None,
-        bytes_in,
+        head_len: head.head_len as u64,
+        body_len: match head.body {
+            BodyKind::Length(n) => n,
+            _ => 0,
+        },
         started,
     };
     let mut ctx = Ctx::default();
@@ -229,17 +228,20 @@ struct Rec<'a> {
     stats: Option<&'a RouteStats>,
     /// How authentication judged it: the method, and `None` (accepted) or the refusal.
     auth: Option<(AuthMethod, Option<AuthKind>)>,
-    bytes_in: u64,
+    head_len: u64,
+    /// The announced body length, counted as received once the body was read whole.
+    body_len: u64,
     started: Instant,
 }
 
 impl<'a> Rec<'a> {
-    fn unrouted(w: &'a Core, started: Instant, bytes_in: u64) -> Rec<'a> {
+    fn unrouted(w: &'a Core, started: Instant, head_len: u64) -> Rec<'a> {
         Rec {
             route: None,
             stats: w.metrics.as_deref().map(|m| &*m.unrouted),
             auth: None,
-            bytes_in,
+            head_len,
+            body_len: 0,
             started,
         }
     }
@@ -339,8 +341,10 @@ fn finish(
     error: Option<&'static str>,
 ) {
     let elapsed = rec.started.elapsed();
+    // Request bytes received: the head, and a body of announced length once read whole.
+    let bytes_in = rec.head_len + if conn.body_consumed { rec.body_len } else { 0 };
     if let Some(s) = rec.stats {
-        count(s, rec, status, bytes, &upstream, elapsed);
+        count(s, rec, status, (bytes_in, bytes), &upstream, elapsed);
         if let Some(m) = &w.metrics {
             m.requests.inc();
         }
@@ -350,7 +354,7 @@ fn finish(
         request_line: &conn.request_line,
         status,
         bytes,
-        bytes_in: rec.bytes_in,
+        bytes_in,
         elapsed,
         route: rec.route.map(|r| &*r.id),
         upstream: upstream.addr,
@@ -365,14 +369,14 @@ fn count(
     s: &RouteStats,
     rec: &Rec<'_>,
     status: u16,
-    bytes: u64,
+    (bytes_in, bytes): (u64, u64),
     upstream: &Upstreamed,
     elapsed: std::time::Duration,
 ) {
     use crate::metrics::LATENCY_BOUNDS_US as B;
     s.status
         .inc(status, upstream.addr.map(|a| node_key(a.ip())));
-    s.ingress.add(rec.bytes_in);
+    s.ingress.add(bytes_in);
     s.egress.add(bytes);
     let total = elapsed.as_micros() as u64;
     s.latency[0].observe(&B, total);
