@@ -173,6 +173,31 @@ impl AuthMethod {
     }
 }
 
+/// A step of the browser login flow that answers the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginStep {
+    /// A request without a session sent to the IdP's authorization endpoint.
+    Redirect,
+    /// The IdP's redirect back with a code (or an error).
+    Callback,
+    /// The logout path.
+    Logout,
+}
+
+impl LoginStep {
+    /// Every step, in counter order.
+    pub const ALL: [LoginStep; 3] = [LoginStep::Redirect, LoginStep::Callback, LoginStep::Logout];
+
+    /// The step as a label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginStep::Redirect => "redirect",
+            LoginStep::Callback => "callback",
+            LoginStep::Logout => "logout",
+        }
+    }
+}
+
 /// Refusal reasons in counter order (after `ok`, which is index 0).
 pub const AUTH_KINDS: [AuthKind; 11] = [
     AuthKind::NoToken,
@@ -331,6 +356,8 @@ pub struct RouteStats {
     pub auth: [[Counter; AUTH_OUTCOMES]; 3],
     /// Failed connects by upstream node.
     pub connect_errors: Keyed<8>,
+    /// Login-flow steps by [`LoginStep::ALL`] and outcome index.
+    pub login: [[Counter; AUTH_OUTCOMES]; 3],
 }
 
 impl RouteStats {
@@ -343,7 +370,14 @@ impl RouteStats {
             egress: Counter::default(),
             auth: std::array::from_fn(|_| std::array::from_fn(|_| Counter::default())),
             connect_errors: Keyed::default(),
+            login: std::array::from_fn(|_| std::array::from_fn(|_| Counter::default())),
         }
+    }
+
+    /// Count a login-flow step's outcome (`None`: it went on as it should).
+    #[inline]
+    pub fn login(&self, step: LoginStep, refused: Option<AuthKind>) {
+        self.login[step as usize][outcome_index(refused)].inc();
     }
 
     /// Count an authentication outcome (`None`: accepted).
@@ -534,6 +568,9 @@ mod tests {
         assert_eq!(outcome_label(outcome_index(None)), "ok");
         for (i, m) in AuthMethod::ALL.iter().enumerate() {
             assert_eq!(*m as usize, i);
+        }
+        for (i, s) in LoginStep::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
         }
     }
 

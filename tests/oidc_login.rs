@@ -338,6 +338,46 @@ fn an_idp_error_on_the_callback_is_401_saying_so() {
     assert!(cb.text().contains("access_denied"), "{}", cb.text());
 }
 
+#[test]
+fn each_login_step_is_counted_in_the_metrics() {
+    let s = site(json!({}));
+    let before = s.proxy.scrape_settled();
+    let jar = s.logged_in("/app/x");
+    assert_eq!(s.get("/app/x", &jar, &[]).status, 200);
+    assert_eq!(s.get("/app/logout", &jar, &[]).status, 302);
+    s.idp.set_authorize_error(Some("access_denied"));
+    assert_eq!(s.login_refused(&mut Jar::default()).status, 401);
+    let after = s.proxy.scrape_settled();
+    let step = |step: &str, outcome: &str| {
+        let labels = [("route", "app"), ("step", step), ("outcome", outcome)];
+        after.get("portcullis_login_total", &labels) - before.get("portcullis_login_total", &labels)
+    };
+    assert_eq!(step("redirect", "ok"), 2.0, "{}", after.text);
+    assert_eq!(step("callback", "ok"), 1.0);
+    assert_eq!(step("logout", "ok"), 1.0);
+    // The IdP's refusal: a callback the login flow refuses.
+    let refused: f64 = after
+        .matching("portcullis_login_total", &[("step", "callback")])
+        .filter(|m| m.labels["outcome"] != "ok")
+        .map(|m| m.value)
+        .sum();
+    assert_eq!(refused, 1.0, "{}", after.text);
+    // Only the request that carried the session is an authentication verdict.
+    let verdicts = [("route", "app"), ("method", "session"), ("outcome", "ok")];
+    assert_eq!(
+        after.get("portcullis_auth_total", &verdicts)
+            - before.get("portcullis_auth_total", &verdicts),
+        1.0
+    );
+    // The code exchange went to the token endpoint once.
+    let token_ok = [("endpoint", "token"), ("outcome", "ok")];
+    assert_eq!(
+        after.get("portcullis_idp_requests_total", &token_ok)
+            - before.get("portcullis_idp_requests_total", &token_ok),
+        1.0
+    );
+}
+
 impl Site {
     fn login_refused(&self, jar: &mut Jar) -> Response {
         let r = self.start("/app/x", jar);

@@ -81,6 +81,7 @@ fn the_exposition_parses_whole_with_help_and_type_for_every_family() {
         ("apisix_node_info", "gauge"),
         ("apisix_nginx_http_current_connections", "gauge"),
         ("portcullis_auth", "counter"),
+        ("portcullis_login", "counter"),
         ("portcullis_token_cache_hits", "counter"),
         ("portcullis_token_cache_misses", "counter"),
         ("portcullis_token_cache_evictions", "counter"),

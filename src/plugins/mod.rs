@@ -166,6 +166,8 @@ pub struct Ctx {
     pub set_cookies: Vec<String>,
     /// How `openid-connect` judged the request, for the log and the metrics.
     pub auth_method: Option<crate::metrics::AuthMethod>,
+    /// The login-flow step that answered the request, for the metrics.
+    pub login_step: Option<crate::metrics::LoginStep>,
 }
 
 /// The request as the phases see it.

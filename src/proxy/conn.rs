@@ -15,7 +15,7 @@ use crate::http::conn::{read_append, Conn, READ_CHUNK};
 use crate::http::h1::{parse_request, BodyKind, RequestHead};
 use crate::http::path;
 use crate::http::reply::Reply;
-use crate::metrics::{node_key, AuthMethod, CoreMetrics, RouteStats};
+use crate::metrics::{node_key, AuthMethod, CoreMetrics, LoginStep, RouteStats};
 use crate::plugins::{self, Ctx, Heads};
 use crate::router::Route;
 use crate::upstream::forward::{forward, Env};
@@ -148,6 +148,7 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
         route: Some(route),
         stats: w.metrics.as_deref().map(|m| routes.stats(idx, m)),
         auth: None,
+        login: None,
         head_len: head.head_len as u64,
         body_len: match head.body {
             BodyKind::Length(n) => n,
@@ -171,6 +172,13 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
         };
         let decided = plugins::access(&route.plugins, &w.plugins, &req, &mut ctx).await;
         rec.auth = judged(&route.id, &decided, &ctx);
+        rec.login = ctx.login_step.and_then(|step| match &decided {
+            Ok(_) => Some((step, None)),
+            Err(e) => match e.kind() {
+                ErrorKind::Auth(k) => Some((step, Some(k))),
+                _ => None,
+            },
+        });
         if !matches!(decided, Ok(None)) {
             // Answered before any body byte was read: only a bodiless request leaves the
             // client's stream in step.
@@ -228,6 +236,8 @@ struct Rec<'a> {
     stats: Option<&'a RouteStats>,
     /// How authentication judged it: the method, and `None` (accepted) or the refusal.
     auth: Option<(AuthMethod, Option<AuthKind>)>,
+    /// The login-flow step that answered it, and how it went.
+    login: Option<(LoginStep, Option<AuthKind>)>,
     head_len: u64,
     /// The announced body length, counted as received once the body was read whole.
     body_len: u64,
@@ -240,6 +250,7 @@ impl<'a> Rec<'a> {
             route: None,
             stats: w.metrics.as_deref().map(|m| &*m.unrouted),
             auth: None,
+            login: None,
             head_len,
             body_len: 0,
             started,
@@ -388,6 +399,9 @@ fn count(
     s.latency[2].observe(&B, total.saturating_sub(up));
     if let Some((method, refused)) = rec.auth {
         s.auth(method, refused);
+    }
+    if let Some((step, refused)) = rec.login {
+        s.login(step, refused);
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::idp::{Endpoint, Failure, Idp, RefreshReason};
 use crate::metrics::{
-    outcome_label, AuthMethod, ConfigSource, HistogramSum, Key, Registry, AUTH_OUTCOMES,
+    outcome_label, AuthMethod, ConfigSource, HistogramSum, Key, LoginStep, Registry, AUTH_OUTCOMES,
     CACHE_NAMES, CONFIG_CHANGES, CONN_STATES, IDP_BOUNDS_US, LATENCY_BUCKETS_MS, LATENCY_TYPES,
 };
 
@@ -38,6 +38,7 @@ struct RouteSum {
     ingress: u64,
     egress: u64,
     auth: [[u64; AUTH_OUTCOMES]; 3],
+    login: [[u64; AUTH_OUTCOMES]; 3],
     connect_errors: BTreeMap<String, u64>,
 }
 
@@ -81,6 +82,11 @@ pub fn render(registry: &Registry, idp: &Idp, hostname: &str) -> String {
             for (m, row) in r.auth.iter().enumerate() {
                 for (o, c) in row.iter().enumerate() {
                     sum.auth[m][o] += c.get();
+                }
+            }
+            for (step, row) in r.login.iter().enumerate() {
+                for (o, c) in row.iter().enumerate() {
+                    sum.login[step][o] += c.get();
                 }
             }
             r.connect_errors.each(|k, n| {
@@ -201,6 +207,29 @@ pub fn render(registry: &Registry, idp: &Idp, hostname: &str) -> String {
                     "portcullis_auth_total{{route=\"{}\",method=\"{}\",outcome=\"{}\"}} {n}",
                     esc(route),
                     AuthMethod::ALL[m].as_str(),
+                    outcome_label(o)
+                );
+            }
+        }
+    }
+
+    family(
+        &mut out,
+        "portcullis_login_total",
+        "counter",
+        "Browser login-flow steps (redirect to the IdP, callback, logout) by route and outcome",
+    );
+    for (route, s) in &routes {
+        for (step, row) in s.login.iter().enumerate() {
+            if row.iter().all(|&n| n == 0) {
+                continue;
+            }
+            for (o, n) in row.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "portcullis_login_total{{route=\"{}\",step=\"{}\",outcome=\"{}\"}} {n}",
+                    esc(route),
+                    LoginStep::ALL[step].as_str(),
                     outcome_label(o)
                 );
             }
