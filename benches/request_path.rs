@@ -29,11 +29,13 @@ fn table(n: usize) -> RouteTable {
     let c = config::parse_yaml(&yaml).expect("bench config is valid");
     RouteTable::compile(
         &c.routes,
+        &c.upstreams,
         &c.per_core,
         &portcullis::plugins::PluginEnv::new(
             portcullis::idp::Idp::start().expect("IdP thread starts"),
             std::env::temp_dir(),
         ),
+        None,
     )
 }
 

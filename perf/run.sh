@@ -241,6 +241,7 @@ launch_portcullis() {
     mkdir -p "$dir/data"
     alloc_port
     admin_port=$PORT
+    ADMIN_PORT_OF[$name]=$admin_port
     alloc_port
     status_port=$PORT
     alloc_port
@@ -390,6 +391,26 @@ start_portcullis_opaque() {
     ensure_opaque_pool
     start_portcullis "$name" io_uring
     use_token_pool "$name" "$OPAQUE_POOL"
+}
+
+# ---- Admin API churn: the same load while another route is PUT about 10 times a second
+# (perf/tools/put-loop.sh, on core $LOAD_CPU, active only while its target is measured). The
+# route under load must keep its caches and balancer state through every PUT.
+declare -A ADMIN_PORT_OF=() PUTS_FLAG=() IDP_CALLS=() PUTS_MADE=()
+start_puts() {
+    local name=$1 dir=$WORK/$1
+    [[ -s $dir/data/admin.key ]] || die "$name: no generated Admin API key in $dir/data/admin.key"
+    PUTS_FLAG[$name]=$WORK/puts-on-$name
+    start_pinned "puts-$name" "$LOAD_CPU" "$PERF_DIR/tools/put-loop.sh" "${ADMIN_PORT_OF[$name]}" \
+        "$dir/data/admin.key" "${PUTS_FLAG[$name]}" "$WORK/logs/puts-$name.status" "$UPSTREAM_ADDR"
+}
+start_portcullis_uring_puts() { start_portcullis_uring "$1"; start_puts "$1"; }
+start_portcullis_introspect_puts() { start_portcullis_introspect "$1"; start_puts "$1"; }
+
+# introspections_so_far — the fake introspection endpoint's call counter (empty without one).
+introspections_so_far() {
+    [[ -n $INTROSPECT_ADDR ]] || return 0
+    curl -sS --max-time 5 "http://$INTROSPECT_ADDR/stats" 2>/dev/null | sed -n 's/.*"introspections":\([0-9]*\).*/\1/p'
 }
 
 # A probe decides whether a target joins the default selection (PERF_TARGETS empty); a target
@@ -599,12 +620,15 @@ add_target portcullis-jwt-pool-nometrics start_portcullis_jwt_pool_nometrics
 add_target portcullis-jwt-nocache start_portcullis_jwt_nocache
 add_target haproxy-jwt            start_haproxy_jwt
 add_target portcullis-introspect  start_portcullis_introspect
+add_target portcullis-introspect-puts start_portcullis_introspect_puts
+add_target portcullis-uring-puts  start_portcullis_uring_puts
 add_target portcullis-opaque      start_portcullis_opaque
 add_target portcullis-session     start_portcullis_session
 add_target portcullis-cookie      start_portcullis_cookie
 TARGET_NODE=([nginx-tokens]=1 [portcullis-jwt-pool]=1 [portcullis-jwt-pool-nometrics]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1 [portcullis-opaque]=1
-    [portcullis-session]=1 [portcullis-cookie]=1)
-TARGET_PROBE=([portcullis-introspect]=probe_introspect [portcullis-session]=probe_session [portcullis-cookie]=probe_session)
+    [portcullis-session]=1 [portcullis-cookie]=1 [portcullis-introspect-puts]=1)
+TARGET_PROBE=([portcullis-introspect]=probe_introspect [portcullis-session]=probe_session [portcullis-cookie]=probe_session
+    [portcullis-introspect-puts]=probe_introspect)
 
 # ---------------------------------------------------------------- measuring
 RAW=""   # TSV of every measured run
@@ -686,14 +710,31 @@ stop_sampler() {
 # CPU time per request.
 ROUND=0
 measure() {
-    local name=$1 url=$2 b0 t0 b1 t1 busy_pct us_per_req bg=0 flag
+    local name=$1 url=$2 b0 t0 b1 t1 busy_pct us_per_req bg=0 flag calls0 calls1 puts0=0 puts1=0 status_log
     shift 2
     flag=$WORK/logs/background-r$ROUND-$name.txt
+    status_log=$WORK/logs/puts-$name.status
+    calls0=$(introspections_so_far)
+    if [[ -n ${PUTS_FLAG[$name]:-} ]]; then
+        [[ -f $status_log ]] && puts0=$(wc -l <"$status_log")
+        touch "${PUTS_FLAG[$name]}"
+    fi
     start_sampler "$flag"
     read -r b0 t0 < <(cpu_jiffies "$PROXY_CPU")
     run_wrk "$WORK/logs/wrk-r$ROUND-$name.txt" "$DURATION" "$url" "$@"
     read -r b1 t1 < <(cpu_jiffies "$PROXY_CPU")
     stop_sampler
+    if [[ -n ${PUTS_FLAG[$name]:-} ]]; then
+        rm -f "${PUTS_FLAG[$name]}"
+        sleep 0.3   # a PUT in flight finishes
+        [[ -f $status_log ]] && puts1=$(wc -l <"$status_log")
+        PUTS_MADE[$name]=$(( ${PUTS_MADE[$name]:-0} + puts1 - puts0 ))
+        ! grep -qv '^20[01]$' "$status_log" || die "$name: an Admin API PUT failed (statuses in $status_log)"
+    fi
+    calls1=$(introspections_so_far)
+    if [[ -n $calls0 && -n $calls1 ]]; then
+        IDP_CALLS[$name]=$(( ${IDP_CALLS[$name]:-0} + calls1 - calls0 ))
+    fi
     [[ -s $flag ]] && bg=1
     busy_pct=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.1f", (t > 0 ? 100 * b / t : 0) }')
     us_per_req=$(awk -v b=$((b1 - b0)) -v hz="$CLK_TCK" -v r="$W_REQ" 'BEGIN { printf "%.2f", (r > 0 ? b * 1e6 / hz / r : 0) }')
@@ -805,6 +846,22 @@ report() {
     if in_selected portcullis-introspect; then
         echo "- introspection: \`portcullis-introspect\` rotates over $TOKEN_POOL opaque tokens, validated by introspection against a fake endpoint (\`perf/tools/fake-introspect.js\`, node, on core $LOAD_CPU); warm cache after the warm-up. Endpoint counters at the end: ${INTROSPECT_STATS:-n/a}"
     fi
+    if in_selected portcullis-uring-puts || in_selected portcullis-introspect-puts; then
+        local t line=""
+        for t in portcullis-uring-puts portcullis-introspect-puts; do
+            in_selected "$t" || continue
+            line+=" \`$t\`: ${PUTS_MADE[$t]:-0} PUTs in $((ROUNDS * DURATION)) s of measuring ($(awk -v p="${PUTS_MADE[$t]:-0}" -v s=$((ROUNDS * DURATION)) 'BEGIN { printf "%.1f", p / s }')/s);"
+        done
+        echo "- Admin API churn: the \`-puts\` targets are their base target while \`perf/tools/put-loop.sh\` PUTs another route (\`churn\`, two uris alternating) through the Admin API, only during their own measured runs:$line every PUT answered 200/201."
+    fi
+    if in_selected portcullis-introspect || in_selected portcullis-introspect-puts; then
+        local t line=""
+        for t in portcullis-introspect portcullis-introspect-puts; do
+            in_selected "$t" || continue
+            line+=" \`$t\` ${IDP_CALLS[$t]:-0};"
+        done
+        echo "- introspection calls the endpoint received during each target's measured runs (warm caches make these 0 unless a change emptied them):$line"
+    fi
     if [[ -n $SESSION_COOKIE ]]; then
         echo "- session: \`portcullis-session\` runs the login flow (\`bearer_only: false\`, fixed \`session.secret\`, \`set_userinfo_header\`, \`set_id_token_header\`, \`set_access_token_header\`) against a fake OpenID provider (\`perf/tools/fake-oidc.js\`, node, on core $LOAD_CPU); curl logged in once, then every request carries \`Host: $SESSION_HOST\` and that session's \`Cookie\` header (${#SESSION_COOKIE} bytes, $SESSION_CHUNKS chunk(s)), served from the per-core session cache.$(in_selected portcullis-cookie && echo " \`portcullis-cookie\`: Portcullis without auth, fed the same headers.") IdP counters at the end: ${IDP_STATS:-n/a}$(session_idp_verdict)"
     fi
@@ -854,6 +911,8 @@ report() {
     goal_row portcullis-jwt-nocache haproxy-jwt 1.5
     goal_row portcullis-introspect portcullis-uring 0.95
     goal_row portcullis-introspect portcullis-opaque 0.95
+    goal_row portcullis-uring-puts portcullis-uring 0.95
+    goal_row portcullis-introspect-puts portcullis-introspect 0.95
     goal_row portcullis-session portcullis-uring 0.9
     goal_row portcullis-session portcullis-cookie 0.9
     # Counting for /metrics: under 2 % apart in req/s (and, in the CPU/req column, CPU per request).

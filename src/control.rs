@@ -1,22 +1,112 @@
-//! The control plane: signals, config reloads and upstream DNS refresh. Nothing here runs on a
-//! worker; changes reach the workers as new snapshots.
+//! The control plane: signals, config reloads, Admin API changes and upstream DNS refresh.
+//! Nothing here runs on a worker; changes reach the workers as new route-table snapshots, all
+//! through [`Control::publish`].
+//!
+//! What the table is built from: the config file's routes and upstreams, overlaid by the Admin
+//! API's objects (an Admin object replaces a file object with the same id). A change is checked
+//! against the whole result before anything is written or published, so a change that does not
+//! fit changes nothing.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{self, Config, RouteSpec};
+use serde_json::Value;
+
+use crate::config::route::{check_route, check_upstream_object, id_of, UpstreamObject};
+use crate::config::store::{Kind, Objects, Store, Stored};
+use crate::config::{self, Config, ConfigError, RouteSpec, Upstreams};
 use crate::metrics::{self, ConfigSource};
 use crate::plugins::PluginEnv;
 use crate::router::RouteTable;
 use crate::server::Shared;
 
+/// Why an Admin API change was refused; each maps to one answer in `admin`.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The object does not check; every problem, with its field path.
+    #[error("{}", join(.0))]
+    Invalid(Vec<ConfigError>),
+    /// No such object.
+    #[error("{kind} `{id}` not found", kind = .0.singular(), id = .1)]
+    NotFound(Kind, String),
+    /// An upstream routes still name.
+    #[error("can not delete this upstream, route {} is still using it now", .0.join(", "))]
+    InUse(Vec<String>),
+    /// An object only the config file has.
+    #[error("{kind} `{id}` comes from the config file; change it there", kind = .0.singular(), id = .1)]
+    FromFile(Kind, String),
+    /// The store could not make the change durable; nothing was applied.
+    #[error("the change could not be saved, nothing changed: {0}")]
+    Storage(String),
+}
+
+fn join(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An object as the Admin API answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// Its id.
+    pub id: String,
+    /// Its value, with `create_time`/`update_time` when it came through the Admin API.
+    pub value: Value,
+}
+
+/// What the table is built from, with the Admin API's objects both as stored and checked.
+struct State {
+    /// Bumped by every publish, so that a DNS refresh computed meanwhile is not published over
+    /// a newer table.
+    generation: u64,
+    file_routes: Vec<RouteSpec>,
+    file_upstreams: Upstreams,
+    stored: Objects,
+    admin_routes: BTreeMap<String, RouteSpec>,
+    admin_upstreams: Upstreams,
+}
+
+impl State {
+    /// Upstream objects in effect.
+    fn upstreams(&self) -> Upstreams {
+        let mut all = self.file_upstreams.clone();
+        all.extend(
+            self.admin_upstreams
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        all
+    }
+
+    /// Routes in effect: the file's in file order (an Admin object with the same id in its
+    /// place), then the Admin API's other routes by id.
+    fn routes(&self) -> Vec<RouteSpec> {
+        let mut out: Vec<RouteSpec> = self
+            .file_routes
+            .iter()
+            .map(|r| self.admin_routes.get(&r.id).unwrap_or(r).clone())
+            .collect();
+        out.extend(
+            self.admin_routes
+                .values()
+                .filter(|r| !self.file_routes.iter().any(|f| f.id == r.id))
+                .cloned(),
+        );
+        out
+    }
+}
+
 /// What the control plane keeps to rebuild the route table.
 pub struct Control {
     config_path: PathBuf,
     config: Arc<Config>,
-    /// The routes the table is built from, and a count of reloads (see the DNS refresher).
-    routes: Mutex<(u64, Vec<RouteSpec>)>,
+    state: Mutex<State>,
+    store: Result<Store, String>,
     shared: Arc<Shared>,
     plugins: PluginEnv,
 }
@@ -41,24 +131,85 @@ pub fn block_signals() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 impl Control {
-    /// The control plane for a running config.
+    /// The control plane for a running config: reads the Admin API's stored objects (those
+    /// that no longer check are logged and left out) and publishes the first route table.
     pub fn new(
         config_path: PathBuf,
         config: Arc<Config>,
         shared: Arc<Shared>,
         plugins: PluginEnv,
     ) -> Arc<Control> {
-        Arc::new(Control {
+        let store = Store::open(&config.data_dir).map_err(|e| e.to_string());
+        let stored = match &store {
+            Ok(s) => s.load().unwrap_or_else(|e| {
+                tracing::error!("Admin API objects not read: {e}");
+                Objects::new()
+            }),
+            Err(e) => {
+                tracing::error!("Admin API store unusable, changes cannot be saved: {e}");
+                Objects::new()
+            }
+        };
+        let mut state = State {
+            generation: 0,
+            file_routes: config.routes.clone(),
+            file_upstreams: config.upstreams.clone(),
+            stored: Objects::new(),
+            admin_routes: BTreeMap::new(),
+            admin_upstreams: Upstreams::new(),
+        };
+        // Upstreams first: routes are checked against them.
+        for kind in [Kind::Upstreams, Kind::Routes] {
+            for (id, obj) in stored.get(&kind).into_iter().flatten() {
+                match checked(&state, kind, id, &obj.value) {
+                    Ok(c) => insert_checked(&mut state, kind, id, c, obj.clone()),
+                    Err(e) => tracing::error!("stored {} `{id}` left out: {e}", kind.singular()),
+                }
+            }
+        }
+        let control = Arc::new(Control {
             config_path,
-            routes: Mutex::new((0, config.routes.clone())),
             config,
+            state: Mutex::new(state),
+            store,
             shared,
             plugins,
-        })
+        });
+        {
+            let mut state = control.lock();
+            control.publish(&mut state, true);
+        }
+        control
     }
 
-    /// Block until SIGTERM or SIGINT; reload routes on SIGHUP meanwhile.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compile the table for `state` and hand it to every core. `reuse`: take routes whose text
+    /// is unchanged from the running table as compiled (a DNS refresh passes false to resolve
+    /// names again). Plugins are kept by config either way (`PluginEnv::openid_connect`).
+    fn publish(&self, state: &mut State, reuse: bool) {
+        let running = self.shared.routes.load_full();
+        let table = RouteTable::compile(
+            &state.routes(),
+            &state.upstreams(),
+            &self.config.per_core,
+            &self.plugins,
+            reuse.then_some(&*running),
+        );
+        state.generation += 1;
+        self.shared.routes.store(Arc::new(table));
+    }
+
+    /// Block until SIGTERM or SIGINT; reload the config file on SIGHUP meanwhile.
     pub fn wait_for_stop(&self) {
         let set = handled_signals();
         loop {
@@ -80,31 +231,56 @@ impl Control {
         }
     }
 
-    /// Re-read the config file and swap in its routes; a bad file changes nothing.
+    /// Re-read the config file and apply its routes and upstreams; a bad file, or one that
+    /// leaves an Admin API route without its upstream, changes nothing.
     fn reload(&self) {
-        match config::load_file(&self.config_path) {
+        let new = match config::load_file(&self.config_path) {
+            Ok(new) => new,
             Err(errors) => {
                 metrics::config_changed(ConfigSource::File, false);
-                tracing::error!("reload refused, the running config stays:\n{errors}")
+                tracing::error!("reload refused, the running config stays:\n{errors}");
+                return;
             }
-            Ok(new) => {
-                metrics::config_changed(ConfigSource::File, true);
-                // Workers copy these at start (limits, trusted addresses, caches, pools, the
-                // runtime itself), so a reload can only say so. Compared with what runs, not
-                // with the previous file: a second reload still names a change not yet applied.
-                for field in self.config.settings.changed(&new.settings) {
-                    tracing::warn!(
-                        "config reload: \"{field}\" changed but applies only at restart"
-                    );
-                }
-                let table = RouteTable::compile(&new.routes, &self.config.per_core, &self.plugins);
-                let n = table.routes.len();
-                let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-                *routes = (routes.0 + 1, new.routes);
-                self.shared.routes.store(Arc::new(table));
-                tracing::info!(routes = n, "routes reloaded");
-            }
+        };
+        // Workers copy these at start (limits, trusted addresses, caches, pools, the runtime
+        // itself), so a reload can only say so. Compared with what runs, not with the previous
+        // file: a second reload still names a change not yet applied.
+        for field in self.config.settings.changed(&new.settings) {
+            tracing::warn!("config reload: \"{field}\" changed but applies only at restart");
         }
+        let mut state = self.lock();
+        let mut upstreams = new.upstreams.clone();
+        upstreams.extend(
+            state
+                .admin_upstreams
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        let orphans: Vec<String> = state
+            .admin_routes
+            .values()
+            .filter_map(|r| {
+                let id = r.upstream.id()?;
+                (!upstreams.contains_key(id))
+                    .then(|| format!("Admin API route `{}` names upstream `{id}`", r.id))
+            })
+            .collect();
+        if !orphans.is_empty() {
+            metrics::config_changed(ConfigSource::File, false);
+            tracing::error!(
+                "reload refused, the running config stays: the file no longer has upstreams that {}",
+                orphans.join("; ")
+            );
+            return;
+        }
+        state.file_routes = new.routes;
+        state.file_upstreams = new.upstreams;
+        self.publish(&mut state, true);
+        metrics::config_changed(ConfigSource::File, true);
+        tracing::info!(
+            routes = self.shared.routes.load().routes.len(),
+            "routes reloaded"
+        );
     }
 
     /// Re-resolve upstream host names every `interval`, publishing a new table when an address
@@ -126,24 +302,334 @@ impl Control {
                 if !this.shared.routes.load().has_dns_names {
                     continue;
                 }
-                let (generation, specs) = this
-                    .routes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                // Resolving blocks, so it happens unlocked; a reload meanwhile makes this table
-                // stale, and publishing it would undo the reload.
-                let table = RouteTable::compile(&specs, &this.config.per_core, &this.plugins);
-                let routes = this.routes.lock().unwrap_or_else(|p| p.into_inner());
-                if routes.0 == generation
+                let (generation, routes, upstreams) = {
+                    let s = this.lock();
+                    (s.generation, s.routes(), s.upstreams())
+                };
+                // Resolving blocks, so it happens unlocked; a change meanwhile makes this table
+                // stale, and publishing it would undo the change.
+                let table = RouteTable::compile(
+                    &routes,
+                    &upstreams,
+                    &this.config.per_core,
+                    &this.plugins,
+                    None,
+                );
+                let mut state = this.lock();
+                if state.generation == generation
                     && table.addresses() != this.shared.routes.load().addresses()
                 {
                     tracing::info!("upstream addresses changed; new route table published");
+                    state.generation += 1;
                     this.shared.routes.store(Arc::new(table));
                 }
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the DNS refresh thread; names stay as first resolved");
         }
+    }
+
+    /// One object in effect.
+    pub fn get(&self, kind: Kind, id: &str) -> Result<Answer, ChangeError> {
+        let state = self.lock();
+        answers(&state, kind)
+            .into_iter()
+            .find(|a| a.id == id)
+            .ok_or_else(|| ChangeError::NotFound(kind, id.to_string()))
+    }
+
+    /// Every object of a kind in effect, by id.
+    pub fn list(&self, kind: Kind) -> Vec<Answer> {
+        answers(&self.lock(), kind)
+    }
+
+    /// Create or replace an object (PUT, POST): checked against everything else in effect,
+    /// saved, then published. `Ok(true)` when it was created.
+    pub fn put(&self, kind: Kind, id: &str, body: Value) -> Result<(Answer, bool), ChangeError> {
+        admin_counted(self.put_uncounted(kind, id, body))
+    }
+
+    fn put_uncounted(
+        &self,
+        kind: Kind,
+        id: &str,
+        mut body: Value,
+    ) -> Result<(Answer, bool), ChangeError> {
+        let mut state = self.lock();
+        if let Value::Object(m) = &mut body {
+            // Bookkeeping a client may send back as it read it; ours is kept apart.
+            m.remove("create_time");
+            m.remove("update_time");
+            if !m.contains_key("id") {
+                m.insert("id".into(), Value::String(id.to_string()));
+            }
+        }
+        let c = checked(&state, kind, id, &body)?;
+        let now = unix_now();
+        let previous = state.stored.get(&kind).and_then(|m| m.get(id));
+        let created = previous.is_none();
+        let stored = Stored {
+            value: body,
+            create_time: previous.map_or(now, |p| p.create_time),
+            update_time: now,
+        };
+        self.save(|s| s.put(kind, id, &stored))?;
+        let answer = Answer {
+            id: id.to_string(),
+            value: stored.answer(),
+        };
+        insert_checked(&mut state, kind, id, c, stored);
+        self.publish(&mut state, true);
+        Ok((answer, created))
+    }
+
+    /// Apply a JSON merge patch (RFC 7396) to an Admin API object, as [`Control::put`] would.
+    pub fn patch(&self, kind: Kind, id: &str, patch: Value) -> Result<Answer, ChangeError> {
+        admin_counted(self.patch_uncounted(kind, id, patch))
+    }
+
+    fn patch_uncounted(&self, kind: Kind, id: &str, patch: Value) -> Result<Answer, ChangeError> {
+        let base = {
+            let state = self.lock();
+            match state.stored.get(&kind).and_then(|m| m.get(id)) {
+                Some(s) => s.value.clone(),
+                None if is_file_object(&state, kind, id) => {
+                    return Err(ChangeError::FromFile(kind, id.to_string()))
+                }
+                None => return Err(ChangeError::NotFound(kind, id.to_string())),
+            }
+        };
+        let mut merged = base;
+        merge_patch(&mut merged, patch);
+        // A concurrent change between the read and this write is a race two clients can only
+        // settle by ordering their own requests; the last write wins, as in APISIX.
+        self.put_uncounted(kind, id, merged).map(|(a, _)| a)
+    }
+
+    /// Delete an Admin API object. An upstream a route still names is refused.
+    pub fn delete(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
+        admin_counted(self.delete_uncounted(kind, id))
+    }
+
+    fn delete_uncounted(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
+        let mut state = self.lock();
+        if !state.stored.get(&kind).is_some_and(|m| m.contains_key(id)) {
+            return Err(if is_file_object(&state, kind, id) {
+                ChangeError::FromFile(kind, id.to_string())
+            } else {
+                ChangeError::NotFound(kind, id.to_string())
+            });
+        }
+        if kind == Kind::Upstreams && !state.file_upstreams.contains_key(id) {
+            let users: Vec<String> = state
+                .routes()
+                .iter()
+                .filter(|r| r.upstream.id() == Some(id))
+                .map(|r| r.id.clone())
+                .collect();
+            if !users.is_empty() {
+                return Err(ChangeError::InUse(users));
+            }
+        }
+        self.save(|s| s.delete(kind, id))?;
+        if let Some(m) = state.stored.get_mut(&kind) {
+            m.remove(id);
+        }
+        match kind {
+            Kind::Routes => {
+                state.admin_routes.remove(id);
+            }
+            Kind::Upstreams => {
+                state.admin_upstreams.remove(id);
+            }
+        }
+        self.publish(&mut state, true);
+        Ok(())
+    }
+
+    /// A new id for POST: 20 digits, like APISIX's, unused by any object of the kind.
+    pub fn new_id(&self, kind: Kind) -> String {
+        let state = self.lock();
+        let taken = |id: &str| answers(&state, kind).iter().any(|a| a.id == id);
+        let mut n = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        loop {
+            let id = format!("{n:020}");
+            if !taken(&id) {
+                return id;
+            }
+            n += 1;
+        }
+    }
+
+    fn save(&self, write: impl FnOnce(&Store) -> std::io::Result<()>) -> Result<(), ChangeError> {
+        match &self.store {
+            Ok(s) => write(s).map_err(|e| ChangeError::Storage(e.to_string())),
+            Err(e) => Err(ChangeError::Storage(e.clone())),
+        }
+    }
+}
+
+/// An object checked, in the form the table is built from.
+enum Checked {
+    Route(Box<RouteSpec>),
+    Upstream(UpstreamObject),
+}
+
+/// Check an object as it would stand with everything else in `state`.
+fn checked(state: &State, kind: Kind, id: &str, body: &Value) -> Result<Checked, ChangeError> {
+    let mut errors = Vec::new();
+    if let Some(written) = body.get("id") {
+        match id_of(written) {
+            Ok(w) if w != id => errors.push(ConfigError::plain(
+                "id",
+                format!("`{w}` differs from the id in the path, `{id}`"),
+            )),
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+        if !errors.is_empty() {
+            return Err(ChangeError::Invalid(errors));
+        }
+    }
+    let out = match kind {
+        Kind::Routes => {
+            let route = check_route(body.clone(), id, &mut errors);
+            if let Some(up) = route.as_ref().and_then(|r| r.upstream.id()) {
+                let known = state.upstreams();
+                if !known.contains_key(up) {
+                    errors.push(ConfigError::new(
+                        "upstream_id",
+                        format!("no upstream has id `{up}`"),
+                        config::route::known_ids(&known),
+                    ));
+                }
+            }
+            route.map(|r| Checked::Route(Box::new(r)))
+        }
+        Kind::Upstreams => {
+            check_upstream_object(body.clone(), Some(id), &mut errors).map(Checked::Upstream)
+        }
+    };
+    match out {
+        Some(c) if errors.is_empty() => Ok(c),
+        _ => Err(ChangeError::Invalid(errors)),
+    }
+}
+
+fn insert_checked(state: &mut State, kind: Kind, id: &str, c: Checked, stored: Stored) {
+    match c {
+        Checked::Route(r) => {
+            state.admin_routes.insert(id.to_string(), *r);
+        }
+        Checked::Upstream(u) => {
+            state.admin_upstreams.insert(id.to_string(), u);
+        }
+    }
+    state
+        .stored
+        .entry(kind)
+        .or_default()
+        .insert(id.to_string(), stored);
+}
+
+fn is_file_object(state: &State, kind: Kind, id: &str) -> bool {
+    match kind {
+        Kind::Routes => state.file_routes.iter().any(|r| r.id == id),
+        Kind::Upstreams => state.file_upstreams.contains_key(id),
+    }
+}
+
+/// Every object of a kind in effect, as answered: Admin objects as stored (with their times),
+/// file objects as written.
+fn answers(state: &State, kind: Kind) -> Vec<Answer> {
+    let stored = state.stored.get(&kind);
+    let admin = |id: &str| {
+        stored.and_then(|m| m.get(id)).map(|s| Answer {
+            id: id.to_string(),
+            value: s.answer(),
+        })
+    };
+    let mut out: BTreeMap<String, Answer> = BTreeMap::new();
+    match kind {
+        Kind::Routes => {
+            for r in &state.file_routes {
+                out.insert(
+                    r.id.clone(),
+                    Answer {
+                        id: r.id.clone(),
+                        value: r.source.clone(),
+                    },
+                );
+            }
+        }
+        Kind::Upstreams => {
+            for (id, u) in &state.file_upstreams {
+                out.insert(
+                    id.clone(),
+                    Answer {
+                        id: id.clone(),
+                        value: u.source.clone(),
+                    },
+                );
+            }
+        }
+    }
+    for id in stored.into_iter().flat_map(|m| m.keys()) {
+        if let Some(a) = admin(id) {
+            out.insert(id.clone(), a);
+        }
+    }
+    out.into_values().collect()
+}
+
+/// Count an Admin API write (PUT, POST, PATCH, DELETE) as a config change, applied or
+/// rejected, and hand its result back.
+fn admin_counted<T>(r: Result<T, ChangeError>) -> Result<T, ChangeError> {
+    metrics::config_changed(ConfigSource::Admin, r.is_ok());
+    r
+}
+
+/// RFC 7396: objects merge key by key, `null` removes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(&k);
+                    } else {
+                        merge_patch(t.entry(k).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut v = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(
+            &mut v,
+            json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            v,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
+        let mut v = json!({"a": 1});
+        merge_patch(&mut v, json!("whole"));
+        assert_eq!(v, json!("whole"));
     }
 }

@@ -7,6 +7,7 @@
 //! `plugins`, `router`, `proxy` and `server`.
 
 pub mod access_log;
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod error;

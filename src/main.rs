@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 
+use portcullis::admin;
 use portcullis::config;
 use portcullis::control::{self, Control};
 use portcullis::idp::Idp;
@@ -79,28 +80,38 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    // Before any thread starts, so that only the control thread ever takes these signals.
+    control::block_signals();
     // One crypto provider for every TLS client in the process (upstreams and IdPs).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let driver = server::choose_driver(config.runtime.driver)?;
     let listeners = listener::bind_all(&config.listen, config.workers)?;
     let plugins = PluginEnv::new(Idp::start()?, config.data_dir.clone());
-    let table = RouteTable::compile(&config.routes, &config.per_core, &plugins);
     let shared = Arc::new(Shared {
-        routes: Arc::new(ArcSwap::from_pointee(table)),
+        routes: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
         stopping: AtomicBool::new(false),
         metrics: Arc::new(Registry::new(config.metrics)),
     });
+    let config = Arc::new(config);
+    let idp = plugins.idp.clone();
+    // The first table: the file's routes with the Admin API's stored objects over them.
+    let control = Control::new(path, config.clone(), shared.clone(), plugins);
+    let admin_addr = if config.admin_enabled {
+        Some(start_admin(&config, &control)?)
+    } else {
+        tracing::info!("Admin API off (admin.enabled: false)");
+        None
+    };
+    // After the first table is built: its routes register the identity providers /readyz waits
+    // for, so it cannot answer "ready" before they exist.
     let status_addr = status::start(
         config.status_listen,
         status::Status {
             shared: shared.clone(),
-            idp: plugins.idp.clone(),
+            idp,
             hostname: status::hostname(),
         },
     )?;
-    let config = Arc::new(config);
-    // Before any thread starts, so that only the control thread ever takes these signals.
-    control::block_signals();
     let workers = server::start_workers(config.clone(), shared.clone(), listeners, driver)?;
     tracing::info!(
         listen = ?config.listen,
@@ -108,13 +119,40 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
         workers = config.workers,
         driver = ?driver,
         routes = shared.routes.load().routes.len(),
+        admin = ?admin_addr,
         version = env!("CARGO_PKG_VERSION"),
         "portcullis ready"
     );
-    let control = Control::new(path, config, shared, plugins);
     control.spawn_dns_refresher();
     control.wait_for_stop();
     workers.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Start the Admin API with its key: from the config, or generated once into `data_dir`.
+fn start_admin(
+    config: &config::Config,
+    control: &Arc<Control>,
+) -> Result<std::net::SocketAddr, Box<dyn std::error::Error>> {
+    let (key, source) = admin::key::admin_key(config.admin_key.as_deref(), &config.data_dir)
+        .map_err(|e| format!("admin key: {e}"))?;
+    let addr = admin::start(
+        config.admin_listen,
+        key.clone(),
+        config.admin_max_body_bytes,
+        control.clone(),
+    )?;
+    match source {
+        admin::key::KeySource::Config => {}
+        // Printed once, on the start that made it: later starts only say where it is.
+        admin::key::KeySource::Generated(file) => eprintln!(
+            "portcullis: generated an Admin API key (X-API-KEY), saved in {}: {key}",
+            file.display()
+        ),
+        admin::key::KeySource::File(file) => {
+            tracing::info!("Admin API key (X-API-KEY) is in {}", file.display())
+        }
+    }
+    Ok(addr)
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
-use crate::config::route::{HostPattern, RouteSpec};
+use crate::config::route::{HostPattern, RouteSpec, RouteUpstream, UpstreamSpec, Upstreams};
 use crate::config::PerCore;
 use crate::plugins::{self, Plugin, PluginEnv};
 use crate::upstream::{tls, Node, Scheme, Upstream};
@@ -21,6 +21,12 @@ pub struct Route {
     pub upstream: Upstream,
     /// Plugins, compiled, in priority order.
     pub plugins: Box<[Plugin]>,
+    /// Whose balancer position this route advances: its own (`r/<id>`), or its upstream
+    /// object's (`u/<id>`), shared by every route naming that object, as in APISIX.
+    pub balancer_key: Arc<str>,
+    /// The route and its upstream object as written, canonical JSON: a new table reuses a route
+    /// compiled from the same text instead of compiling (and resolving) it again.
+    fingerprint: Box<str>,
 }
 
 /// The route table snapshot workers match against.
@@ -38,12 +44,52 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Build a table from checked routes, resolving node host names (blocking: control plane only).
-    pub fn compile(specs: &[RouteSpec], per_core: &PerCore, env: &PluginEnv) -> RouteTable {
+    /// Build a table from checked routes and the upstream objects they name, resolving node
+    /// host names (blocking: control plane only). A route whose text and upstream object are as
+    /// in `previous` is taken from it as compiled, names as resolved then: pass `None` to resolve
+    /// everything again.
+    pub fn compile(
+        specs: &[RouteSpec],
+        upstreams: &Upstreams,
+        per_core: &PerCore,
+        env: &PluginEnv,
+        previous: Option<&RouteTable>,
+    ) -> RouteTable {
         let mut table = RouteTable::default();
+        let before: HashMap<&str, &Route> = previous
+            .map(|t| t.routes.iter().map(|r| (&*r.id, r)).collect())
+            .unwrap_or_default();
         for spec in specs.iter().filter(|s| s.enabled) {
+            let (upstream, balancer_key, object_source) = match &spec.upstream {
+                RouteUpstream::Inline(u) => (u, format!("r/{}", spec.id), None),
+                RouteUpstream::Id(id) => match upstreams.get(id) {
+                    Some(o) => (&o.spec, format!("u/{id}"), Some(&o.source)),
+                    None => {
+                        // The control plane checks references before it compiles; this is a
+                        // last line, not a path a request can take.
+                        tracing::error!(route = %spec.id, upstream = %id, "route names a missing upstream; left out");
+                        continue;
+                    }
+                },
+            };
+            let fingerprint = serde_json::to_string(&(&spec.source, object_source))
+                .unwrap_or_default()
+                .into_boxed_str();
+            let route = match before.get(spec.id.as_str()) {
+                Some(old) if old.fingerprint == fingerprint => (*old).clone(),
+                _ => {
+                    let mut route = compile_route(spec, upstream, per_core, env);
+                    route.balancer_key = balancer_key.into();
+                    route.fingerprint = fingerprint;
+                    route
+                }
+            };
+            table.has_dns_names |= route
+                .upstream
+                .nodes
+                .iter()
+                .any(|n| n.host.parse::<IpAddr>().is_err());
             let idx = table.routes.len() as u32;
-            let route = compile_route(spec, per_core, env, &mut table.has_dns_names);
             table.routes.push(route);
             for uri in &spec.uris {
                 match uri.strip_suffix('*') {
@@ -109,13 +155,7 @@ impl RouteTable {
     }
 }
 
-fn compile_route(
-    spec: &RouteSpec,
-    per_core: &PerCore,
-    env: &PluginEnv,
-    has_dns_names: &mut bool,
-) -> Route {
-    let u = &spec.upstream;
+fn compile_route(spec: &RouteSpec, u: &UpstreamSpec, per_core: &PerCore, env: &PluginEnv) -> Route {
     let scheme = spec
         .plugins
         .proxy_rewrite
@@ -128,10 +168,7 @@ fn compile_route(
         .map(|n| {
             let addr = match n.host.parse::<IpAddr>() {
                 Ok(ip) => Some(SocketAddr::new(ip, n.port)),
-                Err(_) => {
-                    *has_dns_names = true;
-                    resolve(&n.host, n.port)
-                }
+                Err(_) => resolve(&n.host, n.port),
             };
             let host_port = if n.host.contains(':') {
                 format!("[{}]:{}", n.host, n.port)
@@ -156,7 +193,7 @@ fn compile_route(
             tls: (scheme == Scheme::Https).then(|| tls::client_config(u.tls_verify)),
             tls_verify: u.tls_verify,
             pass_host: u.pass_host.clone(),
-            timeouts: u.timeouts,
+            timeouts: spec.timeout.unwrap_or(u.timeouts),
             retries: u.retries,
             keepalive_size: u.keepalive_size.unwrap_or(per_core.upstream_keepalive),
             keepalive_idle: u
@@ -167,6 +204,8 @@ fn compile_route(
                 .unwrap_or(per_core.upstream_keepalive_requests),
         },
         plugins: plugins::compile(&spec.plugins, env),
+        balancer_key: Arc::from(""),
+        fingerprint: Box::default(),
     }
 }
 
@@ -203,8 +242,10 @@ mod tests {
         let per_core = crate::config::parse_yaml("").unwrap().per_core;
         RouteTable::compile(
             &specs,
+            &Upstreams::new(),
             &per_core,
             &PluginEnv::new(crate::idp::Idp::start().unwrap(), std::env::temp_dir()),
+            None,
         )
     }
 

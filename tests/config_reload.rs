@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::fs;
 use std::time::Duration;
 
 use common::auth::bearer_at;
@@ -49,8 +48,7 @@ fn reload_with(p: &Proxy, yaml: &str) {
     let text = yaml
         .replace("{PORT}", &p.port.to_string())
         .replace("{DATA}", &data.to_string_lossy());
-    // The status section the harness added at start stays, so only what the test changes does.
-    fs::write(&p.config_path, with_status_listener(&text)).expect("write the config file");
+    p.rewrite_config(&text);
     p.signal(libc::SIGHUP);
 }
 

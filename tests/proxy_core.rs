@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::fs;
 use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -1154,7 +1153,7 @@ fn sighup_reloads_routes_and_a_bad_file_changes_nothing() {
     // A valid new file: the new route is served on the connection that was already open.
     let mut next = cfg.clone();
     next["routes"] = json!([route("1", "/a/*", &[&a]), route("2", "/b/*", &[&b])]);
-    fs::write(&p.config_path, to_yaml(&next)).unwrap();
+    p.rewrite_config(&to_yaml(&next));
     p.signal(libc::SIGHUP);
     assert!(
         eventually(Duration::from_secs(5), || c.get("/b/x").status == 200),
@@ -1166,7 +1165,7 @@ fn sighup_reloads_routes_and_a_bad_file_changes_nothing() {
     // A broken file: refused with the field named in the log, and every route keeps serving.
     let mut broken = next.clone();
     broken["routes"][1]["upstream"]["nodes"] = json!("nowhere");
-    fs::write(&p.config_path, to_yaml(&broken)).unwrap();
+    p.rewrite_config(&to_yaml(&broken));
     p.signal(libc::SIGHUP);
     assert!(
         eventually(Duration::from_secs(5), || p

@@ -680,7 +680,7 @@ fn a_reload_counts_as_a_config_change_applied_or_rejected() {
     let mut next = cfg.clone();
     next["listen"] = json!(format!("127.0.0.1:{}", p.port));
     next["data_dir"] = json!(p.dir.path().join("data").to_string_lossy());
-    std::fs::write(&p.config_path, with_status_listener(&to_yaml(&next))).unwrap();
+    p.rewrite_config(&to_yaml(&next));
     p.signal(libc::SIGHUP);
     assert!(eventually(Duration::from_secs(5), || p
         .stderr()
@@ -735,4 +735,62 @@ fn connection_states_follow_idle_busy_and_closed_connections() {
         assert_eq!(state(&after, s), 0.0, "{s}\n{}", after.text);
     }
     assert_eq!(state(&after, "accepted") - state(&before, "accepted"), 2.0);
+}
+
+#[test]
+fn admin_api_writes_count_as_config_changes_applied_or_rejected() {
+    let up = Upstream::start("A");
+    let admin_port = free_port();
+    let key = "status-test-admin-key-0123456789";
+    let mut cfg = base_config(vec![route("1", "/a/*", &[&up])]);
+    cfg["admin"] = json!({"listen": format!("127.0.0.1:{admin_port}"), "key": key});
+    let p = Proxy::start(cfg);
+    assert!(eventually(Duration::from_secs(5), || can_connect(
+        admin_port
+    )));
+    let before = p.scrape_settled();
+    let admin = |method: &str, path: &str, body: &Value| {
+        let body = body.to_string();
+        Client::connect(admin_port).request(
+            method,
+            path,
+            &[("X-API-KEY", key), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    let good = json!({"uri": "/b/*", "upstream": {"nodes": {up.addr(): 1}}});
+    let r = admin("PUT", "/apisix/admin/routes/2", &good);
+    assert!(
+        r.status == 200 || r.status == 201,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    let r = admin(
+        "PUT",
+        "/apisix/admin/routes/3",
+        &json!({"uri": "/c/*", "plugins": {"no-such-plugin": {}}, "upstream": {"nodes": {up.addr(): 1}}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = admin("PATCH", "/apisix/admin/routes/2", &json!({"uri": "/bb/*"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(eventually(Duration::from_secs(5), || p.get("/bb/x").status == 200));
+    let after = p.scrape_settled();
+    let d = |outcome: &str| {
+        delta(
+            &before,
+            &after,
+            "portcullis_config_changes_total",
+            &[("source", "admin"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!((d("applied"), d("rejected")), (2.0, 1.0), "{}", after.text);
+    // The new route is counted under its id.
+    assert_eq!(
+        after.get(
+            "apisix_http_status_total",
+            &[("route", "2"), ("code", "200")]
+        ),
+        1.0
+    );
 }

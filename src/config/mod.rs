@@ -4,7 +4,9 @@
 //! `<field path>: <what is wrong> (allowed: …)`, the same text the Admin API will answer with.
 
 pub mod error;
+pub mod json;
 pub mod route;
+pub mod store;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use error::join_path;
 pub use error::{deserialize_at, ranged, seconds, section, ConfigError, ConfigErrors};
-pub use route::{RouteConfig, RouteSpec};
+pub use route::{RouteConfig, RouteSpec, Upstreams};
 
 /// Which I/O driver the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -100,9 +102,11 @@ struct RawConfig {
     access_log: RawAccessLog,
     status: RawStatus,
     dns: RawDns,
-    // Routes are what a reload applies; they are compared by the router, not here.
+    // Routes and upstreams are what a reload applies; they are compared by the router, not here.
     #[serde(skip)]
     routes: Vec<serde_json::Value>,
+    #[serde(skip)]
+    upstreams: Vec<serde_json::Value>,
 }
 
 // A data_dir that is not UTF-8 still compares, instead of failing the whole comparison.
@@ -127,6 +131,7 @@ impl Default for RawConfig {
             status: RawStatus::default(),
             dns: RawDns::default(),
             routes: Vec::new(),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -134,15 +139,19 @@ impl Default for RawConfig {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
+    enabled: bool,
     listen: String,
     key: Option<String>,
+    max_body_bytes: i64,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
+            enabled: true,
             listen: "127.0.0.1:9180".into(),
             key: None,
+            max_body_bytes: 1 << 20,
         }
     }
 }
@@ -415,10 +424,14 @@ pub struct Config {
     pub cpu_affinity: bool,
     /// Where persistent state lives.
     pub data_dir: PathBuf,
+    /// Whether the Admin API listens at all.
+    pub admin_enabled: bool,
     /// Admin API address.
     pub admin_listen: SocketAddr,
     /// Admin API key, when configured.
     pub admin_key: Option<String>,
+    /// Largest Admin API request body.
+    pub admin_max_body_bytes: usize,
     /// Peers whose forwarding headers are believed.
     pub trusted_addresses: Vec<Cidr>,
     /// Worker runtime settings.
@@ -439,6 +452,8 @@ pub struct Config {
     pub dns_refresh_interval: Duration,
     /// Routes as written, checked; compiled into a table by the router.
     pub routes: Vec<RouteSpec>,
+    /// Upstream objects routes name by `upstream_id`.
+    pub upstreams: Upstreams,
     /// Every other setting by field path, for a reload to tell which ones changed.
     pub settings: Settings,
 }
@@ -495,6 +510,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "status",
     "dns",
     "routes",
+    "upstreams",
 ];
 
 /// Each top-level key is read on its own, so one wrong value does not hide the others' problems.
@@ -535,7 +551,8 @@ fn raw_sections(doc: serde_json::Value, errors: &mut Vec<ConfigError>) -> RawCon
         access_log,
         status,
         dns,
-        routes
+        routes,
+        upstreams
     );
     raw
 }
@@ -722,13 +739,24 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9091)));
     let dns_refresh_interval = seconds(raw.dns.refresh_interval, "dns.refresh_interval", errors);
     let routes = route::check_routes(raw.routes, errors);
+    let upstreams = route::check_upstreams(raw.upstreams, errors);
+    errors.extend(route::check_references(&routes, &upstreams));
+    let admin_max_body_bytes = ranged(
+        raw.admin.max_body_bytes,
+        1024,
+        64 << 20,
+        "admin.max_body_bytes",
+        errors,
+    ) as usize;
     Config {
         listen,
         workers,
         cpu_affinity: raw.cpu_affinity,
         data_dir: raw.data_dir,
+        admin_enabled: raw.admin.enabled,
         admin_listen,
         admin_key: raw.admin.key,
+        admin_max_body_bytes,
         trusted_addresses,
         runtime,
         limits,
@@ -739,6 +767,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         metrics: raw.status.metrics,
         dns_refresh_interval,
         routes,
+        upstreams,
         settings,
     }
 }

@@ -17,7 +17,6 @@ const UNSUPPORTED_ROUTE_OPTIONS: &[&str] = &[
     "filter_func",
     "remote_addr",
     "remote_addrs",
-    "upstream_id",
     "service_id",
     "plugin_config_id",
     "script",
@@ -49,6 +48,8 @@ pub struct RouteConfig {
     plugins: Option<Value>,
     #[serde(default)]
     upstream: Option<Value>,
+    #[serde(default)]
+    upstream_id: Option<Value>,
     #[serde(default)]
     timeout: Option<Value>,
     #[serde(default)]
@@ -226,11 +227,147 @@ pub struct RouteSpec {
     /// `status: 0` disables a route without deleting it.
     pub enabled: bool,
     /// Where requests go.
-    pub upstream: UpstreamSpec,
+    pub upstream: RouteUpstream,
+    /// The route's own `timeout`, which wins over its upstream's.
+    pub timeout: Option<Timeouts>,
     /// The plugins, checked.
     pub plugins: Plugins,
     /// The route exactly as written, for answering reads of it.
     pub source: Value,
+}
+
+/// Where a route sends requests: its own upstream, or an upstream object by id.
+#[derive(Debug, Clone)]
+pub enum RouteUpstream {
+    /// `upstream: {…}` in the route.
+    Inline(UpstreamSpec),
+    /// `upstream_id`: an object of the `upstreams` list or the Admin API.
+    Id(String),
+}
+
+impl RouteUpstream {
+    /// The upstream object id this route depends on, if any.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            RouteUpstream::Inline(_) => None,
+            RouteUpstream::Id(id) => Some(id),
+        }
+    }
+}
+
+/// An upstream object (APISIX `/upstreams/{id}`), checked.
+#[derive(Debug, Clone)]
+pub struct UpstreamObject {
+    /// Its id, which routes name in `upstream_id`.
+    pub id: String,
+    /// What it says.
+    pub spec: UpstreamSpec,
+    /// The object exactly as written, for answering reads of it.
+    pub source: Value,
+}
+
+/// Upstream objects by id.
+pub type Upstreams = std::collections::BTreeMap<String, UpstreamObject>;
+
+/// Check every upstream object in a list; problems are collected with `upstreams[i]` paths.
+pub fn check_upstreams(values: Vec<Value>, errors: &mut Vec<ConfigError>) -> Upstreams {
+    let mut out = Upstreams::new();
+    for (i, v) in values.into_iter().enumerate() {
+        let prefix = format!("upstreams[{i}]");
+        let mut found = Vec::new();
+        match check_upstream_object(v, None, &mut found) {
+            Some(u) if out.contains_key(&u.id) => found.push(ConfigError::plain(
+                "id",
+                format!("`{}` is used by an earlier upstream", u.id),
+            )),
+            Some(u) => {
+                out.insert(u.id.clone(), u);
+            }
+            None => {}
+        }
+        errors.extend(found.into_iter().map(|e| e.under(&prefix)));
+    }
+    out
+}
+
+/// Check one upstream object; errors carry paths relative to it. `id`: the id it is stored
+/// under (the Admin API's path), which a body's own `id` must agree with; else the body must
+/// carry one.
+pub fn check_upstream_object(
+    value: Value,
+    id: Option<&str>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<UpstreamObject> {
+    let Value::Object(mut map) = value else {
+        errors.push(ConfigError::plain("", "an upstream must be an object"));
+        return None;
+    };
+    let source = Value::Object(map.clone());
+    let written = map.remove("id");
+    // Bookkeeping APISIX writes into stored objects; not options.
+    map.remove("create_time");
+    map.remove("update_time");
+    let id = match (written.as_ref().map(id_of), id) {
+        (Some(Ok(w)), Some(path)) if w != path => {
+            errors.push(ConfigError::plain(
+                "id",
+                format!("`{w}` differs from the id in the path, `{path}`"),
+            ));
+            return None;
+        }
+        (Some(Ok(w)), _) => w,
+        (Some(Err(e)), _) => {
+            errors.push(e);
+            return None;
+        }
+        (None, Some(path)) => path.to_string(),
+        (None, None) => {
+            errors.push(ConfigError::new("id", "is required", ID_CHARS));
+            return None;
+        }
+    };
+    let spec = check_upstream(Value::Object(map), None, errors)?;
+    Some(UpstreamObject { id, spec, source })
+}
+
+/// An object id as written: a string of the allowed characters, or a non-negative integer.
+pub fn id_of(v: &Value) -> Result<String, ConfigError> {
+    match v {
+        Value::String(s) if valid_id(s) => Ok(s.clone()),
+        Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+        other => Err(ConfigError::new(
+            "id",
+            format!("{other} is not a valid id"),
+            ID_CHARS,
+        )),
+    }
+}
+
+/// Every route's `upstream_id` names an upstream object.
+pub fn check_references(routes: &[RouteSpec], upstreams: &Upstreams) -> Vec<ConfigError> {
+    routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let id = r.upstream.id()?;
+            (!upstreams.contains_key(id)).then(|| {
+                ConfigError::new(
+                    format!("routes[{i}].upstream_id"),
+                    format!("no upstream has id `{id}`"),
+                    known_ids(upstreams),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The ids of `upstreams`, for an error's allowed values.
+pub fn known_ids(upstreams: &Upstreams) -> String {
+    if upstreams.is_empty() {
+        "the id of an upstream object; there are none".into()
+    } else {
+        upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
 }
 
 /// Check every route in a list; problems are collected with `routes[i]` paths.
@@ -285,16 +422,11 @@ pub fn check_route(
             return None;
         }
     };
-    let id = match &raw.id {
+    let id = match raw.id.as_ref().map(id_of) {
         None => fallback_id.to_string(),
-        Some(Value::String(s)) if valid_id(s) => s.clone(),
-        Some(Value::Number(n)) if n.is_u64() => n.to_string(),
-        Some(other) => {
-            errors.push(ConfigError::new(
-                "id",
-                format!("{other} is not a valid id"),
-                "1 to 64 of A-Z a-z 0-9 - _ .",
-            ));
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            errors.push(e);
             fallback_id.to_string()
         }
     };
@@ -412,10 +544,37 @@ pub fn check_route(
     };
     let route_timeout = section::<TimeoutConfig>(raw.timeout, "timeout", errors)
         .map(|t| timeouts(&t, "timeout", errors));
-    let upstream = match raw.upstream {
-        Some(u) => check_upstream(u, route_timeout, errors)?,
-        None => {
-            errors.push(ConfigError::plain("upstream", "is required"));
+    let upstream = match (raw.upstream, raw.upstream_id) {
+        (Some(u), None) => {
+            let mut found = Vec::new();
+            let spec = check_upstream(u, route_timeout, &mut found);
+            errors.extend(found.into_iter().map(|e| e.under("upstream")));
+            RouteUpstream::Inline(spec?)
+        }
+        (None, Some(id)) => match id_of(&id) {
+            Ok(id) => RouteUpstream::Id(id),
+            Err(_) => {
+                errors.push(ConfigError::new(
+                    "upstream_id",
+                    format!("{id} is not a valid id"),
+                    ID_CHARS,
+                ));
+                return None;
+            }
+        },
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::plain(
+                "upstream_id",
+                "give either `upstream` or `upstream_id`, not both",
+            ));
+            return None;
+        }
+        (None, None) => {
+            errors.push(ConfigError::new(
+                "upstream",
+                "is required",
+                "an upstream object, or upstream_id naming one",
+            ));
             return None;
         }
     };
@@ -427,10 +586,14 @@ pub fn check_route(
         priority: raw.priority.unwrap_or(0),
         enabled,
         upstream,
+        timeout: route_timeout,
         plugins,
         source,
     })
 }
+
+/// What an object id may be made of.
+const ID_CHARS: &str = "1 to 64 of A-Z a-z 0-9 - _ .";
 
 fn valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -451,51 +614,53 @@ fn check_upstream(
     route_timeout: Option<Timeouts>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<UpstreamSpec> {
-    let u: UpstreamConfig = section(Some(value), "upstream", errors)?;
+    let u: UpstreamConfig = match deserialize_at(value, "") {
+        Ok(u) => u,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
     match u.kind.as_deref() {
         None | Some("roundrobin") => {}
         Some(other) => errors.push(ConfigError::new(
-            "upstream.type",
+            "type",
             format!("unsupported balancer `{other}`"),
             "roundrobin",
         )),
     }
     let nodes = check_nodes(&u.nodes, errors);
-    let scheme = parse_scheme(
-        u.scheme.as_deref().unwrap_or("http"),
-        "upstream.scheme",
-        errors,
-    );
+    let scheme = parse_scheme(u.scheme.as_deref().unwrap_or("http"), "scheme", errors);
     let pass_host = match (u.pass_host.as_deref().unwrap_or("pass"), u.upstream_host) {
         ("pass", _) => PassHost::Pass,
         ("node", _) => PassHost::Node,
         ("rewrite", Some(h)) if valid_header_value(&h) && !h.is_empty() => PassHost::Rewrite(h),
         ("rewrite", _) => {
             errors.push(ConfigError::plain(
-                "upstream.upstream_host",
+                "upstream_host",
                 "is required when pass_host is rewrite",
             ));
             PassHost::Pass
         }
         (other, _) => {
             errors.push(ConfigError::new(
-                "upstream.pass_host",
+                "pass_host",
                 format!("unknown value `{other}`"),
                 "pass, node, rewrite",
             ));
             PassHost::Pass
         }
     };
-    let upstream_timeout = section::<TimeoutConfig>(u.timeout, "upstream.timeout", errors)
-        .map(|t| timeouts(&t, "upstream.timeout", errors));
+    let upstream_timeout = section::<TimeoutConfig>(u.timeout, "timeout", errors)
+        .map(|t| timeouts(&t, "timeout", errors));
     let timeouts = route_timeout.or(upstream_timeout).unwrap_or_default();
     let retries = match u.retries {
         None => nodes.len().saturating_sub(1) as u32,
-        Some(r) => ranged(r, 0, 100, "upstream.retries", errors) as u32,
+        Some(r) => ranged(r, 0, 100, "retries", errors) as u32,
     };
-    let kp = section::<KeepalivePoolConfig>(u.keepalive_pool, "upstream.keepalive_pool", errors);
+    let kp = section::<KeepalivePoolConfig>(u.keepalive_pool, "keepalive_pool", errors);
     let kp = kp.as_ref();
-    let tls = section::<UpstreamTlsConfig>(u.tls, "upstream.tls", errors);
+    let tls = section::<UpstreamTlsConfig>(u.tls, "tls", errors);
     Some(UpstreamSpec {
         nodes,
         scheme,
@@ -504,20 +669,20 @@ fn check_upstream(
         retries,
         keepalive_size: kp
             .and_then(|k| k.size)
-            .map(|s| ranged(s, 0, 100_000, "upstream.keepalive_pool.size", errors) as usize),
+            .map(|s| ranged(s, 0, 100_000, "keepalive_pool.size", errors) as usize),
         keepalive_idle: kp
             .and_then(|k| k.idle_timeout)
-            .map(|s| seconds(s, "upstream.keepalive_pool.idle_timeout", errors)),
+            .map(|s| seconds(s, "keepalive_pool.idle_timeout", errors)),
         keepalive_requests: kp
             .and_then(|k| k.requests)
-            .map(|r| ranged(r, 1, i64::MAX, "upstream.keepalive_pool.requests", errors) as u64),
+            .map(|r| ranged(r, 1, i64::MAX, "keepalive_pool.requests", errors) as u64),
         tls_verify: tls.is_some_and(|t| t.verify),
     })
 }
 
 fn check_nodes(v: &Value, errors: &mut Vec<ConfigError>) -> Vec<NodeSpec> {
     const ALLOWED: &str = "{\"host:port\": weight} or [{\"host\": …, \"port\": …, \"weight\": …}]";
-    let path = "upstream.nodes";
+    let path = "nodes";
     let mut nodes = Vec::new();
     let weight_of = |w: &Value, p: &str, errors: &mut Vec<ConfigError>| match w.as_i64() {
         Some(w) => ranged(w, 0, 1_000_000, p, errors) as u32,
@@ -639,9 +804,12 @@ mod tests {
         let r = r.unwrap();
         assert_eq!(r.id, "7");
         assert_eq!(r.hosts, vec![HostPattern::Suffix(".example.com".into())]);
-        assert_eq!(r.upstream.nodes.len(), 2);
-        assert_eq!(r.upstream.timeouts.read, Duration::from_millis(500));
-        assert_eq!(r.upstream.retries, 1);
+        let RouteUpstream::Inline(u) = &r.upstream else {
+            panic!("inline upstream expected");
+        };
+        assert_eq!(u.nodes.len(), 2);
+        assert_eq!(u.timeouts.read, Duration::from_millis(500));
+        assert_eq!(u.retries, 1);
     }
 
     #[test]
@@ -650,8 +818,11 @@ mod tests {
             json!({"uri": "/", "upstream": {"nodes": [{"host": "localhost", "port": 80, "weight": 3}]}}),
         );
         assert!(e.is_empty(), "{e:?}");
+        let Some(RouteUpstream::Inline(u)) = r.map(|r| r.upstream) else {
+            panic!("inline upstream expected");
+        };
         assert_eq!(
-            r.unwrap().upstream.nodes[0],
+            u.nodes[0],
             NodeSpec {
                 host: "localhost".into(),
                 port: 80,

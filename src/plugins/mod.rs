@@ -9,8 +9,9 @@ use serde_json::Value;
 use crate::config::error::ConfigError;
 use crate::error::ProxyError;
 use crate::http::h1::{HeaderIdx, HeaderKind};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::http::h1::RequestHead;
 use crate::http::reply::Reply;
@@ -30,6 +31,9 @@ pub struct Plugins {
     pub proxy_rewrite: Option<ProxyRewrite>,
     /// `openid-connect`, when configured.
     pub openid_connect: Option<OidcConfig>,
+    /// `openid-connect`'s config as written, canonical JSON: what the compiled plugin (and with
+    /// it its caches, keys and provider) is known by across route tables.
+    pub openid_connect_text: Box<str>,
 }
 
 /// Check a route's `plugins` map; errors carry `plugins.<name>…` paths.
@@ -40,6 +44,9 @@ pub fn check(map: serde_json::Map<String, Value>, errors: &mut Vec<ConfigError>)
         match name.as_str() {
             "proxy-rewrite" => plugins.proxy_rewrite = proxy_rewrite::check(conf, &path, errors),
             "openid-connect" => {
+                // serde_json's maps are sorted, so equal configs give equal text.
+                plugins.openid_connect_text =
+                    serde_json::to_string(&conf).unwrap_or_default().into();
                 plugins.openid_connect = openid_connect::config::check(conf, &path, errors)
             }
             other => errors.push(ConfigError::new(
@@ -55,12 +62,14 @@ pub fn check(map: serde_json::Map<String, Value>, errors: &mut Vec<ConfigError>)
 /// A plugin compiled into a route. Routes keep theirs sorted by APISIX priority, and every
 /// phase is a `match` over this enum: no boxed futures or trait objects on the request path.
 // A route holds a handful of plugins read on every request; inline variants keep them in one
-// allocation, and their size costs nothing that matters.
+// allocation, and their size costs nothing that matters. `openid-connect` is behind an `Arc`
+// because route tables share it.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Plugin {
-    /// `openid-connect` (priority 2599).
-    OpenIdConnect(OidcPlugin),
+    /// `openid-connect` (priority 2599); shared by every route and table compiled from the same
+    /// config.
+    OpenIdConnect(Arc<OidcPlugin>),
     /// `proxy-rewrite` (priority 1008).
     ProxyRewrite(ProxyRewrite),
 }
@@ -82,6 +91,8 @@ pub struct PluginEnv {
     pub idp: Idp,
     data_dir: PathBuf,
     secret: Mutex<Option<Arc<[u8]>>>,
+    /// Compiled `openid-connect` plugins by config text, while some route table holds them.
+    oidc: Mutex<HashMap<Box<str>, Weak<OidcPlugin>>>,
 }
 
 impl PluginEnv {
@@ -91,7 +102,26 @@ impl PluginEnv {
             idp,
             data_dir,
             secret: Mutex::new(None),
+            oidc: Mutex::default(),
         }
+    }
+
+    /// The compiled `openid-connect` plugin for a config: the one compiled before from the same
+    /// text while any route still holds it, so that a new route table (an Admin API change, a
+    /// reload, a DNS refresh) keeps its verified tokens, key sets and provider; else a new one.
+    pub fn openid_connect(&self, text: &str, cfg: &OidcConfig) -> Arc<OidcPlugin> {
+        let mut map = self.oidc.lock().unwrap_or_else(|e| e.into_inner());
+        // One without a usable session key is compiled again: the node secret may be readable
+        // now.
+        if let Some(p) = map.get(text).and_then(Weak::upgrade) {
+            if !p.login || p.session_key.is_ok() {
+                return p;
+            }
+        }
+        let p = Arc::new(OidcPlugin::new(cfg.clone(), self));
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(text.into(), Arc::downgrade(&p));
+        p
     }
 
     /// The node-wide session secret, created on first need. A failure is retried at the next
@@ -118,7 +148,9 @@ impl PluginEnv {
 pub fn compile(checked: &Plugins, env: &PluginEnv) -> Box<[Plugin]> {
     let mut list = Vec::new();
     if let Some(c) = &checked.openid_connect {
-        list.push(Plugin::OpenIdConnect(OidcPlugin::new(c.clone(), env)));
+        list.push(Plugin::OpenIdConnect(
+            env.openid_connect(&checked.openid_connect_text, c),
+        ));
     }
     if let Some(r) = &checked.proxy_rewrite {
         list.push(Plugin::ProxyRewrite(r.clone()));

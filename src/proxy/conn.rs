@@ -132,11 +132,16 @@ async fn handle(conn: &mut Conn, w: &Core, head: &RequestHead) -> bool {
     } else {
         head.path.get(buf)
     };
-    let found = routes.table.find(
-        match_path,
-        head.host.map(|_| head.host_name.get(buf)),
-        method_bit(method).unwrap_or(0),
-    );
+    // The Admin API has its own listener; no route on the data port can expose that path.
+    let found = (!is_admin_path(match_path))
+        .then(|| {
+            routes.table.find(
+                match_path,
+                head.host.map(|_| head.host_name.get(buf)),
+                method_bit(method).unwrap_or(0),
+            )
+        })
+        .flatten();
     let Some((idx, route)) = found else {
         // Without a body the request is fully read, so the connection can stay open.
         let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
@@ -466,4 +471,11 @@ async fn read_head(conn: &mut Conn, w: &Core) -> Result<Option<RequestHead>, Pro
             }
         }
     }
+}
+
+/// `/apisix/admin` or anything under it.
+fn is_admin_path(path: &[u8]) -> bool {
+    const ADMIN: &[u8] = b"/apisix/admin";
+    path.strip_prefix(ADMIN)
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
 }

@@ -3,6 +3,7 @@
 //! nothing here is shared with another core.
 
 use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -22,19 +23,48 @@ use crate::upstream::pool::Pool;
 pub struct LocalRoutes {
     /// The shared snapshot.
     pub table: Arc<RouteTable>,
-    /// Balancer state per route, this core only.
-    pub balancers: Vec<RefCell<Wrr>>,
+    /// Balancer state per route, this core only; routes naming one upstream object share one.
+    pub balancers: Vec<Rc<RefCell<Wrr>>>,
     /// This core's metrics block per route, found on the route's first request.
     stats: Vec<OnceCell<Arc<RouteStats>>>,
 }
 
 impl LocalRoutes {
-    /// Fresh per-core balancer state for `table`.
-    pub fn new(table: Arc<RouteTable>) -> Self {
+    /// Per-core balancer state for `table`. A balancer whose key and nodes (addresses and
+    /// weights) are as in `previous` carries over with its position, so that a change to one
+    /// route does not restart every other route's rotation.
+    pub fn new(table: Arc<RouteTable>, previous: Option<&LocalRoutes>) -> Self {
+        type Nodes = Vec<(Option<std::net::SocketAddr>, u32)>;
+        let nodes_of = |r: &crate::router::Route| -> Nodes {
+            r.upstream
+                .nodes
+                .iter()
+                .map(|n| (n.addr, n.weight))
+                .collect()
+        };
+        let mut kept: HashMap<&str, (Nodes, Rc<RefCell<Wrr>>)> = HashMap::new();
+        if let Some(prev) = previous {
+            for (r, b) in prev.table.routes.iter().zip(&prev.balancers) {
+                kept.entry(&r.balancer_key)
+                    .or_insert_with(|| (nodes_of(r), Rc::clone(b)));
+            }
+        }
+        let mut made: HashMap<&str, Rc<RefCell<Wrr>>> = HashMap::new();
         let balancers = table
             .routes
             .iter()
-            .map(|r| RefCell::new(Wrr::new(r.upstream.nodes.len())))
+            .map(|r| {
+                let key: &str = &r.balancer_key;
+                if let Some(b) = made.get(key) {
+                    return Rc::clone(b);
+                }
+                let b = match kept.get(key) {
+                    Some((nodes, b)) if *nodes == nodes_of(r) => Rc::clone(b),
+                    _ => Rc::new(RefCell::new(Wrr::new(r.upstream.nodes.len()))),
+                };
+                made.insert(key, Rc::clone(&b));
+                b
+            })
             .collect();
         let stats = table.routes.iter().map(|_| OnceCell::new()).collect();
         LocalRoutes {
@@ -81,7 +111,7 @@ impl Core {
         let current = src.load();
         let mut local = self.local.borrow_mut();
         if !Arc::ptr_eq(current, &local.table) {
-            *local = Rc::new(LocalRoutes::new(Arc::clone(current)));
+            *local = Rc::new(LocalRoutes::new(Arc::clone(current), Some(&local)));
         }
         Rc::clone(&local)
     }

@@ -39,7 +39,7 @@ pub async fn run(config: Arc<Config>, shared: Arc<Shared>, listeners: Vec<std::n
         limits: config.limits.clone(),
         trusted: config.trusted_addresses.clone(),
         routes_src: RefCell::new(Cache::new(routes)),
-        local: RefCell::new(Rc::new(LocalRoutes::new(first))),
+        local: RefCell::new(Rc::new(LocalRoutes::new(first, None))),
         pool: RefCell::new(Pool::default()),
         log: RefCell::new(AccessLog::new(config.access_log, config.access_log_format)),
         plugins: plugins::CoreState::new(

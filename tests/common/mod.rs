@@ -354,6 +354,12 @@ pub struct Proxy {
     exited: Option<ExitStatus>,
 }
 
+/// Whether a YAML config text has a top-level `admin` key (plain or quoted, as `to_yaml` writes).
+fn has_admin_section(yaml: &str) -> bool {
+    yaml.lines()
+        .any(|l| l.starts_with("admin:") || l.starts_with("\"admin\":"))
+}
+
 fn listen_ports(cfg: &Value) -> Vec<u16> {
     let parse = |s: &str| -> u16 {
         s.rsplit(':')
@@ -410,7 +416,17 @@ impl Proxy {
         ports: Vec<u16>,
     ) -> Proxy {
         leaks::record_config(config_yaml);
-        let config_path = dir.write("config.yaml", &with_status_listener(config_yaml));
+        // The Admin API listens on 127.0.0.1:9180 by default; tests run in parallel, so each
+        // proxy gets a free port of its own unless the test chose one.
+        let config_yaml = if has_admin_section(config_yaml) {
+            config_yaml.to_string()
+        } else {
+            format!(
+                "{config_yaml}\nadmin:\n  listen: 127.0.0.1:{}\n",
+                free_port()
+            )
+        };
+        let config_path = dir.write("config.yaml", &with_status_listener(&config_yaml));
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let child = Command::new(bin())
@@ -481,6 +497,21 @@ impl Proxy {
             }
             thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Rewrites the config file with `text`, keeping the Admin API port the harness chose at
+    /// start unless `text` has an `admin:` section of its own (a reload would otherwise see it
+    /// change).
+    pub fn rewrite_config(&self, text: &str) {
+        let current = self.config_text();
+        let text = match current.find("\nadmin:\n") {
+            Some(i) if !has_admin_section(text) => {
+                format!("{text}{}", &current[i..])
+            }
+            _ => text.to_string(),
+        };
+        // The status section the harness added at start stays too.
+        fs::write(&self.config_path, with_status_listener(&text)).expect("write the config file");
     }
 
     pub fn config_text(&self) -> String {

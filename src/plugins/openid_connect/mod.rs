@@ -41,7 +41,9 @@ pub struct OidcPlugin {
     /// The checked options.
     pub cfg: OidcConfig,
     /// Distinguishes this configuration in the per-core caches, so that a changed route never
-    /// reuses what an older configuration accepted.
+    /// reuses what an older configuration accepted. One per compiled plugin, and a plugin is
+    /// compiled once per distinct config (`PluginEnv::openid_connect`), so an unchanged config
+    /// keeps its cache entries across route tables.
     pub instance: u64,
     /// The identity provider.
     pub provider: Arc<Provider>,
