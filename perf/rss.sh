@@ -92,7 +92,7 @@ mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 # ---------------------------------------------------------------- main
 main() {
-    local t0 dir admin_port url pid pubkey tokens first tampered code before after result nsent
+    local t0 dir admin_port status_port url pid pubkey tokens first tampered code before after result nsent
     local rss0 hwm0 rss1 hwm1 alg_args=()
     for bin in curl taskset "$NODE"; do
         command -v "$bin" >/dev/null 2>&1 || die "$bin is missing (perf/run.sh installs what it needs; for node: apt-get install nodejs)"
@@ -143,8 +143,10 @@ main() {
     alloc_port
     admin_port=$PORT
     alloc_port
+    status_port=$PORT
+    alloc_port
     render "$PERF_DIR/conf/portcullis-jwt.yaml.tmpl" "$dir/config.yaml" DIR="$dir" PORT="$PORT" ADMIN_PORT="$admin_port" \
-        DRIVER=io_uring UPSTREAM="$RSS_UPSTREAM" ALG="$RSS_ALG" ISSUER=https://idp.perf \
+        STATUS_PORT="$status_port" METRICS=true DRIVER=io_uring UPSTREAM="$RSS_UPSTREAM" ALG="$RSS_ALG" ISSUER=https://idp.perf \
         PUBLIC_KEY="$(awk '{ printf "%s\\n", $0 }' "$pubkey")" \
         PER_CORE="# per_core: the default token cache (100,000 verified tokens per core)"
     "$PORTCULLIS_BIN" -c "$dir/config.yaml" check >"$WORK/logs/config-test.log" 2>&1 ||

@@ -239,15 +239,19 @@ start_haproxy() {
 
 # launch_portcullis NAME DRIVER [TEMPLATE] — render the config, check it, start Portcullis; sets
 # TARGET_URL[NAME], LAST_PID and PORT (its listen port). The caller waits until it answers.
+# Metrics are on (status.metrics) unless TMPL_VARS holds METRICS=false: TMPL_VARS come first,
+# and render keeps the first value of a key.
 launch_portcullis() {
-    local name=$1 driver=$2 tmpl=${3:-$PERF_DIR/conf/portcullis.yaml.tmpl} dir=$WORK/$1 admin_port
+    local name=$1 driver=$2 tmpl=${3:-$PERF_DIR/conf/portcullis.yaml.tmpl} dir=$WORK/$1 admin_port status_port
     mkdir -p "$dir/data"
     alloc_port
     admin_port=$PORT
     ADMIN_PORT_OF[$name]=$admin_port
     alloc_port
-    render "$tmpl" "$dir/config.yaml" DIR="$dir" PORT="$PORT" ADMIN_PORT="$admin_port" \
-        DRIVER="$driver" UPSTREAM="$UPSTREAM_ADDR" "${TMPL_VARS[@]}"
+    status_port=$PORT
+    alloc_port
+    render "$tmpl" "$dir/config.yaml" "${TMPL_VARS[@]}" DIR="$dir" PORT="$PORT" ADMIN_PORT="$admin_port" \
+        STATUS_PORT="$status_port" METRICS=true DRIVER="$driver" UPSTREAM="$UPSTREAM_ADDR"
     TMPL_VARS=()
     "$PORTCULLIS_BIN" -c "$dir/config.yaml" check >"$WORK/logs/$name-config-test.log" 2>&1 ||
         { cat "$WORK/logs/$name-config-test.log" >&2; die "$name: portcullis refuses its config $dir/config.yaml (above)"; }
@@ -263,6 +267,11 @@ start_portcullis() {
     wait_ready "$name" "${TARGET_URL[$name]}" "$LAST_PID" "$@"
 }
 start_portcullis_uring() { start_portcullis "$1" io_uring; }
+# The same with `status.metrics: false`: what counting for /metrics costs, measured in the same run.
+start_portcullis_uring_nometrics() {
+    TMPL_VARS=(METRICS=false)
+    start_portcullis "$1" io_uring
+}
 start_portcullis_epoll() { start_portcullis "$1" epoll; }
 
 # ---- bearer-token targets
@@ -316,17 +325,21 @@ check_bearer_target() {
     expect_status "$name" "no token" "$url" 401
 }
 
-# start_portcullis_jwt NAME PER_CORE_LINE — Portcullis (io_uring) with the public_key route.
+# start_portcullis_jwt NAME PER_CORE_LINE [METRICS] — Portcullis (io_uring) with the public_key
+# route; METRICS (default true) is status.metrics.
 start_portcullis_jwt() {
     local name=$1
     ensure_jwt_pool
-    TMPL_VARS=(PUBLIC_KEY="$(yaml_pem "$JWT_PUBKEY")" ALG=RS256 ISSUER="$JWT_ISSUER" PER_CORE="$2")
+    TMPL_VARS=(PUBLIC_KEY="$(yaml_pem "$JWT_PUBKEY")" ALG=RS256 ISSUER="$JWT_ISSUER" PER_CORE="$2" METRICS="${3:-true}")
     start_portcullis "$name" io_uring "$PERF_DIR/conf/portcullis-jwt.yaml.tmpl" -H "Authorization: Bearer $JWT_FIRST"
     check_bearer_target "$name" "$JWT_LAST" "$JWT_TAMPERED" "a tampered token (one signature character changed)"
     use_token_pool "$name" "$JWT_POOL"
 }
 start_portcullis_jwt_pool() {
     start_portcullis_jwt "$1" "# per_core: the default token cache (100,000 verified tokens per core)"
+}
+start_portcullis_jwt_pool_nometrics() {
+    start_portcullis_jwt "$1" "# per_core: the default token cache (100,000 verified tokens per core)" false
 }
 start_portcullis_jwt_nocache() {
     start_portcullis_jwt "$1" "per_core: { token_cache_entries: 0 }   # no cache: every request verifies a signature"
@@ -592,7 +605,7 @@ probe_session() {
     local dir=$WORK/probe-session
     mkdir -p "$dir"
     render "$PERF_DIR/conf/portcullis-session.yaml.tmpl" "$dir/config.yaml" DIR="$dir" PORT=1 ADMIN_PORT=2 \
-        DRIVER=io_uring UPSTREAM=127.0.0.1:3 IDP=127.0.0.1:4 SESSION_SECRET="$SESSION_SECRET"
+        STATUS_PORT=5 METRICS=true DRIVER=io_uring UPSTREAM=127.0.0.1:3 IDP=127.0.0.1:4 SESSION_SECRET="$SESSION_SECRET"
     "$PORTCULLIS_BIN" -c "$dir/config.yaml" check >"$WORK/logs/probe-session.log" 2>&1 || {
         PROBE_WHY="this portcullis refuses the login flow's config: $(grep -v 'invalid config' "$WORK/logs/probe-session.log" | head -n1 | sed 's/^ *//')"
         return 1
@@ -692,8 +705,10 @@ add_target nginx                  start_nginx_proxy
 add_target haproxy                start_haproxy
 add_target portcullis-uring       start_portcullis_uring
 add_target portcullis-epoll       start_portcullis_epoll
+add_target portcullis-uring-nometrics start_portcullis_uring_nometrics
 add_target nginx-tokens           start_nginx_tokens
 add_target portcullis-jwt-pool    start_portcullis_jwt_pool
+add_target portcullis-jwt-pool-nometrics start_portcullis_jwt_pool_nometrics
 add_target portcullis-jwt-nocache start_portcullis_jwt_nocache
 add_target haproxy-jwt            start_haproxy_jwt
 add_target portcullis-introspect  start_portcullis_introspect
@@ -708,7 +723,7 @@ add_target nginx-tls-full         start_nginx_tls_full
 add_target portcullis-tls-full    start_portcullis_tls_full
 add_target nginx-tls-resume       start_nginx_tls_resume
 add_target portcullis-tls-resume  start_portcullis_tls_resume
-TARGET_NODE=([nginx-tokens]=1 [portcullis-jwt-pool]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1 [portcullis-opaque]=1
+TARGET_NODE=([nginx-tokens]=1 [portcullis-jwt-pool]=1 [portcullis-jwt-pool-nometrics]=1 [portcullis-jwt-nocache]=1 [haproxy-jwt]=1 [portcullis-introspect]=1 [portcullis-opaque]=1
     [portcullis-session]=1 [portcullis-cookie]=1 [portcullis-introspect-puts]=1)
 TARGET_PROBE=([portcullis-introspect]=probe_introspect [portcullis-session]=probe_session [portcullis-cookie]=probe_session
     [portcullis-introspect-puts]=probe_introspect)
@@ -961,6 +976,9 @@ report() {
     if in_selected portcullis-jwt-pool || in_selected portcullis-jwt-nocache || in_selected haproxy-jwt; then
         echo "- bearer JWTs: every request carries \`Authorization: Bearer <token>\`, rotating over $TOKEN_POOL distinct RS256 tokens (RSA-2048, about $(awk '{ s += length($0) } END { printf "%.0f", s / NR }' "$JWT_POOL") characters, ~380-byte claims, iss \`$JWT_ISSUER\`, exp a day ahead) via \`perf/wrk/tokens.lua\`. \`portcullis-jwt-pool\`: public_key route, default token cache (after the warm-up every token is a cache hit); \`portcullis-jwt-nocache\`: \`token_cache_entries: 0\`, so every request verifies an RS256 signature, which stands for **a new token on every request**; \`haproxy-jwt\`: \`jwt_verify\` (no cache in HAProxy, one signature check per request) plus alg, iss and exp checks"
     fi
+    if in_selected portcullis-uring-nometrics || in_selected portcullis-jwt-pool-nometrics; then
+        echo "- metrics: every Portcullis target counts for \`/metrics\` (\`status.metrics: true\`, the default; nothing scrapes during the runs); \`portcullis-uring-nometrics\` and \`portcullis-jwt-pool-nometrics\` are \`portcullis-uring\` and \`portcullis-jwt-pool\` with \`status.metrics: false\`, so their rows show what counting costs"
+    fi
     if in_selected portcullis-introspect; then
         echo "- introspection: \`portcullis-introspect\` rotates over $TOKEN_POOL opaque tokens, validated by introspection against a fake endpoint (\`perf/tools/fake-introspect.js\`, node, on core $LOAD_CPU); warm cache after the warm-up. Endpoint counters at the end: ${INTROSPECT_STATS:-n/a}"
     fi
@@ -1036,6 +1054,9 @@ report() {
     goal_row portcullis-https nginx-https 1.0
     goal_row portcullis-tls-full nginx-tls-full 1.0
     goal_row portcullis-tls-resume nginx-tls-resume 1.0
+    # Counting for /metrics: under 2 % apart in req/s (and, in the CPU/req column, CPU per request).
+    goal_row portcullis-uring portcullis-uring-nometrics 0.98
+    goal_row portcullis-jwt-pool portcullis-jwt-pool-nometrics 0.98
     if ((${#SKIPPED_NOTES[@]} > 0)); then
         echo
         for note in "${SKIPPED_NOTES[@]}"; do echo "- $note"; done

@@ -18,6 +18,7 @@ use crate::config::route::{check_route, check_upstream_object, id_of, UpstreamOb
 use crate::config::ssl::check_ssl;
 use crate::config::store::{Kind, Objects, Store, Stored};
 use crate::config::{self, Config, ConfigError, RouteSpec, Upstreams};
+use crate::metrics::{self, ConfigSource};
 use crate::plugins::PluginEnv;
 use crate::router::RouteTable;
 use crate::server::Shared;
@@ -274,6 +275,7 @@ impl Control {
         let new = match config::load_file(&self.config_path) {
             Ok(new) => new,
             Err(errors) => {
+                metrics::config_changed(ConfigSource::File, false);
                 tracing::error!("reload refused, the running config stays:\n{errors}");
                 return;
             }
@@ -302,6 +304,7 @@ impl Control {
             })
             .collect();
         if !orphans.is_empty() {
+            metrics::config_changed(ConfigSource::File, false);
             tracing::error!(
                 "reload refused, the running config stays: the file no longer has upstreams that {}",
                 orphans.join("; ")
@@ -311,6 +314,7 @@ impl Control {
         state.file_routes = new.routes;
         state.file_upstreams = new.upstreams;
         self.publish(&mut state, true);
+        metrics::config_changed(ConfigSource::File, true);
         tracing::info!(
             routes = self.shared.routes.load().routes.len(),
             "routes reloaded"
@@ -388,7 +392,11 @@ impl Control {
 
     /// Create or replace an object (PUT, POST): checked against everything else in effect,
     /// saved, then published. `Ok(true)` when it was created.
-    pub fn put(
+    pub fn put(&self, kind: Kind, id: &str, body: Value) -> Result<(Answer, bool), ChangeError> {
+        admin_counted(self.put_uncounted(kind, id, body))
+    }
+
+    fn put_uncounted(
         &self,
         kind: Kind,
         id: &str,
@@ -424,6 +432,10 @@ impl Control {
 
     /// Apply a JSON merge patch (RFC 7396) to an Admin API object, as [`Control::put`] would.
     pub fn patch(&self, kind: Kind, id: &str, patch: Value) -> Result<Answer, ChangeError> {
+        admin_counted(self.patch_uncounted(kind, id, patch))
+    }
+
+    fn patch_uncounted(&self, kind: Kind, id: &str, patch: Value) -> Result<Answer, ChangeError> {
         let base = {
             let state = self.lock();
             match state.stored.get(&kind).and_then(|m| m.get(id)) {
@@ -438,11 +450,15 @@ impl Control {
         merge_patch(&mut merged, patch);
         // A concurrent change between the read and this write is a race two clients can only
         // settle by ordering their own requests; the last write wins, as in APISIX.
-        self.put(kind, id, merged).map(|(a, _)| a)
+        self.put_uncounted(kind, id, merged).map(|(a, _)| a)
     }
 
     /// Delete an Admin API object. An upstream a route still names is refused.
     pub fn delete(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
+        admin_counted(self.delete_uncounted(kind, id))
+    }
+
+    fn delete_uncounted(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
         let mut state = self.lock();
         if !state.stored.get(&kind).is_some_and(|m| m.contains_key(id)) {
             return Err(if is_file_object(&state, kind, id) {
@@ -653,6 +669,13 @@ fn answers(state: &State, kind: Kind) -> Vec<Answer> {
         }
     }
     out.into_values().collect()
+}
+
+/// Count an Admin API write (PUT, POST, PATCH, DELETE) as a config change, applied or
+/// rejected, and hand its result back.
+fn admin_counted<T>(r: Result<T, ChangeError>) -> Result<T, ChangeError> {
+    metrics::config_changed(ConfigSource::Admin, r.is_ok());
+    r
 }
 
 /// RFC 7396: objects merge key by key, `null` removes, anything else replaces.

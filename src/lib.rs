@@ -2,8 +2,8 @@
 //!
 //! The modules follow a request: [`server`] accepts, [`http`] parses, [`router`] routes,
 //! [`proxy`] runs the route's [`plugins`] phases, [`upstream`] forwards and relays; [`config`],
-//! [`control`] and [`idp`] form the control plane. Layers import downwards only: `http`,
-//! `jose`, `error` and `config::error` at the bottom; `idp` and `upstream` above them; then
+//! [`control`], [`idp`] and [`status`] form the control plane. Layers import downwards only:
+//! `http`, `jose`, `error`, `metrics` and `config::error` at the bottom; `idp` and `upstream` above them; then
 //! `plugins`, `router`, `proxy` and `server`.
 
 pub mod access_log;
@@ -14,9 +14,11 @@ pub mod error;
 pub mod http;
 pub mod idp;
 pub mod jose;
+pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod status;
 pub mod tls;
 pub mod upstream;

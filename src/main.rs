@@ -13,9 +13,11 @@ use portcullis::admin;
 use portcullis::config;
 use portcullis::control::{self, Control};
 use portcullis::idp::Idp;
+use portcullis::metrics::Registry;
 use portcullis::plugins::PluginEnv;
 use portcullis::router::RouteTable;
 use portcullis::server::{self, listener, Shared};
+use portcullis::status;
 use portcullis::tls::{self, Certs};
 
 #[derive(Parser)]
@@ -102,8 +104,10 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
         stopping: AtomicBool::new(false),
         certs,
         tls,
+        metrics: Arc::new(Registry::new(config.metrics)),
     });
     let config = Arc::new(config);
+    let idp = plugins.idp.clone();
     // The first table: the file's routes with the Admin API's stored objects over them.
     let control = Control::new(path, config.clone(), shared.clone(), plugins);
     let admin_addr = if config.admin_enabled {
@@ -112,6 +116,16 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
         tracing::info!("Admin API off (admin.enabled: false)");
         None
     };
+    // After the first table is built: its routes register the identity providers /readyz waits
+    // for, so it cannot answer "ready" before they exist.
+    let status_addr = status::start(
+        config.status_listen,
+        status::Status {
+            shared: shared.clone(),
+            idp,
+            hostname: status::hostname(),
+        },
+    )?;
     let workers = server::start_workers(
         config.clone(),
         shared.clone(),
@@ -122,6 +136,7 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
     tracing::info!(
         listen = ?config.listen,
         tls_listen = ?config.tls.listen,
+        status = %status_addr,
         workers = config.workers,
         driver = ?driver,
         routes = shared.routes.load().routes.len(),

@@ -249,10 +249,40 @@ fn a_revisit_makes_no_idp_call() {
     let s = site(json!({}));
     let jar = s.logged_in("/app/x");
     let (tokens, infos) = (s.idp.token_hits(), s.idp.userinfo_hits());
+    let before = s.proxy.scrape_settled();
     for _ in 0..5 {
         assert_eq!(s.get("/app/x", &jar, &[]).status, 200);
     }
     assert_eq!((s.idp.token_hits(), s.idp.userinfo_hits()), (tokens, infos));
+    // The metrics say the same: five sessions accepted, opened from the per-core cache after
+    // at most one decryption, and no IdP call.
+    let after = s.proxy.scrape_settled();
+    let d =
+        |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    let session_ok = [("route", "app"), ("method", "session"), ("outcome", "ok")];
+    assert_eq!(
+        d("portcullis_auth_total", &session_ok),
+        5.0,
+        "{}",
+        after.text
+    );
+    let (hits, misses) = (
+        d("portcullis_token_cache_hits_total", &[("cache", "session")]),
+        d(
+            "portcullis_token_cache_misses_total",
+            &[("cache", "session")],
+        ),
+    );
+    assert_eq!(hits + misses, 5.0);
+    assert!(misses <= 1.0, "{misses} misses");
+    assert_eq!(
+        d("portcullis_idp_requests_total", &[("endpoint", "token")]),
+        0.0
+    );
+    assert_eq!(
+        d("portcullis_idp_requests_total", &[("endpoint", "userinfo")]),
+        0.0
+    );
 }
 
 #[test]
@@ -315,6 +345,46 @@ fn an_idp_error_on_the_callback_is_401_saying_so() {
     let cb = s.login_refused(&mut jar);
     assert_eq!(cb.status, 401, "{}", cb.text());
     assert!(cb.text().contains("access_denied"), "{}", cb.text());
+}
+
+#[test]
+fn each_login_step_is_counted_in_the_metrics() {
+    let s = site(json!({}));
+    let before = s.proxy.scrape_settled();
+    let jar = s.logged_in("/app/x");
+    assert_eq!(s.get("/app/x", &jar, &[]).status, 200);
+    assert_eq!(s.get("/app/logout", &jar, &[]).status, 302);
+    s.idp.set_authorize_error(Some("access_denied"));
+    assert_eq!(s.login_refused(&mut Jar::default()).status, 401);
+    let after = s.proxy.scrape_settled();
+    let step = |step: &str, outcome: &str| {
+        let labels = [("route", "app"), ("step", step), ("outcome", outcome)];
+        after.get("portcullis_login_total", &labels) - before.get("portcullis_login_total", &labels)
+    };
+    assert_eq!(step("redirect", "ok"), 2.0, "{}", after.text);
+    assert_eq!(step("callback", "ok"), 1.0);
+    assert_eq!(step("logout", "ok"), 1.0);
+    // The IdP's refusal: a callback the login flow refuses.
+    let refused: f64 = after
+        .matching("portcullis_login_total", &[("step", "callback")])
+        .filter(|m| m.labels["outcome"] != "ok")
+        .map(|m| m.value)
+        .sum();
+    assert_eq!(refused, 1.0, "{}", after.text);
+    // Only the request that carried the session is an authentication verdict.
+    let verdicts = [("route", "app"), ("method", "session"), ("outcome", "ok")];
+    assert_eq!(
+        after.get("portcullis_auth_total", &verdicts)
+            - before.get("portcullis_auth_total", &verdicts),
+        1.0
+    );
+    // The code exchange went to the token endpoint once.
+    let token_ok = [("endpoint", "token"), ("outcome", "ok")];
+    assert_eq!(
+        after.get("portcullis_idp_requests_total", &token_ok)
+            - before.get("portcullis_idp_requests_total", &token_ok),
+        1.0
+    );
 }
 
 impl Site {

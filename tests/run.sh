@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive besides the Rust toolchain, as "command:package": node runs the
 # real identity provider (tests/idp) and the browser driver (tests/browser); chromium is the
 # browser of the login-flow tests, launched as /usr/bin/chromium (tests/common/browser.rs);
-# openssl (s_client), curl and python3 are the TLS tests' real clients (tests/tls.rs).
+# openssl (s_client), curl and python3 are the TLS tests' real clients (tests/tls.rs), and python3
+# runs the WebSocket client and the metrics parser (tests/python).
 need_apt=()
 for pair in node:nodejs npm:npm openssl:openssl curl:curl python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
@@ -59,16 +60,27 @@ if [ ! -f tests/browser/node_modules/.package-lock.json ] \
   touch tests/browser/node_modules/.package-lock.json
 fi
 
-# Python packages the tests drive (tests/python/requirements.txt, pinned with hashes), in their
-# own venv: Debian's python3 takes no pip installs outside one. Reinstalled when the file changes.
-if [ ! -x tests/python/.venv/bin/python3 ] \
-  || [ tests/python/requirements.txt -nt tests/python/.venv/.installed ]; then
-  echo "== pip install -r tests/python/requirements.txt (in tests/python/.venv)"
-  python3 -m venv tests/python/.venv
-  tests/python/.venv/bin/python3 -m pip install -q --disable-pip-version-check \
-    --require-hashes -r tests/python/requirements.txt
-  touch tests/python/.venv/.installed
+# Python packages (tests/python/requirements.txt, pinned with hashes) in a venv of their own:
+# tests/status.rs parses /metrics with prometheus_client's parser, and tests/websocket.rs drives
+# websockets. Reinstalled when the file is newer than the venv.
+venv=tests/python/.venv
+if [ ! -x "$venv/bin/python3" ] || [ tests/python/requirements.txt -nt "$venv/.installed" ]; then
+  echo "== python venv in $venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    echo "== installing python3-venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --require-hashes \
+    --only-binary :all: -r tests/python/requirements.txt
+  touch "$venv/.installed"
 fi
+"$venv/bin/python3" -c 'import prometheus_client, websockets' || {
+  echo "prometheus_client or websockets is not importable from $venv" >&2
+  exit 1
+}
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
@@ -82,7 +94,13 @@ echo "== cargo clippy --all-targets"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== benches in test mode (each benchmark runs once)"
 cargo test --benches
+# The integration tests write down every credential they hand the proxy and keep every proxy's
+# logs here (tests/common/leaks.rs); after them, no log may hold any of those credentials.
+leak_dir="${CARGO_TARGET_DIR:-target}/tmp/leak-check"
+rm -rf "$leak_dir"
 echo "== cargo test (unit, and integration against the real binary)"
 cargo test --lib --bins --tests
 echo "== the core suites again, every client over HTTPS (tls.listen beside listen)"
 PORTCULLIS_TEST_SCHEME=https cargo test --test proxy_core --test forwarding --test oidc_login
+echo "== no token, cookie value, secret or query value in any proxy log of the run"
+python3 tests/python/log_leaks.py "$leak_dir"

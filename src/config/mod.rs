@@ -100,6 +100,8 @@ struct RawConfig {
     limits: RawLimits,
     per_core: RawPerCore,
     log: RawLog,
+    access_log: RawAccessLog,
+    status: RawStatus,
     dns: RawDns,
     tls: RawTls,
     // Routes and upstreams are what a reload applies; they are compared by the router, not here.
@@ -130,6 +132,8 @@ impl Default for RawConfig {
             limits: RawLimits::default(),
             per_core: RawPerCore::default(),
             log: RawLog::default(),
+            access_log: RawAccessLog::default(),
+            status: RawStatus::default(),
             dns: RawDns::default(),
             tls: RawTls::default(),
             routes: Vec::new(),
@@ -244,6 +248,39 @@ struct RawLog {
 impl Default for RawLog {
     fn default() -> Self {
         Self { access: true }
+    }
+}
+
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One space-separated line per request.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAccessLog {
+    format: AccessLogFormat,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStatus {
+    listen: String,
+    metrics: bool,
+}
+
+impl Default for RawStatus {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9091".into(),
+            metrics: true,
+        }
     }
 }
 
@@ -509,6 +546,12 @@ pub struct Config {
     pub per_core: PerCore,
     /// Whether each request is logged.
     pub access_log: bool,
+    /// How access-log lines are written.
+    pub access_log_format: AccessLogFormat,
+    /// The status listener's address (metrics, health, readiness).
+    pub status_listen: SocketAddr,
+    /// Whether workers count requests for `/metrics` (off: nothing is counted).
+    pub metrics: bool,
     /// How often upstream host names are resolved again.
     pub dns_refresh_interval: Duration,
     /// Routes as written, checked; compiled into a table by the router.
@@ -569,6 +612,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
     "per_core",
     "log",
+    "access_log",
+    "status",
     "dns",
     "tls",
     "ssls",
@@ -611,6 +656,8 @@ fn raw_sections(doc: serde_json::Value, errors: &mut Vec<ConfigError>) -> RawCon
         limits,
         per_core,
         log,
+        access_log,
+        status,
         dns,
         tls,
         ssls,
@@ -798,6 +845,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         ) as u32,
         uring_flags: raw.runtime.uring_flags,
     };
+    let status_listen = parse_addr(&raw.status.listen, "status.listen", errors)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9091)));
     let dns_refresh_interval = seconds(raw.dns.refresh_interval, "dns.refresh_interval", errors);
     let routes = route::check_routes(raw.routes, errors);
     let upstreams = route::check_upstreams(raw.upstreams, errors);
@@ -824,6 +873,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         limits,
         per_core,
         access_log: raw.log.access,
+        access_log_format: raw.access_log.format,
+        status_listen,
+        metrics: raw.status.metrics,
         dns_refresh_interval,
         routes,
         upstreams,
@@ -908,6 +960,9 @@ mod tests {
             "limits.max_header_bytes",
             "per_core.token_cache_entries",
             "log.access",
+            "access_log.format",
+            "status.listen",
+            "status.metrics",
             "dns.refresh_interval",
         ] {
             assert!(s.0.contains_key(path), "{path} missing from {s:?}");

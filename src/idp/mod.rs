@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::jose::keys::{parse_jwks, KeySet};
+use crate::metrics::{IdpDuration, IDP_BOUNDS_US};
 
 mod oauth;
 
@@ -57,6 +58,18 @@ impl Endpoint {
         Endpoint::Userinfo,
         Endpoint::Revocation,
     ];
+
+    /// The endpoint as a metrics label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Discovery => "discovery",
+            Endpoint::Jwks => "jwks",
+            Endpoint::Introspection => "introspection",
+            Endpoint::Token => "token",
+            Endpoint::Userinfo => "userinfo",
+            Endpoint::Revocation => "revocation",
+        }
+    }
 
     /// The endpoint's name in failure descriptions.
     fn name(self) -> &'static str {
@@ -160,6 +173,45 @@ impl Failure {
     ];
 }
 
+impl Failure {
+    /// The kind as a metrics outcome label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::TimedOut => "timed_out",
+            Failure::Unreachable => "unreachable",
+            Failure::NotHttp => "not_http",
+            Failure::Status => "bad_status",
+            Failure::CutOff => "cut_off",
+            Failure::TooLarge => "too_large",
+            Failure::Invalid => "invalid",
+            Failure::OAuth => "oauth_error",
+            Failure::Unsendable => "unsendable",
+        }
+    }
+}
+
+/// Why a JWKS refresh ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshReason {
+    /// The provider's schedule (start, Cache-Control, `jwk_expires_in`, retries).
+    Schedule,
+    /// A token named a key id not in the set (or the issuer was not known yet).
+    UnknownKid,
+}
+
+impl RefreshReason {
+    /// Every reason, in counter order.
+    pub const ALL: [RefreshReason; 2] = [RefreshReason::Schedule, RefreshReason::UnknownKid];
+
+    /// The reason as a metrics label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefreshReason::Schedule => "schedule",
+            RefreshReason::UnknownKid => "unknown_kid",
+        }
+    }
+}
+
 impl IdpError {
     /// The endpoint and kind of this failure.
     pub fn kind(&self) -> (Endpoint, Failure) {
@@ -177,12 +229,17 @@ impl IdpError {
     }
 }
 
-/// IdP calls by endpoint and outcome (success, or failure by kind), counted by the IdP thread
-/// for whoever reports them (metrics, logs); relaxed atomics, as nothing is ordered by them.
+/// IdP calls by endpoint and outcome (success, or failure by kind), their durations, and JWKS
+/// refreshes by reason, counted by the IdP thread for whoever reports them (metrics, logs);
+/// relaxed atomics, as nothing is ordered by them. The IdP thread is the only writer of the
+/// histograms (its runtime runs every call on that one thread).
 #[derive(Debug, Default)]
 pub struct IdpStats {
     failures: [[AtomicU64; Failure::ALL.len()]; Endpoint::ALL.len()],
     successes: [AtomicU64; Endpoint::ALL.len()],
+    /// Call durations per endpoint, in microseconds (bounds: [`IDP_BOUNDS_US`]).
+    pub durations: [IdpDuration; Endpoint::ALL.len()],
+    refreshes: [AtomicU64; RefreshReason::ALL.len()],
 }
 
 impl IdpStats {
@@ -194,6 +251,21 @@ impl IdpStats {
     /// Calls to `endpoint` that gave a usable answer so far.
     pub fn successes(&self, endpoint: Endpoint) -> u64 {
         self.successes[endpoint as usize].load(Ordering::Relaxed)
+    }
+
+    /// JWKS refreshes run for `reason` so far.
+    pub fn refreshes(&self, reason: RefreshReason) -> u64 {
+        self.refreshes[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn refreshed(&self, reason: RefreshReason) {
+        self.refreshes[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Record how long a call to `endpoint` took (IdP thread only).
+    fn took(&self, endpoint: Endpoint, started: Instant) {
+        self.durations[endpoint as usize]
+            .observe(&IDP_BOUNDS_US, started.elapsed().as_micros() as u64);
     }
 
     /// Count a usable answer from `endpoint`.
@@ -268,6 +340,19 @@ pub struct Provider {
     kid_refresh: Mutex<KidRefresh>,
     /// Whether the IdP thread keeps this provider fresh.
     watched: AtomicBool,
+    /// Set once discovery and JWKS (when discovery names one) have both loaded.
+    loaded: AtomicBool,
+}
+
+/// A provider the process waits for before it is ready: which, which fetch, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReady {
+    /// The discovery URL, without its query.
+    pub provider: String,
+    /// `discovery` or `jwks`.
+    pub fetch: &'static str,
+    /// Why it has not loaded yet.
+    pub error: String,
 }
 
 impl std::fmt::Debug for Provider {
@@ -422,6 +507,7 @@ impl Idp {
                     }),
                     kid_refresh: Mutex::default(),
                     watched: AtomicBool::new(false),
+                    loaded: AtomicBool::new(false),
                 })
             })
             .clone();
@@ -429,6 +515,35 @@ impl Idp {
             let _ = self.tx.send(Command::Watch(p.clone()));
         }
         p
+    }
+
+    /// The providers in use whose discovery or keys have not loaded once yet (empty: ready).
+    pub fn not_ready(&self) -> Vec<NotReady> {
+        let map = self.providers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiting: Vec<NotReady> = map
+            .values()
+            // Held by more than the registry and its watch task: some route uses it.
+            .filter(|p| p.watched.load(Ordering::Acquire) && Arc::strong_count(p) > 2)
+            .filter(|p| !p.loaded.load(Ordering::Acquire))
+            .map(|p| {
+                let state = p.state.load();
+                let url = &p.discovery_url;
+                NotReady {
+                    provider: url.split(['?', '#']).next().unwrap_or(url).to_string(),
+                    fetch: if state.discovery.is_some() {
+                        "jwks"
+                    } else {
+                        "discovery"
+                    },
+                    error: state
+                        .problem
+                        .clone()
+                        .unwrap_or_else(|| "not fetched yet".into()),
+                }
+            })
+            .collect();
+        waiting.sort_by(|a, b| a.provider.cmp(&b.provider));
+        waiting
     }
 
     /// Introspect a token; the receiver gets the answer or why there is none.
@@ -568,6 +683,7 @@ async fn serve(
                     kr.last = Some(Instant::now());
                     drop(kr);
                     let clients = clients.clone();
+                    clients.stats.refreshed(RefreshReason::UnknownKid);
                     tokio::spawn(async move {
                         if let Err(e) = refresh(&clients, &p).await {
                             tracing::warn!(discovery = %p.discovery_url, error = %e, "JWKS refresh for an unknown key id failed");
@@ -702,6 +818,7 @@ async fn get(
     timeout: Duration,
     endpoint: Endpoint,
 ) -> Result<(Vec<u8>, Option<Duration>), IdpError> {
+    let started = Instant::now();
     let fetched = async {
         let request = client
             .get(url)
@@ -723,7 +840,9 @@ async fn get(
         Ok((read_capped(resp, endpoint).await?, max_age))
     };
     // Successes are counted by the caller, once the body is found usable.
-    fetched.await.map_err(|e| clients.stats.count(e))
+    let r = fetched.await.map_err(|e| clients.stats.count(e));
+    clients.stats.took(endpoint, started);
+    r
 }
 
 /// Fetch discovery and JWKS once and publish what worked. Returns the JWKS max-age.
@@ -762,6 +881,8 @@ async fn refresh(clients: &Clients, p: &Provider) -> Result<Option<Duration>, St
             keys: old.keys.clone(),
             problem: Some("discovery document has no jwks_uri".into()),
         }));
+        // Nothing more to load: introspection-only providers need no keys.
+        p.loaded.store(true, Ordering::Release);
         return Ok(None);
     };
     let fetched = get(clients, client, &jwks_uri, p.timeout, Endpoint::Jwks)
@@ -784,6 +905,7 @@ async fn refresh(clients: &Clients, p: &Provider) -> Result<Option<Duration>, St
                 keys: Arc::new(keys),
                 problem: None,
             }));
+            p.loaded.store(true, Ordering::Release);
             Ok(max_age)
         }
         Err(e) => {
@@ -819,8 +941,9 @@ async fn introspect(
     oauth::counted(
         clients,
         Endpoint::Introspection,
-        introspect_uncounted(clients, req).await,
+        introspect_uncounted(clients, req),
     )
+    .await
 }
 
 async fn introspect_uncounted(
@@ -886,6 +1009,7 @@ async fn watch(clients: Clients, p: Arc<Provider>, registry: Arc<Mutex<Providers
             let mut kr = p.kid_refresh.lock().unwrap_or_else(|e| e.into_inner());
             kr.waiters.get_or_insert_with(Vec::new);
         }
+        clients.stats.refreshed(RefreshReason::Schedule);
         let result = refresh(&clients, &p).await;
         let waiters = p
             .kid_refresh

@@ -537,12 +537,15 @@ pub(super) fn post(
     b.body(form.body)
 }
 
-/// Count a call's outcome, and hand it back.
-pub(super) fn counted<T>(
+/// Make a call, count its outcome and time, and hand the outcome back.
+pub(super) async fn counted<T>(
     clients: &Clients,
     endpoint: Endpoint,
-    r: Result<T, IdpError>,
+    call: impl std::future::Future<Output = Result<T, IdpError>>,
 ) -> Result<T, IdpError> {
+    let started = std::time::Instant::now();
+    let r = call.await;
+    clients.stats.took(endpoint, started);
     match r {
         Ok(v) => {
             clients.stats.success(endpoint);
@@ -565,7 +568,7 @@ pub(super) async fn token(clients: &Clients, req: &TokenRequest) -> Result<Token
         let (_, body) = send(builder, EP, &token_secrets(req)).await?;
         parse_token_answer(&body)
     };
-    counted(clients, EP, fetched.await)
+    counted(clients, EP, fetched).await
 }
 
 /// The userinfo call: the JSON object's bytes.
@@ -588,7 +591,7 @@ pub(super) async fn userinfo(
         check_userinfo(content_type.as_deref(), &body)?;
         Ok(body)
     };
-    counted(clients, EP, fetched.await)
+    counted(clients, EP, fetched).await
 }
 
 /// The revocation form: the token, its hint, and the client's credentials.
@@ -619,7 +622,7 @@ pub(super) async fn revoke(
         send(builder, EP, &[token, client.client_secret.as_str()]).await?;
         Ok(())
     };
-    counted(clients, EP, fetched.await)
+    counted(clients, EP, fetched).await
 }
 
 #[cfg(test)]

@@ -188,6 +188,11 @@ impl CoreState {
         }
     }
 
+    /// Report cache counts to this core's metrics block.
+    pub fn count_into(&self, m: &crate::metrics::CoreMetrics) {
+        self.oidc.count_into(m);
+    }
+
     /// Housekeeping: drop up to `budget` expired entries per cache.
     pub fn sweep(&self, now: f64, budget: usize) {
         self.oidc.sweep(now, budget);
@@ -205,6 +210,10 @@ pub struct Ctx {
     pub session: Option<std::rc::Rc<Session>>,
     /// `Set-Cookie` values for the client's response (a refreshed or renewed session).
     pub set_cookies: Vec<String>,
+    /// How `openid-connect` judged the request, for the log and the metrics.
+    pub auth_method: Option<crate::metrics::AuthMethod>,
+    /// The login-flow step that answered the request, for the metrics.
+    pub login_step: Option<crate::metrics::LoginStep>,
 }
 
 /// The request as the phases see it.

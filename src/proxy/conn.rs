@@ -10,11 +10,12 @@ use monoio::net::TcpStream;
 use super::Core;
 use crate::access_log::{AccessLog, Entry};
 use crate::config::route::method_bit;
-use crate::error::ProxyError;
+use crate::error::{AuthKind, ErrorKind, ProxyError};
 use crate::http::conn::{read_append, ClientStream, Conn, READ_CHUNK};
 use crate::http::h1::{parse_request, BodyKind, RequestHead};
 use crate::http::path;
 use crate::http::reply::Reply;
+use crate::metrics::{node_key, AuthMethod, CoreMetrics, LoginStep, RouteStats};
 use crate::plugins::{self, Ctx, Heads};
 use crate::router::Route;
 use crate::upstream::forward::{forward, Env};
@@ -55,17 +56,29 @@ pub async fn serve_stream<S: ClientStream>(
         served: 0,
         body_consumed: false,
     };
+    let mut state = StateGauge {
+        metrics: w.metrics.as_deref(),
+        now: None,
+    };
     loop {
+        // A head already (partly) buffered is being read; an empty buffer waits for one.
+        state.set(Some(if conn.pos < conn.rbuf.len() {
+            READING
+        } else {
+            WAITING
+        }));
         let head = match read_head(&mut conn, &w).await {
             Ok(Some(head)) => head,
             Ok(None) => break,
             Err(e) => {
                 conn.request_line.clear();
                 conn.request_line.push(b'-');
-                answer_error(&mut conn, &w, None, &e, Instant::now(), false).await;
+                let rec = Rec::unrouted(&w, Instant::now(), 0);
+                answer_error(&mut conn, &w, &rec, &e, false).await;
                 break;
             }
         };
+        state.set(Some(WRITING));
         let mut tunnel = None;
         let keep_alive = handle(&mut conn, &w, &head, &mut tunnel).await;
         conn.served += 1;
@@ -95,6 +108,36 @@ pub async fn serve_stream<S: ClientStream>(
 /// How long a TLS connection's close_notify may take to leave.
 const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+const READING: usize = 0;
+const WRITING: usize = 1;
+const WAITING: usize = 2;
+
+/// The connection's state in its core's gauges (`metrics::CONN_STATES`), left on drop.
+struct StateGauge<'a> {
+    metrics: Option<&'a CoreMetrics>,
+    now: Option<usize>,
+}
+
+impl StateGauge<'_> {
+    fn set(&mut self, next: Option<usize>) {
+        if let Some(m) = self.metrics {
+            if let Some(old) = self.now {
+                m.states[old].dec();
+            }
+            if let Some(new) = next {
+                m.states[new].inc();
+            }
+        }
+        self.now = next;
+    }
+}
+
+impl Drop for StateGauge<'_> {
+    fn drop(&mut self) {
+        self.set(None);
+    }
+}
+
 /// Route and forward one request, answer errors, log it; returns whether to keep the connection.
 /// `tunnel` receives the upstream connection (and the idle limit) of an accepted WebSocket
 /// upgrade, which the caller then relays.
@@ -115,14 +158,16 @@ async fn handle<S: ClientStream>(
             head.http10,
         );
     }
+    // Answers before routing never read a body.
+    let unrouted = Rec::unrouted(w, started, head.head_len as u64);
     if let (BodyKind::Length(n), Some(max)) = (head.body, w.limits.max_body_bytes) {
         if n > max {
-            return answer_error(conn, w, None, &ProxyError::BodyTooLarge, started, false).await;
+            return answer_error(conn, w, &unrouted, &ProxyError::BodyTooLarge, false).await;
         }
     }
     let normalized = match path::normalize(head.path.get(buf), &mut conn.norm_path) {
         Ok(n) => n,
-        Err(e) => return answer_error(conn, w, None, &e, started, false).await,
+        Err(e) => return answer_error(conn, w, &unrouted, &e, false).await,
     };
     let buf = &conn.rbuf[conn.pos..];
     let routes = w.routes();
@@ -146,9 +191,21 @@ async fn handle<S: ClientStream>(
         // Without a body the request is fully read, so the connection can stay open.
         let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
         conn.pos += head.head_len;
-        return answer_error(conn, w, None, &ProxyError::NoRoute, started, keep).await;
+        return answer_error(conn, w, &unrouted, &ProxyError::NoRoute, keep).await;
     };
     conn.body_consumed = false;
+    let mut rec = Rec {
+        route: Some(route),
+        stats: w.metrics.as_deref().map(|m| routes.stats(idx, m)),
+        auth: None,
+        login: None,
+        head_len: head.head_len as u64,
+        body_len: match head.body {
+            BodyKind::Length(n) => n,
+            _ => 0,
+        },
+        started,
+    };
     let mut ctx = Ctx::default();
     if !route.plugins.is_empty() {
         let req = plugins::Request {
@@ -164,14 +221,22 @@ async fn handle<S: ClientStream>(
             tls: conn.tls,
         };
         let decided = plugins::access(&route.plugins, &w.plugins, &req, &mut ctx).await;
+        rec.auth = judged(&route.id, &decided, &ctx);
+        rec.login = ctx.login_step.and_then(|step| match &decided {
+            Ok(_) => Some((step, None)),
+            Err(e) => match e.kind() {
+                ErrorKind::Auth(k) => Some((step, Some(k))),
+                _ => None,
+            },
+        });
         if !matches!(decided, Ok(None)) {
             // Answered before any body byte was read: only a bodiless request leaves the
             // client's stream in step.
             let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
             conn.pos += head.head_len;
             return match decided {
-                Ok(Some(reply)) => answer(conn, w, Some(route), &reply, None, started, keep).await,
-                Err(e) => answer_error(conn, w, Some(route), &e, started, keep).await,
+                Ok(Some(reply)) => answer(conn, w, &rec, &reply, None, keep).await,
+                Err(e) => answer_error(conn, w, &rec, &e, keep).await,
                 Ok(None) => unreachable!("matched above"),
             };
         }
@@ -181,6 +246,7 @@ async fn handle<S: ClientStream>(
         pool: &w.pool,
         client_may_stay: conn.served + 1 < w.limits.keepalive_requests && !w.shutdown.started(),
         websocket: route.websocket,
+        connect_errors: rec.stats.map(|s| &s.connect_errors),
     };
     let edits = Heads {
         plugins: &route.plugins,
@@ -198,16 +264,11 @@ async fn handle<S: ClientStream>(
     .await
     {
         Ok(o) => {
-            w.log.borrow_mut().record(&Entry {
-                peer: conn.peer,
-                request_line: &conn.request_line,
-                status: o.status,
-                bytes: o.bytes,
-                elapsed: started.elapsed(),
-                route: Some(&route.id),
-                upstream: o.upstream,
-                error: o.error,
-            });
+            let upstream = Upstreamed {
+                addr: o.upstream,
+                time: Some(o.upstream_time),
+            };
+            finish(conn, w, &rec, o.status, o.bytes, upstream, o.error);
             if let Some(upstream) = o.tunnel {
                 *tunnel = Some((upstream, route.upstream.timeouts.read));
             }
@@ -217,9 +278,75 @@ async fn handle<S: ClientStream>(
             // An upstream failure after the whole request was read leaves the client's stream
             // in step, so the client keeps its connection (as with nginx).
             let keep = conn.body_consumed && head.keep_alive && !head.http10;
-            answer_error(conn, w, Some(route), &e, started, keep).await
+            answer_error(conn, w, &rec, &e, keep).await
         }
     }
+}
+
+/// What the log and the metrics record about a request besides its answer.
+struct Rec<'a> {
+    route: Option<&'a Route>,
+    /// The route's metrics block on this core (the unrouted one before a route matched).
+    stats: Option<&'a RouteStats>,
+    /// How authentication judged it: the method, and `None` (accepted) or the refusal.
+    auth: Option<(AuthMethod, Option<AuthKind>)>,
+    /// The login-flow step that answered it, and how it went.
+    login: Option<(LoginStep, Option<AuthKind>)>,
+    head_len: u64,
+    /// The announced body length, counted as received once the body was read whole.
+    body_len: u64,
+    started: Instant,
+}
+
+impl<'a> Rec<'a> {
+    fn unrouted(w: &'a Core, started: Instant, head_len: u64) -> Rec<'a> {
+        Rec {
+            route: None,
+            stats: w.metrics.as_deref().map(|m| &*m.unrouted),
+            auth: None,
+            login: None,
+            head_len,
+            body_len: 0,
+            started,
+        }
+    }
+}
+
+/// The upstream side of an answer, when there was one.
+#[derive(Default)]
+struct Upstreamed {
+    addr: Option<SocketAddr>,
+    time: Option<std::time::Duration>,
+}
+
+/// The authentication verdict of the access phase, when a plugin judged the request: accepted
+/// (an identity or a session), passed without one (`no_token`), or refused for a reason. The
+/// login flow's own steps (the redirect to the IdP, the callback, logout) are answers, not
+/// verdicts, and are not counted. A refusal is logged here, once, with its reason kind.
+fn judged(
+    route: &str,
+    decided: &Result<Option<Reply>, ProxyError>,
+    ctx: &Ctx,
+) -> Option<(AuthMethod, Option<AuthKind>)> {
+    let method = ctx.auth_method?;
+    let outcome = match decided {
+        Ok(Some(_)) => return None,
+        Ok(None) if ctx.identity.is_some() || ctx.session.is_some() => None,
+        Ok(None) => Some(AuthKind::NoToken),
+        Err(e) => match e.kind() {
+            ErrorKind::Auth(k) => {
+                tracing::info!(
+                    route,
+                    method = method.as_str(),
+                    reason = k.as_str(),
+                    "authentication refused"
+                );
+                Some(k)
+            }
+            _ => return None,
+        },
+    };
+    Some((method, outcome))
 }
 
 /// Answer an error (when the client can still be answered) and log it. Returns whether the
@@ -228,15 +355,14 @@ async fn handle<S: ClientStream>(
 async fn answer_error<S: ClientStream>(
     conn: &mut Conn<S>,
     w: &Core,
-    route: Option<&Route>,
+    rec: &Rec<'_>,
     e: &ProxyError,
-    started: Instant,
     keep: bool,
 ) -> bool {
     match e.response() {
-        Some(reply) => answer(conn, w, route, &reply, Some(e.label()), started, keep).await,
+        Some(reply) => answer(conn, w, rec, &reply, Some(e.label()), keep).await,
         None => {
-            log_local(conn, w, route, 0, 0, Some(e.label()), started);
+            finish(conn, w, rec, 0, 0, Upstreamed::default(), Some(e.label()));
             false
         }
     }
@@ -246,10 +372,9 @@ async fn answer_error<S: ClientStream>(
 async fn answer<S: ClientStream>(
     conn: &mut Conn<S>,
     w: &Core,
-    route: Option<&Route>,
+    rec: &Rec<'_>,
     reply: &Reply,
     error: Option<&'static str>,
-    started: Instant,
     keep: bool,
 ) -> bool {
     let keep = keep && !w.shutdown.started();
@@ -258,29 +383,80 @@ async fn answer<S: ClientStream>(
     let written = conn.wbuf.len() as u64;
     let answered = conn.write_wbuf(w.limits.send_timeout).await.is_ok();
     let bytes = if answered { written } else { 0 };
-    log_local(conn, w, route, reply.status, bytes, error, started);
+    finish(
+        conn,
+        w,
+        rec,
+        reply.status,
+        bytes,
+        Upstreamed::default(),
+        error,
+    );
     keep && answered
 }
 
-fn log_local<S>(
+/// Count and log one answered (or abandoned) request.
+fn finish<S>(
     conn: &Conn<S>,
     w: &Core,
-    route: Option<&Route>,
+    rec: &Rec<'_>,
     status: u16,
     bytes: u64,
+    upstream: Upstreamed,
     error: Option<&'static str>,
-    started: Instant,
 ) {
+    let elapsed = rec.started.elapsed();
+    // Request bytes received: the head, and a body of announced length once read whole.
+    let bytes_in = rec.head_len + if conn.body_consumed { rec.body_len } else { 0 };
+    if let Some(s) = rec.stats {
+        count(s, rec, status, (bytes_in, bytes), &upstream, elapsed);
+        if let Some(m) = &w.metrics {
+            m.requests.inc();
+        }
+    }
     w.log.borrow_mut().record(&Entry {
         peer: conn.peer,
         request_line: &conn.request_line,
         status,
         bytes,
-        elapsed: started.elapsed(),
-        route: route.map(|r| &*r.id),
-        upstream: None,
+        bytes_in,
+        elapsed,
+        route: rec.route.map(|r| &*r.id),
+        upstream: upstream.addr,
+        upstream_time: upstream.time,
+        auth: rec.auth.map(|(m, k)| (m, k.map_or("ok", AuthKind::as_str))),
         error,
     });
+}
+
+/// The request's counts in its route's block (this core's own).
+fn count(
+    s: &RouteStats,
+    rec: &Rec<'_>,
+    status: u16,
+    (bytes_in, bytes): (u64, u64),
+    upstream: &Upstreamed,
+    elapsed: std::time::Duration,
+) {
+    use crate::metrics::LATENCY_BOUNDS_US as B;
+    s.status
+        .inc(status, upstream.addr.map(|a| node_key(a.ip())));
+    s.ingress.add(bytes_in);
+    s.egress.add(bytes);
+    let total = elapsed.as_micros() as u64;
+    s.latency[0].observe(&B, total);
+    // APISIX's `apisix` latency is the request's time less the upstream's.
+    let up = upstream.time.map_or(0, |t| t.as_micros() as u64);
+    if upstream.time.is_some() {
+        s.latency[1].observe(&B, up);
+    }
+    s.latency[2].observe(&B, total.saturating_sub(up));
+    if let Some((method, refused)) = rec.auth {
+        s.auth(method, refused);
+    }
+    if let Some((step, refused)) = rec.login {
+        s.login(step, refused);
+    }
 }
 
 /// Read until a whole request head is buffered. `Ok(None)`: the client closed cleanly, stayed

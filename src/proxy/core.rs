@@ -2,7 +2,7 @@
 //! own balancer state, upstream pools, access log and plugin caches. Plain cells throughout:
 //! nothing here is shared with another core.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use super::shutdown::Shutdown;
 use crate::access_log::AccessLog;
 use crate::config::Cidr;
 use crate::http::Limits;
+use crate::metrics::{CoreMetrics, RouteStats};
 use crate::plugins;
 use crate::router::RouteTable;
 use crate::upstream::balancer::Wrr;
@@ -24,6 +25,8 @@ pub struct LocalRoutes {
     pub table: Arc<RouteTable>,
     /// Balancer state per route, this core only; routes naming one upstream object share one.
     pub balancers: Vec<Rc<RefCell<Wrr>>>,
+    /// This core's metrics block per route, found on the route's first request.
+    stats: Vec<OnceCell<Arc<RouteStats>>>,
 }
 
 impl LocalRoutes {
@@ -63,7 +66,17 @@ impl LocalRoutes {
                 b
             })
             .collect();
-        LocalRoutes { table, balancers }
+        let stats = table.routes.iter().map(|_| OnceCell::new()).collect();
+        LocalRoutes {
+            table,
+            balancers,
+            stats,
+        }
+    }
+
+    /// Route `idx`'s metrics block on this core.
+    pub fn stats(&self, idx: usize, metrics: &CoreMetrics) -> &RouteStats {
+        self.stats[idx].get_or_init(|| metrics.route(&self.table.routes[idx].id))
     }
 }
 
@@ -87,6 +100,8 @@ pub struct Core {
     pub shutdown: Shutdown,
     /// Open client connections.
     pub active: Cell<usize>,
+    /// What this core counts for `/metrics`; `None` when `status.metrics` is off.
+    pub metrics: Option<Arc<CoreMetrics>>,
 }
 
 impl Core {

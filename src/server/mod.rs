@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, DriverChoice, UringFlags};
+use crate::metrics::Registry;
 use crate::router::RouteTable;
 
 /// State every core reads: immutable snapshots and the stop flag.
@@ -25,6 +26,8 @@ pub struct Shared {
     /// The server config of every TLS listener (one, so that ticket keys are shared by the
     /// cores); `None` without `tls.listen`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Every worker's metrics block.
+    pub metrics: Arc<Registry>,
 }
 
 /// The I/O driver workers actually run.

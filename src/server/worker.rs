@@ -22,7 +22,11 @@ struct ActiveGuard(Rc<Core>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get() - 1);
+        let n = self.0.active.get() - 1;
+        self.0.active.set(n);
+        if let Some(m) = &self.0.metrics {
+            m.active.set(n as u64);
+        }
     }
 }
 
@@ -33,6 +37,7 @@ pub async fn run(
     listeners: Vec<std::net::TcpListener>,
     tls_listeners: Vec<std::net::TcpListener>,
 ) {
+    let metrics = shared.metrics.new_core();
     let routes = shared.routes.clone();
     let first = routes.load_full();
     let w = Rc::new(Core {
@@ -41,14 +46,18 @@ pub async fn run(
         routes_src: RefCell::new(Cache::new(routes)),
         local: RefCell::new(Rc::new(LocalRoutes::new(first, None))),
         pool: RefCell::new(Pool::default()),
-        log: RefCell::new(AccessLog::new(config.access_log)),
+        log: RefCell::new(AccessLog::new(config.access_log, config.access_log_format)),
         plugins: plugins::CoreState::new(
             config.per_core.token_cache_entries,
             config.per_core.token_cache_bytes,
         ),
         shutdown: Shutdown::default(),
         active: Cell::new(0),
+        metrics,
     });
+    if let Some(m) = &w.metrics {
+        w.plugins.count_into(m);
+    }
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -154,11 +163,18 @@ where
         match accepted {
             None => break,
             Some(Ok((stream, peer))) => {
+                if let Some(m) = &w.metrics {
+                    m.accepted.inc();
+                }
                 if w.active.get() >= w.limits.max_connections {
                     drop(stream);
                     continue;
                 }
                 w.active.set(w.active.get() + 1);
+                if let Some(m) = &w.metrics {
+                    m.handled.inc();
+                    m.active.set(w.active.get() as u64);
+                }
                 let guard = ActiveGuard(w.clone());
                 let task = serve(stream, peer, guard.0.clone());
                 monoio::spawn(async move {

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::AsyncWriteRentExt;
@@ -23,6 +23,7 @@ use crate::http::h1::{
     HeaderIdx, HeaderKind, RequestHead, ResponseHead,
 };
 use crate::http::Limits;
+use crate::metrics::{node_key, Keyed};
 
 /// Request bodies up to this size that arrived with the head are sent in the same write, and
 /// such a request can be replayed on a fresh connection when a pooled one turns out dead.
@@ -43,6 +44,8 @@ pub struct Outcome {
     /// After a 101 to a WebSocket upgrade: the upstream connection, now the other end of a
     /// byte tunnel the caller relays (see [`super::tunnel`]).
     pub tunnel: Option<UpstreamConn>,
+    /// From picking a node to the end of the upstream's answer.
+    pub upstream_time: Duration,
 }
 
 fn timed_out(what: &'static str) -> ProxyError {
@@ -86,6 +89,8 @@ pub struct Env<'a> {
     pub client_may_stay: bool,
     /// Whether the route forwards WebSocket upgrades (`enable_websocket`).
     pub websocket: bool,
+    /// Where failed connects are counted by node, when metrics are on.
+    pub connect_errors: Option<&'a Keyed<8>>,
 }
 
 /// The `Upgrade` value of a WebSocket handshake: a bodiless HTTP/1.1 GET with `Upgrade:
@@ -141,6 +146,7 @@ pub async fn forward<S: ClientStream, E: Edits>(
     };
     let replayable = complete && in_buf <= INLINE_BODY;
     let idempotent = is_idempotent(head.method.get(&conn.rbuf[conn.pos..]));
+    let started = Instant::now();
 
     let (node, addr, mut upc, mut reused) = match acquire(w, up, balancer, replayable).await {
         Ok(a) => a,
@@ -209,7 +215,9 @@ pub async fn forward<S: ClientStream, E: Edits>(
             // A pooled connection the upstream closed meanwhile: the request never reached it.
             Err(ProxyError::UpstreamIo(e)) if reused && replayable && idempotent => {
                 tracing::debug!(%addr, error = %e, "pooled upstream connection was dead; retrying on a new one");
-                upc = connect(addr, node, up).await?;
+                upc = connect(addr, node, up)
+                    .await
+                    .inspect_err(|_| count_connect_error(w, addr))?;
                 reused = false;
             }
             Err(e) => return Err(e),
@@ -234,6 +242,7 @@ pub async fn forward<S: ClientStream, E: Edits>(
             upstream: Some(addr),
             error: sent.as_ref().err().map(ProxyError::label),
             tunnel: sent.is_ok().then_some(upc),
+            upstream_time: started.elapsed(),
         });
     }
     let client_keep = head.keep_alive
@@ -258,6 +267,7 @@ pub async fn forward<S: ClientStream, E: Edits>(
         upstream: Some(addr),
         error: None,
         tunnel: None,
+        upstream_time: started.elapsed(),
     };
     match relayed {
         Ok(upstream_clean) => {
@@ -314,11 +324,18 @@ async fn acquire<'u>(
             Ok(c) => return Ok((node, addr, c, false)),
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "upstream connect failed");
+                count_connect_error(w, addr);
                 last = e;
             }
         }
     }
     Err(last)
+}
+
+fn count_connect_error(w: &Env<'_>, addr: SocketAddr) {
+    if let Some(k) = w.connect_errors {
+        k.inc(0, Some(node_key(addr.ip())));
+    }
 }
 
 /// Whether a pooled connection is still open, without blocking (one `recv` peek on the TCP

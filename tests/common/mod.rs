@@ -25,6 +25,8 @@ use serde_json::{json, Value};
 pub mod auth;
 pub mod fake_idp;
 pub mod jwt;
+pub mod leaks;
+pub mod metrics;
 pub mod real_idp;
 pub mod tls;
 
@@ -306,6 +308,24 @@ pub fn route(id: &str, uri: &str, ups: &[&Upstream]) -> Value {
     })
 }
 
+/// `yaml` with a `status` section listening on a port the system picks (see
+/// [`Proxy::status_port`]), unless it has one: the default port would be shared by every proxy
+/// the tests run at once.
+pub fn with_status_listener(yaml: &str) -> String {
+    if yaml
+        .lines()
+        .any(|l| l.starts_with("status:") || l.starts_with("\"status\":"))
+    {
+        return yaml.to_string();
+    }
+    let sep = if yaml.is_empty() || yaml.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{yaml}{sep}status:\n  listen: 127.0.0.1:0\n")
+}
+
 /// The base config used by most tests: one worker, no pinning, access log on.
 /// `listen` and `data_dir` are filled in by [`Proxy::start`] when absent.
 pub fn base_config(routes: Vec<Value>) -> Value {
@@ -408,6 +428,7 @@ impl Proxy {
         extra_args: &[&str],
         ports: Vec<u16>,
     ) -> Proxy {
+        leaks::record_config(config_yaml);
         // The Admin API listens on 127.0.0.1:9180 by default; tests run in parallel, so each
         // proxy gets a free port of its own unless the test chose one.
         let config_yaml = if has_admin_section(config_yaml) {
@@ -418,7 +439,7 @@ impl Proxy {
                 free_port()
             )
         };
-        let config_path = dir.write("config.yaml", &config_yaml);
+        let config_path = dir.write("config.yaml", &with_status_listener(&config_yaml));
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let child = Command::new(bin())
@@ -503,7 +524,8 @@ impl Proxy {
             }
             _ => text.to_string(),
         };
-        fs::write(&self.config_path, text).expect("write the config file");
+        // The status section the harness added at start stays too.
+        fs::write(&self.config_path, with_status_listener(&text)).expect("write the config file");
     }
 
     pub fn config_text(&self) -> String {
@@ -600,6 +622,7 @@ impl Drop for Proxy {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        leaks::keep_logs(&[&self.stderr_path, &self.stdout_path]);
     }
 }
 
@@ -843,6 +866,7 @@ impl Client {
     /// Builds a request head. Adds `Host: test.local` unless `headers` has a Host, and a
     /// Content-Length for a non-empty body (or POST/PUT) unless `headers` frame the body.
     pub fn build(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        leaks::record_request(path, headers);
         let mut out = format!("{method} {path} HTTP/1.1\r\n");
         if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
             out.push_str("Host: test.local\r\n");

@@ -5,6 +5,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::mem::size_of;
 use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::metrics::CacheStats;
 
 /// What a cached token allows: the headers it produces, and until when.
 #[derive(Debug, Clone)]
@@ -79,6 +82,8 @@ pub struct TokenCache<V = Verified> {
     max_bytes: usize,
     /// What the live entries cost, per [`entry_overhead`] and [`CacheEntry::heap_bytes`].
     bytes: usize,
+    /// Where hits, misses, evictions and the entry count are reported, when metrics are on.
+    stats: Option<Arc<CacheStats>>,
 }
 
 impl<V: CacheEntry> TokenCache<V> {
@@ -91,7 +96,23 @@ impl<V: CacheEntry> TokenCache<V> {
             capacity,
             max_bytes,
             bytes: 0,
+            stats: None,
         }
+    }
+
+    /// Report hits, misses, evictions and entries to `stats` (this core's block).
+    pub fn count_into(&mut self, stats: Arc<CacheStats>) {
+        self.stats = Some(stats);
+    }
+
+    fn count(&self, f: impl FnOnce(&CacheStats)) {
+        if let Some(s) = &self.stats {
+            f(s);
+        }
+    }
+
+    fn count_entries(&self) {
+        self.count(|s| s.entries.set(self.map.len() as u64));
     }
 
     /// Whether the cache holds anything at all (a zero bound disables it).
@@ -112,12 +133,20 @@ impl<V: CacheEntry> TokenCache<V> {
     /// The entry for `key` if it is still alive at `now`; a dead one is dropped.
     pub fn get(&mut self, key: &TokenKey, now: f64) -> Option<&V> {
         match self.map.get(key) {
-            Some(s) if s.value.expires_at() > now => self.map.get(key).map(|s| &s.value),
+            Some(s) if s.value.expires_at() > now => {
+                self.count(|s| s.hits.inc());
+                self.map.get(key).map(|s| &s.value)
+            }
             Some(_) => {
                 self.remove(key);
+                self.count(|s| s.misses.inc());
+                self.count_entries();
                 None
             }
-            None => None,
+            None => {
+                self.count(|s| s.misses.inc());
+                None
+            }
         }
     }
 
@@ -151,7 +180,10 @@ impl<V: CacheEntry> TokenCache<V> {
         // The new entry is the youngest and fits the budget alone, so this stops before it.
         while self.map.len() > self.capacity || self.bytes > self.max_bytes {
             match self.order.pop_front() {
-                Some((old, s)) if self.is_current(&old, s) => self.remove(&old),
+                Some((old, s)) if self.is_current(&old, s) => {
+                    self.remove(&old);
+                    self.count(|s| s.evictions.inc());
+                }
                 Some(_) => {}
                 None => break,
             }
@@ -164,6 +196,7 @@ impl<V: CacheEntry> TokenCache<V> {
             self.order
                 .retain(|(k, s)| map.get(k).is_some_and(|m| m.seq == *s));
         }
+        self.count_entries();
     }
 
     /// Drop up to `budget` expired entries from the oldest end (housekeeping, bounded work).
@@ -181,6 +214,7 @@ impl<V: CacheEntry> TokenCache<V> {
                 _ => {}
             }
         }
+        self.count_entries();
     }
 
     /// Entries held.

@@ -28,6 +28,7 @@ use crate::http::h1::header_values;
 use crate::http::reply::Reply;
 use crate::idp::{ClientAuth, Grant, IdpError, TokenAnswer, TokenRequest};
 use crate::jose::jwt::{self, MissingIssuer};
+use crate::metrics::LoginStep;
 use crate::plugins::{Ctx, Request};
 
 /// The default callback path suffix (APISIX >= 3.8): the protected path plus this.
@@ -191,9 +192,11 @@ pub async fn access(
 ) -> Result<Option<Reply>, ProxyError> {
     let now = now();
     if req.path == p.cfg.logout_path.as_bytes() {
+        ctx.login_step = Some(LoginStep::Logout);
         return logout(p, st, req).await.map(Some);
     }
     if is_callback(p, req.path) {
+        ctx.login_step = Some(LoginStep::Callback);
         return callback(p, st, req, now).await.map(Some);
     }
     let base = &p.cfg.session.cookie_name;
@@ -211,6 +214,7 @@ pub async fn access(
         super::config::UnauthAction::Auth if is_background(req) => return Err(p.missing()),
         super::config::UnauthAction::Auth => {}
     }
+    ctx.login_step = Some(LoginStep::Redirect);
     start_login(p, req, now, old_chunks, None).await.map(Some)
 }
 

@@ -23,6 +23,7 @@ use crate::http::reply::Reply;
 use crate::idp::{Idp, Provider, ProviderState};
 use crate::jose::jwt::{self, MissingIssuer, TokenError};
 use crate::jose::keys::KeySet;
+use crate::metrics::AuthMethod;
 use crate::plugins::{Ctx, PluginEnv, Request};
 use cache::{token_key, TokenCache, TokenKey, Verified};
 use config::{OidcConfig, UnauthAction};
@@ -208,9 +209,15 @@ pub async fn access(
     ctx: &mut Ctx,
 ) -> Result<Option<Reply>, ProxyError> {
     ctx.tls = req.tls;
+    ctx.auth_method = Some(if p.introspects {
+        AuthMethod::Introspection
+    } else {
+        AuthMethod::Jwt
+    });
     if p.login {
         let has_token = p.cfg.takes_bearer() && bearer_token(req.buf, req.headers)?.is_some();
         if !has_token {
+            ctx.auth_method = Some(AuthMethod::Session);
             return login::access(p, st, req, ctx).await;
         }
     }
@@ -394,6 +401,16 @@ impl CoreState {
             )),
             refreshes: RefCell::default(),
         }
+    }
+
+    /// Report the token caches' hits, misses, evictions and entries to this core's metrics.
+    pub fn count_into(&self, m: &crate::metrics::CoreMetrics) {
+        self.tokens.borrow_mut().count_into(m.caches[0].clone());
+        self.introspections
+            .borrow_mut()
+            .cache
+            .count_into(m.caches[1].clone());
+        self.sessions.borrow_mut().count_into(m.caches[2].clone());
     }
 
     /// Drop up to `budget` expired entries from each cache.

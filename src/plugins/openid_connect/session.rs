@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -21,6 +22,8 @@ use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::metrics::CacheStats;
 
 /// HKDF salt: names the purpose and version, so the same configured secret used elsewhere (or by
 /// a later cookie format) yields an unrelated key.
@@ -796,6 +799,8 @@ pub struct SessionCache {
     max_bytes: usize,
     /// What the entries cost, per [`SessionCache::entry_cost`].
     bytes: usize,
+    /// Where hits, misses, evictions and the entry count are reported, when metrics are on.
+    stats: Option<Arc<CacheStats>>,
 }
 
 /// One cached session with its bookkeeping.
@@ -820,7 +825,13 @@ impl SessionCache {
             capacity,
             max_bytes,
             bytes: 0,
+            stats: None,
         }
+    }
+
+    /// Report hits, misses, evictions and entries to `stats` (this core's block).
+    pub fn count_into(&mut self, stats: Arc<CacheStats>) {
+        self.stats = Some(stats);
     }
 
     /// The session opened earlier from `sealed` under `cookie_name`.
@@ -828,10 +839,18 @@ impl SessionCache {
         if self.capacity == 0 {
             return None;
         }
-        match self.map.get(sealed) {
+        let found = match self.map.get(sealed) {
             Some(e) if *e.cookie_name == *cookie_name => Some(e.session.clone()),
             _ => None,
+        };
+        if let Some(s) = &self.stats {
+            if found.is_some() {
+                s.hits.inc();
+            } else {
+                s.misses.inc();
+            }
         }
+        found
     }
 
     /// Remember `s` as what `sealed` under `cookie_name` opens to, evicting the oldest entries
@@ -848,6 +867,9 @@ impl SessionCache {
             };
             if let Some(e) = self.map.remove(&old) {
                 self.bytes -= e.cost;
+                if let Some(s) = &self.stats {
+                    s.evictions.inc();
+                }
             }
         }
         let key: Rc<str> = sealed.into();
@@ -859,6 +881,9 @@ impl SessionCache {
         self.map.insert(key.clone(), entry);
         self.order.push_back(key);
         self.bytes += cost;
+        if let Some(s) = &self.stats {
+            s.entries.set(self.map.len() as u64);
+        }
     }
 
     /// Sessions held.
