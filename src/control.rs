@@ -687,6 +687,10 @@ impl Control {
     /// logged (once per revision and reason) and left out; the version in effect before, if it
     /// still checks, keeps serving, so a bad write takes nothing down that was up.
     fn apply_etcd(&self, state: &mut State, changed: &[(Kind, String)]) {
+        // Keys that are not objects of ours (the session secret, APISIX's others) changed.
+        if changed.is_empty() && self.etcd.as_ref().is_some_and(Etcd::synced) {
+            return;
+        }
         let prefix = self.etcd.as_ref().map_or("", |e| e.prefix()).to_string();
         let old_stored = std::mem::take(&mut state.stored);
         state.admin_routes.clear();

@@ -24,6 +24,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Keys read per range request during a full read (all at one revision).
 const PAGE: u64 = 500;
+/// A watch this long without a message gets its member probed.
+const QUIET_PROBE: Duration = Duration::from_secs(10);
 /// Largest watch message buffered while incomplete; a bigger one is a broken stream.
 const MAX_MESSAGE: usize = 64 << 20;
 
@@ -614,7 +616,27 @@ impl Client {
         };
         let mut buf: Vec<u8> = Vec::new();
         loop {
-            let chunk = match resp.chunk().await {
+            // A quiet stream may be a member that vanished without closing the connection: ask
+            // it something small; an answer means all is well and nothing changed.
+            let next = match tokio::time::timeout(QUIET_PROBE, resp.chunk()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let probe = json!({ "key": b64(dir), "count_only": true, "limit": "1" });
+                    if let Err(e) = self
+                        .send(host, "/v3/kv/range", &probe, self.token().as_deref(), true)
+                        .await
+                    {
+                        if matches!(e, EtcdError::Unreachable(_)) {
+                            return Watched::Lost(
+                                last,
+                                format!("{host}: no answer to a probe of a quiet watch: {e}"),
+                            );
+                        }
+                    }
+                    continue;
+                }
+            };
+            let chunk = match next {
                 Ok(Some(c)) => c,
                 Ok(None) => return Watched::Lost(last, format!("{host}: the watch stream ended")),
                 Err(e) => return Watched::Lost(last, format!("{host}: {}", describe(&e))),
