@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::etcd::EtcdServer;
-use common::fake_idp::{FakeIdp, CLIENT_ID, CLIENT_SECRET};
+use common::fake_idp::{FakeIdp, IdpResponse, CLIENT_ID, CLIENT_SECRET, INTROSPECTION_PATH};
 use common::jwt::SigningKey;
 use common::*;
 use serde_json::{json, Value};
@@ -718,4 +718,70 @@ fn a_session_made_on_one_node_is_opened_by_another() {
     for n in [&a, &b] {
         assert!(!n.proxy.dir.path().join("data/session_secret").exists());
     }
+}
+
+#[test]
+fn an_etcd_change_leaves_every_other_route_its_caches() {
+    let etcd = EtcdServer::start();
+    let idp = FakeIdp::start();
+    idp.on(INTROSPECTION_PATH, |_| {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300;
+        IdpResponse::json(200, &json!({"active": true, "sub": "alice", "exp": exp}))
+    });
+    let up = Upstream::start("U");
+    etcd.put("/apisix/upstreams/u", &upstream_json("u", &up));
+    let a = json!({
+        "id": "a", "uri": "/a/*", "upstream_id": "u",
+        "plugins": { "openid-connect": {
+            "client_id": "c", "client_secret": "s", "discovery": idp.discovery_url(),
+            "bearer_only": true, "introspection_endpoint": idp.introspection_url(),
+        }},
+    });
+    etcd.put("/apisix/routes/a", &a.to_string());
+    let n = node(&[etcd.url()]);
+    n.wait_synced();
+    // One keep-alive connection: one worker, whose cache is watched.
+    let mut c = Client::connect(n.proxy.port);
+    let mut call = || {
+        c.request(
+            "GET",
+            "/a/x",
+            &[("Authorization", "Bearer opaque-token-1")],
+            b"",
+        )
+        .status
+    };
+    assert_eq!(call(), 200);
+    assert_eq!(call(), 200);
+    assert_eq!(idp.introspections(), 1);
+
+    // Another route appears.
+    etcd.put("/apisix/routes/b", &route_json("b", "/b", "u"));
+    within("b live", LIVE_WITHIN, || {
+        n.served_by("/b") == Ok("U".into())
+    });
+    assert_eq!(call(), 200);
+    assert_eq!(
+        idp.introspections(),
+        1,
+        "a change to route b emptied route a's cache"
+    );
+
+    // A's upstream object changes, its plugin config does not.
+    let mut changed: Value = serde_json::from_str(&upstream_json("u", &up)).unwrap();
+    changed["timeout"]["read"] = json!(7);
+    etcd.put("/apisix/upstreams/u", &changed.to_string());
+    within("upstream change applied", LIVE_WITHIN, || {
+        n.admin("GET", "/apisix/admin/upstreams/u", None).json()["value"]["timeout"]["read"] == 7
+    });
+    assert_eq!(call(), 200);
+    assert_eq!(
+        idp.introspections(),
+        1,
+        "an upstream change emptied the unchanged plugin's cache"
+    );
 }
