@@ -452,7 +452,7 @@ impl Control {
         self.save(|s| s.put(kind, id, &stored))?;
         let answer = Answer {
             id: id.to_string(),
-            value: stored.answer(),
+            value: visible(kind, stored.answer()),
         };
         insert_checked(&mut state, kind, id, c, stored);
         self.apply(&mut state, kind);
@@ -975,16 +975,9 @@ fn is_file_object(state: &State, kind: Kind, id: &str) -> bool {
 fn answers(state: &State, kind: Kind) -> Vec<Answer> {
     let stored = state.stored.get(&kind);
     let admin = |id: &str| {
-        stored.and_then(|m| m.get(id)).map(|s| {
-            let mut value = s.answer();
-            if let (Kind::Ssls, Value::Object(m)) = (kind, &mut value) {
-                m.remove("key");
-                m.remove("keys");
-            }
-            Answer {
-                id: id.to_string(),
-                value,
-            }
+        stored.and_then(|m| m.get(id)).map(|s| Answer {
+            id: id.to_string(),
+            value: visible(kind, s.answer()),
         })
     };
     let mut out: BTreeMap<String, Answer> = BTreeMap::new();
@@ -1037,6 +1030,15 @@ fn answers(state: &State, kind: Kind) -> Vec<Answer> {
 fn admin_counted<T>(r: Result<T, ChangeError>) -> Result<T, ChangeError> {
     metrics::config_changed(ConfigSource::Admin, r.is_ok());
     r
+}
+
+/// An object as it may be answered: an SSL object's private keys never leave the node.
+fn visible(kind: Kind, mut value: Value) -> Value {
+    if let (Kind::Ssls, Value::Object(m)) = (kind, &mut value) {
+        m.remove("key");
+        m.remove("keys");
+    }
+    value
 }
 
 /// RFC 7396: objects merge key by key, `null` removes, anything else replaces.

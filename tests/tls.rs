@@ -530,3 +530,73 @@ fn http_to_https_redirects_plain_requests_before_authentication() {
         "{out}"
     );
 }
+
+#[test]
+fn ssls_from_the_admin_api_are_live_and_their_keys_never_answered() {
+    const KEY: &str = "admin-key-for-the-tls-tests";
+    let up = Upstream::start("A");
+    let file = cert_for(&["file.test"], KeyKind::EcdsaP256);
+    let admin_port = free_port();
+    let p = start(
+        &up,
+        json!([ssl("f", &["file.test"], &file)]),
+        json!({"admin": {"listen": format!("127.0.0.1:{admin_port}"), "key": KEY}}),
+    );
+    assert!(eventually(Duration::from_secs(5), || can_connect(
+        admin_port
+    )));
+    let admin = |method: &str, path: &str, body: Option<Value>| {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        Client::connect(admin_port).request(
+            method,
+            &format!("/apisix/admin/ssls{path}"),
+            &[("X-API-KEY", KEY)],
+            body.as_bytes(),
+        )
+    };
+    assert!(leaf(&p, Some("api.test")).is_err());
+
+    // A new SSL object: live for new handshakes; the answer has no key.
+    let api = cert_for(&["api.test"], KeyKind::Rsa2048);
+    let r = admin(
+        "PUT",
+        "/s1",
+        Some(json!({"snis": ["api.test"], "cert": api.cert, "key": api.key})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(r.json()["value"].get("key").is_none(), "{}", r.text());
+    assert!(!r.text().contains("PRIVATE KEY"), "{}", r.text());
+    assert_eq!(leaf(&p, Some("api.test")).unwrap(), api.der);
+    let list = admin("GET", "", None);
+    assert_eq!(list.json()["total"], 2, "{}", list.text());
+    assert!(!list.text().contains("PRIVATE KEY"), "{}", list.text());
+    assert!(!admin("GET", "/s1", None).text().contains("PRIVATE KEY"));
+
+    // An Admin object replaces the file's with the same id.
+    let newer = cert_for(&["file.test"], KeyKind::EcdsaP256);
+    let r = admin(
+        "PUT",
+        "/f",
+        Some(json!({"snis": ["file.test"], "cert": newer.cert, "key": newer.key})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(leaf(&p, Some("file.test")).unwrap(), newer.der);
+
+    // A key that is not the certificate's is refused, naming the field; nothing changes.
+    let r = admin(
+        "PUT",
+        "/s1",
+        Some(json!({"snis": ["api.test"], "cert": api.cert, "key": newer.key})),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("key"), "{}", r.text());
+    assert_eq!(leaf(&p, Some("api.test")).unwrap(), api.der);
+
+    // Deleted: refused again; the file's comes back for its name.
+    assert_eq!(admin("DELETE", "/s1", None).status, 200);
+    assert!(leaf(&p, Some("api.test")).is_err());
+    assert_eq!(admin("DELETE", "/f", None).status, 200);
+    assert_eq!(leaf(&p, Some("file.test")).unwrap(), file.der);
+    let mut c = tls_client(&p, "file.test");
+    assert_eq!(c.get("/still").echo().path, "/still");
+}
