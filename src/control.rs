@@ -827,15 +827,10 @@ impl Control {
             let out = etcd.put_if(&key, text, expected).map_err(storage)?;
             if out.succeeded {
                 self.wait_applied(out.revision);
-                let mut value = stored.answer();
-                if let (Kind::Ssls, Value::Object(m)) = (kind, &mut value) {
-                    m.remove("key");
-                    m.remove("keys");
-                }
                 return Ok((
                     Answer {
                         id: id.to_string(),
-                        value,
+                        value: visible(kind, stored.answer()),
                     },
                     current.is_none(),
                 ));
