@@ -36,8 +36,16 @@ fn node(hosts: &[String]) -> Node {
 /// A node on `hosts` with `etcd` settings merged over the defaults; not waiting for its first
 /// sync (see [`Node::wait_synced`]).
 fn node_with(hosts: &[String], etcd: Value) -> Node {
+    node_top(hosts, etcd, json!({}))
+}
+
+/// As [`node_with`], with `top` level settings added to the config.
+fn node_top(hosts: &[String], etcd: Value, top: Value) -> Node {
     let admin = free_port();
     let mut cfg = base_config(vec![]);
+    for (k, v) in top.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
     cfg["workers"] = json!(2);
     cfg["admin"] = json!({ "listen": format!("127.0.0.1:{admin}"), "key": KEY });
     cfg["config_provider"] = json!("etcd");
@@ -784,4 +792,42 @@ fn an_etcd_change_leaves_every_other_route_its_caches() {
         1,
         "an upstream change emptied the unchanged plugin's cache"
     );
+}
+
+#[test]
+fn ssl_objects_from_etcd_serve_new_handshakes() {
+    let etcd = EtcdServer::start();
+    let tls_port = free_port();
+    let n = node_top(
+        &[etcd.url()],
+        json!({}),
+        json!({"tls": {"listen": [format!("127.0.0.1:{tls_port}")]}}),
+    );
+    n.wait_synced();
+    assert!(
+        tls::Stream::connect_tls(tls_port, Some("etcd.test")).is_err(),
+        "no certificate yet"
+    );
+    let pem = tls::cert_for(&["etcd.test"], tls::KeyKind::EcdsaP256);
+    let mut obj = tls::ssl("1", &["etcd.test"], &pem);
+    obj["create_time"] = json!(1_700_000_000);
+    obj["update_time"] = json!(1_700_000_000);
+    etcd.put("/apisix/ssls/1", &obj.to_string());
+    let mut leaf = None;
+    within("the certificate from etcd serves", LIVE_WITHIN, || {
+        leaf = tls::Stream::connect_tls(tls_port, Some("etcd.test"))
+            .ok()
+            .and_then(|s| s.peer_leaf());
+        leaf.is_some()
+    });
+    assert_eq!(leaf, Some(pem.der.clone()));
+    // Its private key is never answered.
+    let r = n.admin("GET", "/apisix/admin/ssls/1", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["value"].get("key").is_none(), "{}", r.text());
+    // Deleted from etcd: refused again.
+    etcd.del("/apisix/ssls/1");
+    within("the certificate is gone", LIVE_WITHIN, || {
+        tls::Stream::connect_tls(tls_port, Some("etcd.test")).is_err()
+    });
 }
