@@ -10,6 +10,7 @@
 #   PERF_TARGETS="portcullis-uring portcullis-session portcullis-cookie" perf/run.sh   # the session targets
 #   UPSTREAM=nginx perf/run.sh       # Debian nginx as the upstream instead of perf/upstream
 #   PERF_TARGETS="nginx-https portcullis-https nginx-tls-full portcullis-tls-full nginx-tls-resume portcullis-tls-resume" RSS_STEP=0 perf/run.sh   # TLS
+#   PERF_TARGETS="portcullis-uring portcullis-etcd" RSS_STEP=0 perf/run.sh   # routes from etcd, and etcd write to first request
 #
 # See perf/README.md. Output: a Markdown report on stdout and in
 # perf/out/latest.md; raw numbers and every process's log in perf/out/.
@@ -40,9 +41,10 @@ NODE=${NODE:-node}                  # mints tokens, runs the fake introspection 
 UPSTREAM=${UPSTREAM:-fast}          # fast: perf/upstream (built here); nginx: Debian nginx
 UPSTREAM_BIN=$PERF_DIR/upstream/target/release/perf-upstream
 S_TIME_PROCS=${S_TIME_PROCS:-8}     # parallel `openssl s_time -new` clients of the full-handshake targets
+ETCD_CHANGES=${ETCD_CHANGES:-100}   # etcd writes timed to their first served request (with portcullis-etcd)
 
 [[ $UPSTREAM == fast || $UPSTREAM == nginx ]] || { echo "run.sh: UPSTREAM must be fast or nginx (got '$UPSTREAM')" >&2; exit 2; }
-for v in ROUNDS DURATION WARMUP CONNECTIONS THREADS PORT_BASE READY_TIMEOUT TOKEN_POOL RSS_STEP S_TIME_PROCS; do
+for v in ROUNDS DURATION WARMUP CONNECTIONS THREADS PORT_BASE READY_TIMEOUT TOKEN_POOL RSS_STEP S_TIME_PROCS ETCD_CHANGES; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "run.sh: $v must be a non-negative integer (got '${!v}')" >&2; exit 2; }
 done
 ((ROUNDS >= 1 && DURATION >= 1)) || { echo "run.sh: ROUNDS and DURATION must be >= 1" >&2; exit 2; }
@@ -135,6 +137,8 @@ ensure_tools() {
             command -v "$NODE" >/dev/null 2>&1 || die "NODE=$NODE not found"
         fi
     fi
+    # etcd holds portcullis-etcd's routes; python3 times etcd writes to their first request.
+    [[ " ${SELECTED[*]} " != *" portcullis-etcd "* ]] || tools+=(etcd:etcd-server python3:python3)
     for pair in "${tools[@]}"; do
         bin=${pair%%:*}
         pkg=${pair#*:}
@@ -273,6 +277,65 @@ start_portcullis_uring_nometrics() {
     start_portcullis "$1" io_uring
 }
 start_portcullis_epoll() { start_portcullis "$1" epoll; }
+
+# ---- config from etcd: a private etcd (core $LOAD_CPU, idle while measuring) holds the route
+ETCD_URL=""
+ensure_etcd() {
+    [[ -z $ETCD_URL ]] || return 0
+    local client peer deadline
+    alloc_port
+    client=$PORT
+    alloc_port
+    peer=$PORT
+    ETCD_URL=http://127.0.0.1:$client
+    start_pinned etcd "$LOAD_CPU" etcd --name perf --data-dir "$WORK/etcd" \
+        --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "perf=http://127.0.0.1:$peer" --log-level warn
+    deadline=$((SECONDS + READY_TIMEOUT))
+    until curl -sS --max-time 2 -o /dev/null -X POST -d '{"key":"AA=="}' "$ETCD_URL/v3/kv/range" 2>/dev/null; do
+        is_alive "$LAST_PID" || die "etcd exited; see $OUT_DIR/logs/etcd.log"
+        ((SECONDS < deadline)) || die "etcd did not answer on $ETCD_URL within ${READY_TIMEOUT}s"
+        sleep 0.2
+    done
+    log "etcd answers on $ETCD_URL"
+}
+
+# etcd_put KEY VALUE — through etcd's v3 JSON gateway (keys and values base64).
+etcd_put() {
+    local body
+    body=$(printf '{"key":"%s","value":"%s"}' "$(printf '%s' "$1" | base64 -w0)" "$(printf '%s' "$2" | base64 -w0)")
+    curl -sS --fail --max-time 5 -o /dev/null -X POST -d "$body" "$ETCD_URL/v3/kv/put" || die "etcd put $1 failed"
+}
+
+# portcullis-etcd: portcullis-uring's route, read from etcd (APISIX's layout) instead of the file.
+start_portcullis_etcd() {
+    local name=$1 prefix=/perf-$1
+    ensure_etcd
+    etcd_put "$prefix/upstreams/1" "{\"id\":\"1\",\"type\":\"roundrobin\",\"nodes\":{\"$UPSTREAM_ADDR\":1}}"
+    etcd_put "$prefix/routes/1" '{"id":"1","uri":"/*","upstream_id":"1"}'
+    TMPL_VARS=(ETCD_URL="$ETCD_URL" ETCD_PREFIX="$prefix")
+    start_portcullis "$name" io_uring "$PERF_DIR/conf/portcullis-etcd.yaml.tmpl"
+}
+
+# run_etcd_propagation_step — with portcullis-etcd selected: a second etcd-fed Portcullis (its
+# own prefix, no route yet), and perf/tools/etcd-propagation.py timing ETCD_CHANGES route writes
+# to their first served request; its Markdown section goes to $WORK/etcd-prop.md.
+run_etcd_propagation_step() {
+    [[ " ${SELECTED[*]} " == *" portcullis-etcd "* ]] || return 0
+    local name=portcullis-etcd-prop
+    TMPL_VARS=(ETCD_URL="$ETCD_URL" ETCD_PREFIX="/perf-prop")
+    launch_portcullis "$name" io_uring "$PERF_DIR/conf/portcullis-etcd.yaml.tmpl"
+    wait_listening "$name" "$PORT" "$LAST_PID"
+    log "timing $ETCD_CHANGES etcd writes to their first served request"
+    if taskset -c "$LOAD_CPU" python3 "$PERF_DIR/tools/etcd-propagation.py" "$ETCD_URL" /perf-prop \
+        "127.0.0.1:$PORT" "$UPSTREAM_ADDR" "$ETCD_CHANGES" >"$WORK/etcd-prop.md" 2>"$WORK/logs/etcd-propagation.log"; then
+        :
+    else
+        cat "$WORK/logs/etcd-propagation.log" >&2
+        die "perf/tools/etcd-propagation.py failed (above)"
+    fi
+}
 
 # ---- bearer-token targets
 # Token pools are minted once per run into $WORK/tokens by perf/tools/mint-tokens.js: distinct,
@@ -706,6 +769,7 @@ add_target haproxy                start_haproxy
 add_target portcullis-uring       start_portcullis_uring
 add_target portcullis-epoll       start_portcullis_epoll
 add_target portcullis-uring-nometrics start_portcullis_uring_nometrics
+add_target portcullis-etcd        start_portcullis_etcd
 add_target nginx-tokens           start_nginx_tokens
 add_target portcullis-jwt-pool    start_portcullis_jwt_pool
 add_target portcullis-jwt-pool-nometrics start_portcullis_jwt_pool_nometrics
@@ -1055,6 +1119,8 @@ report() {
     goal_row portcullis-tls-full nginx-tls-full 1.0
     goal_row portcullis-tls-resume nginx-tls-resume 1.0
     # Counting for /metrics: under 2 % apart in req/s (and, in the CPU/req column, CPU per request).
+    # Routes from etcd serve as fast as routes from the file: within noise.
+    goal_row portcullis-etcd portcullis-uring 0.98
     goal_row portcullis-uring portcullis-uring-nometrics 0.98
     goal_row portcullis-jwt-pool portcullis-jwt-pool-nometrics 0.98
     if ((${#SKIPPED_NOTES[@]} > 0)); then
@@ -1076,6 +1142,10 @@ report() {
     done
     echo
     echo "</details>"
+    if [[ -s $WORK/etcd-prop.md ]]; then
+        echo
+        cat "$WORK/etcd-prop.md"
+    fi
     if [[ -s $WORK/rss.md ]]; then
         echo
         cat "$WORK/rss.md"
@@ -1194,6 +1264,7 @@ main() {
     if [[ -n $IDP_ADDR ]]; then
         IDP_STATS=$(curl -sS --max-time 5 "http://$IDP_ADDR/stats" 2>/dev/null) || IDP_STATS=unavailable
     fi
+    run_etcd_propagation_step
     run_rss_step
 
     report >"$WORK/report.md"

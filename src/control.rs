@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -18,6 +18,7 @@ use crate::config::route::{check_route, check_upstream_object, id_of, UpstreamOb
 use crate::config::ssl::check_ssl;
 use crate::config::store::{Kind, Objects, Store, Stored};
 use crate::config::{self, Config, ConfigError, RouteSpec, Upstreams};
+use crate::etcd::{Etcd, EtcdError, SyncEvent};
 use crate::metrics::{self, ConfigSource};
 use crate::plugins::PluginEnv;
 use crate::router::RouteTable;
@@ -76,6 +77,18 @@ struct State {
     fallback_sni: Option<String>,
     /// The Admin API's SSL objects, with whether each is enabled (`status`).
     admin_ssls: BTreeMap<String, (SslSpec, bool)>,
+    /// Under etcd: every object key as etcd holds it, the last revision applied, and the keys
+    /// whose value is not in effect with why (logged once per revision and reason).
+    etcd: EtcdMirror,
+}
+
+/// etcd's objects as last read, whatever they hold; what is in effect is derived from them.
+#[derive(Default)]
+struct EtcdMirror {
+    raw: BTreeMap<(Kind, String), (Vec<u8>, i64)>,
+    revision: i64,
+    synced: bool,
+    skipped: BTreeMap<(Kind, String), (i64, String)>,
 }
 
 impl State {
@@ -134,6 +147,10 @@ pub struct Control {
     store: Result<Store, String>,
     shared: Arc<Shared>,
     plugins: PluginEnv,
+    /// Under `config_provider: etcd`: where objects live and Admin API changes go.
+    etcd: Option<Etcd>,
+    /// Signalled whenever an etcd revision is applied, for a writer waiting to see its change.
+    applied: Condvar,
 }
 
 /// Signals the process handles; blocked in every thread and taken by [`Control::wait_for_stop`].
@@ -170,9 +187,15 @@ impl Control {
         config: Arc<Config>,
         shared: Arc<Shared>,
         plugins: PluginEnv,
+        etcd: Option<Etcd>,
     ) -> Arc<Control> {
-        let store = Store::open(&config.data_dir).map_err(|e| e.to_string());
+        // Under etcd the objects are etcd's: the file store is neither read nor written.
+        let store = match &etcd {
+            Some(_) => Err("config_provider is etcd".to_string()),
+            None => Store::open(&config.data_dir).map_err(|e| e.to_string()),
+        };
         let stored = match &store {
+            _ if etcd.is_some() => Objects::new(),
             Ok(s) => s.load().unwrap_or_else(|e| {
                 tracing::error!("Admin API objects not read: {e}");
                 Objects::new()
@@ -192,6 +215,7 @@ impl Control {
             file_ssls: config.tls.ssls.clone(),
             fallback_sni: config.tls.fallback_sni.clone(),
             admin_ssls: BTreeMap::new(),
+            etcd: EtcdMirror::default(),
         };
         // Upstreams first: routes are checked against them.
         for kind in [Kind::Ssls, Kind::Upstreams, Kind::Routes] {
@@ -209,6 +233,8 @@ impl Control {
             store,
             shared,
             plugins,
+            etcd,
+            applied: Condvar::new(),
         });
         {
             let mut state = control.lock();
@@ -402,6 +428,9 @@ impl Control {
         id: &str,
         mut body: Value,
     ) -> Result<(Answer, bool), ChangeError> {
+        if let Some(etcd) = &self.etcd {
+            return self.write_etcd(etcd, kind, id, Write::Put(body));
+        }
         let mut state = self.lock();
         if let Value::Object(m) = &mut body {
             // Bookkeeping a client may send back as it read it; ours is kept apart.
@@ -436,6 +465,11 @@ impl Control {
     }
 
     fn patch_uncounted(&self, kind: Kind, id: &str, patch: Value) -> Result<Answer, ChangeError> {
+        if let Some(etcd) = &self.etcd {
+            return self
+                .write_etcd(etcd, kind, id, Write::Patch(patch))
+                .map(|(a, _)| a);
+        }
         let base = {
             let state = self.lock();
             match state.stored.get(&kind).and_then(|m| m.get(id)) {
@@ -459,6 +493,9 @@ impl Control {
     }
 
     fn delete_uncounted(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
+        if let Some(etcd) = &self.etcd {
+            return self.delete_etcd(etcd, kind, id);
+        }
         let mut state = self.lock();
         if !state.stored.get(&kind).is_some_and(|m| m.contains_key(id)) {
             return Err(if is_file_object(&state, kind, id) {
@@ -467,17 +504,7 @@ impl Control {
                 ChangeError::NotFound(kind, id.to_string())
             });
         }
-        if kind == Kind::Upstreams && !state.file_upstreams.contains_key(id) {
-            let users: Vec<String> = state
-                .routes()
-                .iter()
-                .filter(|r| r.upstream.id() == Some(id))
-                .map(|r| r.id.clone())
-                .collect();
-            if !users.is_empty() {
-                return Err(ChangeError::InUse(users));
-            }
-        }
+        check_unused(&state, kind, id)?;
         self.save(|s| s.delete(kind, id))?;
         if let Some(m) = state.stored.get_mut(&kind) {
             m.remove(id);
@@ -527,6 +554,335 @@ impl Control {
             Err(e) => Err(ChangeError::Storage(e.clone())),
         }
     }
+}
+
+/// How often an Admin API write retries its transaction when another writer changed the key
+/// between its read and its write.
+const MAX_TXN_ATTEMPTS: usize = 16;
+/// How long an Admin API write waits to see its change applied from the watch.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// An Admin API write to etcd.
+enum Write {
+    /// Replace (or create) with this body.
+    Put(Value),
+    /// Merge this patch into the object as etcd holds it now.
+    Patch(Value),
+}
+
+fn storage(e: EtcdError) -> ChangeError {
+    ChangeError::Storage(format!("etcd: {e}"))
+}
+
+/// An object value as etcd holds it, its bookkeeping times taken out (APISIX keeps them in the
+/// value; absent ones read as 0).
+fn stored_of(bytes: &[u8]) -> Result<Stored, ChangeError> {
+    let mut value = config::json::parse_strict(bytes).map_err(|e| {
+        ChangeError::Invalid(vec![ConfigError::plain(".", format!("not JSON: {e}"))])
+    })?;
+    let Value::Object(m) = &mut value else {
+        return Err(ChangeError::Invalid(vec![ConfigError::plain(
+            ".",
+            "the value must be a JSON object",
+        )]));
+    };
+    let time = |v: Option<Value>| v.and_then(|v| v.as_i64()).unwrap_or(0);
+    let create_time = time(m.remove("create_time"));
+    let update_time = time(m.remove("update_time"));
+    Ok(Stored {
+        value,
+        create_time,
+        update_time,
+    })
+}
+
+/// `<prefix>/<kind>/<id>` as a kind and an id; other keys under the prefix (APISIX's other
+/// objects, ours) are not objects of ours.
+fn object_key(prefix: &str, key: &[u8]) -> Option<(Kind, String)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let rest = key.strip_prefix(prefix)?.strip_prefix('/')?;
+    let (kind, id) = rest.split_once('/')?;
+    let kind = Kind::ALL.into_iter().find(|k| k.name() == kind)?;
+    (!id.is_empty()).then(|| (kind, id.to_string()))
+}
+
+impl Control {
+    /// Under `config_provider: etcd`: keep the objects in effect in step with etcd, from a
+    /// thread of its own (a full read, then the watch). Nothing to do otherwise.
+    pub fn start_etcd_sync(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(etcd) = &self.etcd else {
+            return Ok(());
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        etcd.sync(tx).map_err(std::io::Error::other)?;
+        let this = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("etcd-apply".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut state = this.lock();
+                    let mut changed = Vec::new();
+                    this.mirror(&mut state, first, &mut changed);
+                    // Whatever else arrived meanwhile goes into the same table.
+                    while let Ok(more) = rx.try_recv() {
+                        this.mirror(&mut state, more, &mut changed);
+                    }
+                    this.apply_etcd(&mut state, &changed);
+                    drop(state);
+                    this.applied.notify_all();
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Record what etcd now holds; `changed` collects the object keys touched.
+    fn mirror(&self, state: &mut State, event: SyncEvent, changed: &mut Vec<(Kind, String)>) {
+        let Some(etcd) = &self.etcd else { return };
+        let prefix = etcd.prefix();
+        match event {
+            SyncEvent::Snapshot { revision, kvs } => {
+                let mut raw = BTreeMap::new();
+                for kv in kvs {
+                    if let Some(k) = object_key(prefix, &kv.key) {
+                        raw.insert(k, (kv.value, kv.mod_revision));
+                    }
+                }
+                for k in raw.keys().chain(state.etcd.raw.keys()) {
+                    if raw.get(k) != state.etcd.raw.get(k) {
+                        changed.push(k.clone());
+                    }
+                }
+                state.etcd.raw = raw;
+                state.etcd.revision = revision;
+                if !state.etcd.synced {
+                    state.etcd.synced = true;
+                    tracing::info!(
+                        revision,
+                        keys = state.etcd.raw.len(),
+                        "etcd: first full read"
+                    );
+                }
+            }
+            SyncEvent::Changes { revision, events } => {
+                for e in events {
+                    let Some(k) = object_key(prefix, &e.kv.key) else {
+                        continue;
+                    };
+                    if e.deleted {
+                        state.etcd.raw.remove(&k);
+                    } else {
+                        state
+                            .etcd
+                            .raw
+                            .insert(k.clone(), (e.kv.value, e.kv.mod_revision));
+                    }
+                    changed.push(k);
+                }
+                state.etcd.revision = state.etcd.revision.max(revision);
+            }
+        }
+    }
+
+    /// Derive the objects in effect from etcd's, and publish. A value that does not check is
+    /// logged (once per revision and reason) and left out; the version in effect before, if it
+    /// still checks, keeps serving, so a bad write takes nothing down that was up.
+    fn apply_etcd(&self, state: &mut State, changed: &[(Kind, String)]) {
+        // Keys that are not objects of ours (the session secret, APISIX's others) changed.
+        if changed.is_empty() && self.etcd.as_ref().is_some_and(Etcd::synced) {
+            return;
+        }
+        let prefix = self.etcd.as_ref().map_or("", |e| e.prefix()).to_string();
+        let old_stored = std::mem::take(&mut state.stored);
+        state.admin_routes.clear();
+        state.admin_upstreams.clear();
+        state.admin_ssls.clear();
+        let raw = std::mem::take(&mut state.etcd.raw);
+        let mut skipped = BTreeMap::new();
+        // Upstreams before routes: routes are checked against them.
+        for kind in [Kind::Ssls, Kind::Upstreams, Kind::Routes] {
+            for ((_, id), (bytes, rev)) in raw
+                .range((kind, String::new())..)
+                .take_while(|((k, _), _)| *k == kind)
+            {
+                let attempt = stored_of(bytes)
+                    .and_then(|s| checked(state, kind, id, &s.value).map(|c| (c, s)));
+                let why = match attempt {
+                    Ok((c, s)) => {
+                        insert_checked(state, kind, id, c, s);
+                        continue;
+                    }
+                    Err(e) => e.to_string(),
+                };
+                let kept = old_stored
+                    .get(&kind)
+                    .and_then(|m| m.get(id))
+                    .and_then(|prev| {
+                        Some((checked(state, kind, id, &prev.value).ok()?, prev.clone()))
+                    });
+                let key = (kind, id.clone());
+                let entry = (*rev, why);
+                if state.etcd.skipped.get(&key) != Some(&entry) {
+                    tracing::error!(
+                        key = %format!("{prefix}/{}/{id}", kind.name()),
+                        revision = rev,
+                        "etcd value skipped{}: {}",
+                        if kept.is_some() { ", its last valid version keeps serving" } else { "" },
+                        entry.1
+                    );
+                }
+                skipped.insert(key, entry);
+                if let Some((c, prev)) = kept {
+                    insert_checked(state, kind, id, c, prev);
+                }
+            }
+        }
+        state.etcd.raw = raw;
+        for k in changed {
+            metrics::config_changed(ConfigSource::Etcd, !skipped.contains_key(k));
+        }
+        state.etcd.skipped = skipped;
+        self.publish(state, true);
+        if state.stored.get(&Kind::Ssls) != old_stored.get(&Kind::Ssls) {
+            self.publish_certs(state);
+        }
+        if let Some(etcd) = &self.etcd {
+            etcd.set_synced();
+        }
+    }
+
+    /// Wait (bounded) until the watch has applied `revision`, so that a writer reads its own
+    /// change back from this node.
+    fn wait_applied(&self, revision: i64) {
+        let state = self.lock();
+        let waited = self
+            .applied
+            .wait_timeout_while(state, APPLY_WAIT, |s| s.etcd.revision < revision);
+        if waited.is_ok_and(|(_, t)| t.timed_out()) {
+            tracing::warn!(
+                revision,
+                "etcd: a change written here was not seen from the watch within {APPLY_WAIT:?}"
+            );
+        }
+    }
+
+    /// An Admin API PUT or PATCH under etcd: read the key, build the new value, write it only
+    /// if nobody changed the key since (compare on its mod revision), else start over from
+    /// what is there now. Every node (this one included) applies it from the watch.
+    fn write_etcd(
+        &self,
+        etcd: &Etcd,
+        kind: Kind,
+        id: &str,
+        write: Write,
+    ) -> Result<(Answer, bool), ChangeError> {
+        let key = format!("{}/{}/{id}", etcd.prefix(), kind.name());
+        // Ids name keys: the route id grammar for every kind, before anything is read.
+        if let Err(e) = id_of(&Value::String(id.to_string())) {
+            return Err(ChangeError::Invalid(vec![e]));
+        }
+        for _ in 0..MAX_TXN_ATTEMPTS {
+            let current = etcd.get(&key).map_err(storage)?;
+            let previous = current.as_ref().map(|kv| stored_of(&kv.value));
+            let mut body = match &write {
+                Write::Put(b) => b.clone(),
+                Write::Patch(p) => {
+                    let mut base = match &previous {
+                        Some(Ok(s)) => s.value.clone(),
+                        // Garbage is there: a merge onto it would be a guess.
+                        Some(Err(e)) => {
+                            return Err(ChangeError::Invalid(vec![ConfigError::plain(
+                                ".",
+                                format!("{key} in etcd does not read ({e}); PUT a whole object"),
+                            )]))
+                        }
+                        None if is_file_object(&self.lock(), kind, id) => {
+                            return Err(ChangeError::FromFile(kind, id.to_string()))
+                        }
+                        None => return Err(ChangeError::NotFound(kind, id.to_string())),
+                    };
+                    merge_patch(&mut base, p.clone());
+                    base
+                }
+            };
+            if let Value::Object(m) = &mut body {
+                m.remove("create_time");
+                m.remove("update_time");
+                if !m.contains_key("id") {
+                    m.insert("id".into(), Value::String(id.to_string()));
+                }
+            }
+            checked(&self.lock(), kind, id, &body)?;
+            let now = unix_now();
+            let create_time = match &previous {
+                Some(Ok(s)) if s.create_time > 0 => s.create_time,
+                _ => now,
+            };
+            let stored = Stored {
+                value: body,
+                create_time,
+                update_time: now,
+            };
+            let text = serde_json::to_vec(&stored.answer()).unwrap_or_default();
+            let expected = current.as_ref().map_or(0, |kv| kv.mod_revision);
+            let out = etcd.put_if(&key, text, expected).map_err(storage)?;
+            if out.succeeded {
+                self.wait_applied(out.revision);
+                return Ok((
+                    Answer {
+                        id: id.to_string(),
+                        value: visible(kind, stored.answer()),
+                    },
+                    current.is_none(),
+                ));
+            }
+        }
+        Err(ChangeError::Storage(format!(
+            "{key} kept changing under concurrent writers; try again"
+        )))
+    }
+
+    /// An Admin API DELETE under etcd, compare-and-delete like [`Control::write_etcd`].
+    fn delete_etcd(&self, etcd: &Etcd, kind: Kind, id: &str) -> Result<(), ChangeError> {
+        let key = format!("{}/{}/{id}", etcd.prefix(), kind.name());
+        for _ in 0..MAX_TXN_ATTEMPTS {
+            let Some(current) = etcd.get(&key).map_err(storage)? else {
+                let state = self.lock();
+                return Err(if is_file_object(&state, kind, id) {
+                    ChangeError::FromFile(kind, id.to_string())
+                } else {
+                    ChangeError::NotFound(kind, id.to_string())
+                });
+            };
+            check_unused(&self.lock(), kind, id)?;
+            let out = etcd
+                .delete_if(&key, current.mod_revision)
+                .map_err(storage)?;
+            if out.succeeded {
+                self.wait_applied(out.revision);
+                return Ok(());
+            }
+        }
+        Err(ChangeError::Storage(format!(
+            "{key} kept changing under concurrent writers; try again"
+        )))
+    }
+}
+
+/// Refuse to delete an upstream some route in effect still names (unless the file has one of
+/// the same id, which then takes its place).
+fn check_unused(state: &State, kind: Kind, id: &str) -> Result<(), ChangeError> {
+    if kind == Kind::Upstreams && !state.file_upstreams.contains_key(id) {
+        let users: Vec<String> = state
+            .routes()
+            .iter()
+            .filter(|r| r.upstream.id() == Some(id))
+            .map(|r| r.id.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(ChangeError::InUse(users));
+        }
+    }
+    Ok(())
 }
 
 /// An object checked, in the form the table (or the certificate store) is built from.

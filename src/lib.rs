@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod etcd;
 pub mod http;
 pub mod idp;
 pub mod jose;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use portcullis::admin;
 use portcullis::config;
 use portcullis::control::{self, Control};
+use portcullis::etcd::Etcd;
 use portcullis::idp::Idp;
 use portcullis::metrics::Registry;
 use portcullis::plugins::PluginEnv;
@@ -99,6 +100,14 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
     };
     let mut plugins = PluginEnv::new(Idp::start()?, config.data_dir.clone());
     plugins.https_port = config.tls.listen.first().map(|a| a.port());
+    let etcd = match config.config_provider {
+        config::ConfigProvider::Etcd => {
+            tracing::info!(hosts = ?config.etcd.hosts, prefix = %config.etcd.prefix, "config from etcd");
+            Some(Etcd::start(&config.etcd)?)
+        }
+        config::ConfigProvider::Yaml => None,
+    };
+    plugins.etcd = etcd.clone();
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
         stopping: AtomicBool::new(false),
@@ -109,7 +118,7 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
     let config = Arc::new(config);
     let idp = plugins.idp.clone();
     // The first table: the file's routes with the Admin API's stored objects over them.
-    let control = Control::new(path, config.clone(), shared.clone(), plugins);
+    let control = Control::new(path, config.clone(), shared.clone(), plugins, etcd.clone());
     let admin_addr = if config.admin_enabled {
         Some(start_admin(&config, &control)?)
     } else {
@@ -124,6 +133,7 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
             shared: shared.clone(),
             idp,
             hostname: status::hostname(),
+            etcd: etcd.clone(),
         },
     )?;
     let workers = server::start_workers(
@@ -144,6 +154,7 @@ fn run(path: PathBuf, config: config::Config) -> Result<(), Box<dyn std::error::
         version = env!("CARGO_PKG_VERSION"),
         "portcullis ready"
     );
+    control.start_etcd_sync()?;
     control.spawn_dns_refresher();
     control.wait_for_stop();
     workers.stop();

@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 # real identity provider (tests/idp) and the browser driver (tests/browser); chromium is the
 # browser of the login-flow tests, launched as /usr/bin/chromium (tests/common/browser.rs);
 # openssl (s_client), curl and python3 are the TLS tests' real clients (tests/tls.rs), and python3
-# runs the WebSocket client and the metrics parser (tests/python).
+# runs the WebSocket client and the metrics parser (tests/python); etcd and etcdctl are the
+# config store of tests/etcd.rs (each test starts its own etcd on loopback ports).
 need_apt=()
-for pair in node:nodejs npm:npm openssl:openssl curl:curl python3:python3; do
+for pair in node:nodejs npm:npm openssl:openssl curl:curl python3:python3 etcd:etcd-server etcdctl:etcd-client; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
@@ -25,6 +26,12 @@ if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
 fi
+for bin in etcd etcdctl; do
+  if ! command -v "$bin" >/dev/null 2>&1; then
+    echo "tests/etcd.rs needs \`$bin\` (Debian's etcd-server and etcd-client), and it is missing" >&2
+    exit 1
+  fi
+done
 if ! /usr/bin/chromium --version >/dev/null 2>&1; then
   echo "the browser tests need Debian's chromium at /usr/bin/chromium, and it does not run" >&2
   exit 1

@@ -104,6 +104,8 @@ struct RawConfig {
     status: RawStatus,
     dns: RawDns,
     tls: RawTls,
+    config_provider: ConfigProvider,
+    etcd: RawEtcd,
     // Routes and upstreams are what a reload applies; they are compared by the router, not here.
     #[serde(skip)]
     routes: Vec<serde_json::Value>,
@@ -136,6 +138,8 @@ impl Default for RawConfig {
             status: RawStatus::default(),
             dns: RawDns::default(),
             tls: RawTls::default(),
+            config_provider: ConfigProvider::Yaml,
+            etcd: RawEtcd::default(),
             routes: Vec::new(),
             upstreams: Vec::new(),
             ssls: Vec::new(),
@@ -315,6 +319,124 @@ impl Default for RawTls {
             fallback_sni: None,
             protocols: vec!["TLSv1.2".into(), "TLSv1.3".into()],
         }
+    }
+}
+
+/// Where routes, upstreams and SSL objects come from besides the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigProvider {
+    /// The config file, plus the Admin API's store in `data_dir`.
+    #[default]
+    Yaml,
+    /// etcd, in APISIX's layout; the Admin API writes there.
+    Etcd,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEtcd {
+    host: Vec<String>,
+    prefix: String,
+    timeout: f64,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl Default for RawEtcd {
+    fn default() -> Self {
+        Self {
+            host: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/apisix".into(),
+            timeout: 30.0,
+            user: None,
+            password: None,
+        }
+    }
+}
+
+/// How to reach etcd (`etcd` section), checked.
+#[derive(Clone)]
+pub struct EtcdSettings {
+    /// Base URLs of the cluster's members (`http://host:port`), tried in turn.
+    pub hosts: Vec<String>,
+    /// Key prefix without a trailing `/` (`/apisix`).
+    pub prefix: String,
+    /// Bound on one request (a watch is not bounded: it streams).
+    pub timeout: Duration,
+    /// User and password for etcd's authentication, when configured.
+    pub user: Option<(String, String)>,
+}
+
+// The password stays out of Debug prints.
+impl fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("hosts", &self.hosts)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+fn check_etcd(raw: RawEtcd, errors: &mut Vec<ConfigError>) -> EtcdSettings {
+    if raw.host.is_empty() {
+        errors.push(ConfigError::new(
+            "etcd.host",
+            "is empty",
+            "a list of URLs, e.g. [http://127.0.0.1:2379]",
+        ));
+    }
+    let mut hosts = Vec::new();
+    for (i, h) in raw.host.iter().enumerate() {
+        let h = h.trim().trim_end_matches('/');
+        let ok = (h.starts_with("http://") || h.starts_with("https://"))
+            && reqwest::Url::parse(h).is_ok_and(|u| u.host_str().is_some() && u.path() == "/");
+        if ok {
+            hosts.push(h.to_string());
+        } else {
+            errors.push(ConfigError::new(
+                format!("etcd.host[{i}]"),
+                format!("`{h}` is not an etcd URL"),
+                "http://host:port or https://host:port, without a path",
+            ));
+        }
+    }
+    let prefix = raw.prefix.trim_end_matches('/').to_string();
+    if !prefix.starts_with('/') {
+        errors.push(ConfigError::new(
+            "etcd.prefix",
+            format!("`{}` does not start with `/`", raw.prefix),
+            "a key prefix such as /apisix",
+        ));
+    }
+    let timeout = seconds(raw.timeout, "etcd.timeout", errors);
+    let user = match (raw.user, raw.password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(ConfigError::new(
+                "etcd.password",
+                "is missing while etcd.user is set",
+                "both user and password, or neither",
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(ConfigError::new(
+                "etcd.user",
+                "is missing while etcd.password is set",
+                "both user and password, or neither",
+            ));
+            None
+        }
+    };
+    EtcdSettings {
+        hosts,
+        prefix,
+        timeout,
+        user,
     }
 }
 
@@ -560,6 +682,10 @@ pub struct Config {
     pub upstreams: Upstreams,
     /// TLS termination and certificates.
     pub tls: TlsSettings,
+    /// Where routes, upstreams and SSL objects come from.
+    pub config_provider: ConfigProvider,
+    /// How to reach etcd; used under `config_provider: etcd`.
+    pub etcd: EtcdSettings,
     /// Every other setting by field path, for a reload to tell which ones changed.
     pub settings: Settings,
 }
@@ -619,6 +745,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ssls",
     "routes",
     "upstreams",
+    "config_provider",
+    "etcd",
 ];
 
 /// Each top-level key is read on its own, so one wrong value does not hide the others' problems.
@@ -662,7 +790,9 @@ fn raw_sections(doc: serde_json::Value, errors: &mut Vec<ConfigError>) -> RawCon
         tls,
         ssls,
         routes,
-        upstreams
+        upstreams,
+        config_provider,
+        etcd
     );
     raw
 }
@@ -859,6 +989,18 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         errors,
     ) as usize;
     let tls = check_tls(raw.tls, raw.ssls, errors);
+    let etcd = check_etcd(raw.etcd, errors);
+    if raw.config_provider == ConfigProvider::Etcd && !routes.is_empty() {
+        errors.push(ConfigError::new(
+            "routes",
+            format!(
+                "has {} route(s), but config_provider is etcd: routes live in etcd under {}/routes, one source of truth for every node",
+                routes.len(),
+                etcd.prefix
+            ),
+            "an empty or absent routes list under config_provider: etcd",
+        ));
+    }
     Config {
         listen,
         workers,
@@ -880,6 +1022,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         routes,
         upstreams,
         tls,
+        config_provider: raw.config_provider,
+        etcd,
         settings,
     }
 }

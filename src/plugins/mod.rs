@@ -100,6 +100,8 @@ pub struct PluginEnv {
     /// The first `tls.listen` port, for `redirect`'s `Location` (none: 443).
     pub https_port: Option<u16>,
     data_dir: PathBuf,
+    /// Under etcd, the session secret is the fleet's, kept in etcd.
+    pub etcd: Option<crate::etcd::Etcd>,
     secret: Mutex<Option<Arc<[u8]>>>,
     /// Compiled `openid-connect` plugins by config text, while some route table holds them.
     oidc: Mutex<HashMap<Box<str>, Weak<OidcPlugin>>>,
@@ -112,6 +114,7 @@ impl PluginEnv {
             idp,
             https_port: None,
             data_dir,
+            etcd: None,
             secret: Mutex::new(None),
             oidc: Mutex::default(),
         }
@@ -142,16 +145,44 @@ impl PluginEnv {
         if let Some(s) = &*held {
             return Ok(s.clone());
         }
-        let secret: Arc<[u8]> = openid_connect::session::load_or_create_secret(&self.data_dir)
-            .map_err(|e| {
-                format!(
-                    "the session secret in {} is not usable: {e}",
-                    self.data_dir.display()
-                )
-            })?
-            .into();
+        let secret: Arc<[u8]> = match &self.etcd {
+            Some(etcd) => etcd_secret(etcd)?.into(),
+            None => openid_connect::session::load_or_create_secret(&self.data_dir)
+                .map_err(|e| {
+                    format!(
+                        "the session secret in {} is not usable: {e}",
+                        self.data_dir.display()
+                    )
+                })?
+                .into(),
+        };
         *held = Some(secret.clone());
         Ok(secret)
+    }
+}
+
+/// The fleet's session secret: `<prefix>/portcullis/session_secret` in etcd (base64 of
+/// [`SECRET_LEN`](openid_connect::session::SECRET_LEN) random bytes), created by whichever node
+/// needs it first with a create-if-absent transaction, so every node seals and opens the same
+/// cookies.
+fn etcd_secret(etcd: &crate::etcd::Etcd) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let len = openid_connect::session::SECRET_LEN;
+    let key = format!("{}/portcullis/session_secret", etcd.prefix());
+    let mut fresh = vec![0u8; len];
+    ring::rand::SystemRandom::new()
+        .fill(&mut fresh)
+        .map_err(|_| "the system RNG failed".to_string())?;
+    let held = etcd
+        .create_or_get(&key, b64.encode(&fresh).into_bytes())
+        .map_err(|e| format!("the session secret at {key} in etcd is not usable: {e}"))?;
+    match b64.decode(held.trim_ascii()) {
+        Ok(secret) if secret.len() == len => Ok(secret),
+        _ => Err(format!(
+            "the session secret at {key} in etcd is not base64 of {len} bytes; delete it to have a new one made"
+        )),
     }
 }
 

@@ -43,7 +43,13 @@ struct RouteSum {
 }
 
 /// Render every metric.
-pub fn render(registry: &Registry, idp: &Idp, hostname: &str) -> String {
+/// `etcd_reachable`: `Some` under `config_provider: etcd`, giving `apisix_etcd_reachable`.
+pub fn render(
+    registry: &Registry,
+    idp: &Idp,
+    hostname: &str,
+    etcd_reachable: Option<bool>,
+) -> String {
     let cores = registry.cores();
     let mut routes: BTreeMap<String, RouteSum> = BTreeMap::new();
     let (mut accepted, mut handled, mut active, mut requests) = (0, 0, 0, 0);
@@ -102,6 +108,15 @@ pub fn render(registry: &Registry, idp: &Idp, hostname: &str) -> String {
     let mut out = String::with_capacity(16 * 1024);
     family(&mut out, "apisix_node_info", "gauge", "Info of APISIX node");
     let _ = writeln!(out, "apisix_node_info{{hostname=\"{}\"}} 1", esc(hostname));
+    if let Some(up) = etcd_reachable {
+        family(
+            &mut out,
+            "apisix_etcd_reachable",
+            "gauge",
+            "Config server etcd reachable from APISIX, 0 is unreachable",
+        );
+        let _ = writeln!(out, "apisix_etcd_reachable {}", u8::from(up));
+    }
 
     family(
         &mut out,

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::etcd::Etcd;
 use crate::idp::Idp;
 use crate::server::Shared;
 
@@ -27,6 +28,8 @@ pub struct Status {
     pub idp: Idp,
     /// This host's name, for `apisix_node_info`.
     pub hostname: String,
+    /// Under `config_provider: etcd`: reachability and the first sync.
+    pub etcd: Option<Etcd>,
 }
 
 /// Bind `addr` (failing now, so a taken port stops the start with a clear error) and serve it
@@ -159,7 +162,12 @@ fn metrics(status: &Status) -> Answer {
     Answer {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: exposition::render(&status.shared.metrics, &status.idp, &status.hostname),
+        body: exposition::render(
+            &status.shared.metrics,
+            &status.idp,
+            &status.hostname,
+            status.etcd.as_ref().map(Etcd::reachable),
+        ),
     }
 }
 
@@ -175,10 +183,19 @@ fn healthz(status: &Status) -> Answer {
 }
 
 /// 200 once every identity provider a route needs has loaded its discovery document and keys
-/// once; until then 503 naming each provider, the fetch it waits for, and the last error.
+/// once (and, under etcd, the first full read is applied); until then 503 naming each provider,
+/// the fetch it waits for, and the last error. Once synced, an unreachable etcd leaves it 200:
+/// the node serves its last config.
 fn readyz(status: &Status) -> Answer {
     if stopping(status) {
         return Answer::json(503, r#"{"status":"stopping"}"#.into());
+    }
+    if status.etcd.as_ref().is_some_and(|e| !e.synced()) {
+        return Answer::json(
+            503,
+            r#"{"status":"not ready","waiting":[{"etcd":"the first full read of the config"}]}"#
+                .into(),
+        );
     }
     let waiting = status.idp.not_ready();
     if waiting.is_empty() {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod auth;
+pub mod etcd;
 pub mod fake_idp;
 pub mod jwt;
 pub mod leaks;
