@@ -15,6 +15,7 @@ use common::*;
 use serde_json::{json, Value};
 
 const KEY: &str = "admin-key-for-the-tests-0123";
+const SIGTERM: i32 = 15;
 
 /// A proxy config with the Admin API on a free port under `KEY`, and `data_dir` when given.
 fn config(routes: Vec<Value>, data: Option<&TempDir>) -> (Value, u16) {
@@ -88,20 +89,6 @@ fn upstream_obj(up: &Upstream) -> Value {
 
 fn route_to(uri: &str, up: &Upstream) -> Value {
     json!({ "uri": uri, "upstream": upstream_obj(up) })
-}
-
-/// Polls `f` until it holds or `within` passes; returns whether it held.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -413,7 +400,7 @@ fn changes_persist_across_a_restart() {
             n.admin("DELETE", "/apisix/admin/routes/gone", None).status,
             200
         );
-        n.proxy.signal(libc_sigterm());
+        n.proxy.signal(SIGTERM);
         r.json()["value"]["create_time"].as_i64().unwrap()
     };
     let n = start(vec![], Some(&data));
@@ -425,10 +412,6 @@ fn changes_persist_across_a_restart() {
         n.admin("GET", "/apisix/admin/routes", None).json()["total"],
         1
     );
-}
-
-fn libc_sigterm() -> i32 {
-    15
 }
 
 #[test]
