@@ -3,11 +3,12 @@
 //! The modules follow a request: [`server`] accepts, [`http`] parses, [`router`] routes,
 //! [`proxy`] runs the route's [`plugins`] phases, [`upstream`] forwards and relays; [`config`],
 //! [`control`], [`idp`] and [`status`] form the control plane. Layers import downwards only:
-//! `http`, `jose`, `error`, `metrics` and `config::error` at the bottom; `idp` and `upstream` above them; then
+//! `http`, `jose`, `clock`, `error`, `metrics` and `config::error` at the bottom; `idp` and `upstream` above them; then
 //! `plugins`, `router`, `proxy` and `server`.
 
 pub mod access_log;
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod error;

@@ -245,6 +245,9 @@ pub struct Ctx {
     pub auth_method: Option<crate::metrics::AuthMethod>,
     /// The login-flow step that answered the request, for the metrics.
     pub login_step: Option<crate::metrics::LoginStep>,
+    /// The login flow found only its own cookies in the request (or none), so no Cookie header
+    /// goes upstream; when false (or never looked at) the header is rewritten without ours.
+    pub cookies_only_ours: bool,
 }
 
 /// The request as the phases see it.

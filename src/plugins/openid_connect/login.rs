@@ -18,8 +18,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 
 use super::session::{
-    clear_cookie_values, is_chunk_of, read_chunked, set_cookie_values, CookieAttrs, Session,
-    SessionKey,
+    clear_cookie_values, is_chunk_of, read_chunked, read_session, set_cookie_values, CookieAttrs,
+    Session, SessionKey,
 };
 use super::{now, CoreState, OidcPlugin};
 use crate::error::{AuthError, AuthKind, ProxyError};
@@ -200,9 +200,10 @@ pub async fn access(
         return callback(p, st, req, now).await.map(Some);
     }
     let base = &p.cfg.session.cookie_name;
-    let found = read_chunked(cookie_values(req), base);
-    let old_chunks = found.as_ref().map_or(0, |(_, n)| *n);
-    if let Some((sealed, _)) = &found {
+    let found = read_session(cookie_values(req), base, |n| is_ours(n, base));
+    ctx.cookies_only_ours = !found.foreign;
+    let old_chunks = found.chunks;
+    if let Some(sealed) = &found.value {
         if let Some(session) = current_session(p, st, sealed, old_chunks, now, ctx).await? {
             ctx.session = Some(session);
             return Ok(None);
@@ -224,7 +225,7 @@ pub async fn access(
 async fn current_session(
     p: &OidcPlugin,
     st: &CoreState,
-    sealed: &str,
+    sealed: &[u8],
     old_chunks: usize,
     now: f64,
     ctx: &mut Ctx,
@@ -279,7 +280,7 @@ async fn current_session(
         let pushed = Rc::new(pushed);
         st.sessions
             .borrow_mut()
-            .insert(base, &cookie, pushed.clone());
+            .insert(base, cookie.as_bytes(), pushed.clone());
         ctx.set_cookies = set_cookie_values(base, &cookie, &cookie_attrs(p, ctx), old_chunks);
         return Ok(Some(pushed));
     }
@@ -311,14 +312,11 @@ fn needs_push(s: &Session, now: f64, idle: Duration, rolling: Duration) -> bool 
 async fn refresh(
     p: &OidcPlugin,
     st: &CoreState,
-    sealed: &str,
+    sealed: &[u8],
     session: &Session,
     now: f64,
 ) -> Option<(Rc<Session>, String)> {
-    let id: [u8; 32] = digest(&SHA256, sealed.as_bytes())
-        .as_ref()
-        .try_into()
-        .ok()?;
+    let id: [u8; 32] = digest(&SHA256, sealed).as_ref().try_into().ok()?;
     let known = st
         .refreshes
         .borrow()
@@ -389,9 +387,11 @@ async fn refresh_now(
     renewed.renewed_at = now;
     let cookie = renewed.seal(key, &p.cfg.session.cookie_name);
     let renewed = Rc::new(renewed);
-    st.sessions
-        .borrow_mut()
-        .insert(&p.cfg.session.cookie_name, &cookie, renewed.clone());
+    st.sessions.borrow_mut().insert(
+        &p.cfg.session.cookie_name,
+        cookie.as_bytes(),
+        renewed.clone(),
+    );
     Some((renewed, cookie))
 }
 
@@ -577,7 +577,7 @@ async fn callback(
         .then(|| {
             let name = attempt_cookie(base, &state);
             let (sealed, _) = read_chunked(cookie_values(req), &name)?;
-            let plain = key.open(name.as_bytes(), &sealed)?;
+            let plain = key.open(name.as_bytes(), sealed.as_bytes())?;
             serde_json::from_slice::<Attempt>(&plain).ok()
         })
         .flatten()
@@ -821,8 +821,8 @@ async fn logout(p: &OidcPlugin, st: &CoreState, req: &Request<'_>) -> Result<Rep
         (Some((sealed, _)), Ok(key)) => st
             .sessions
             .borrow_mut()
-            .get(base, sealed)
-            .or_else(|| Session::open(key, base, sealed).map(Rc::new)),
+            .get(base, sealed.as_bytes())
+            .or_else(|| Session::open(key, base, sealed.as_bytes()).map(Rc::new)),
         _ => None,
     };
     let state = p.provider.state.load();

@@ -11,7 +11,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -269,7 +268,7 @@ impl OidcPlugin {
                 header(out, b"X-Refresh-Token", rt.as_bytes());
             }
         }
-        if self.login {
+        if self.login && !ctx.cookies_only_ours {
             let start = out.len();
             out.extend_from_slice(b"Cookie: ");
             let cookies = header_values(buf, headers, b"cookie");
@@ -291,10 +290,7 @@ impl OidcPlugin {
 }
 
 fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    crate::clock::unix_now()
 }
 
 /// The synchronous first step of authentication.

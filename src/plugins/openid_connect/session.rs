@@ -109,15 +109,15 @@ impl SessionKey {
     }
 
     /// None for anything tampered, truncated, garbled, not base64, or sealed with another key/aad.
-    pub fn open(&self, aad: &[u8], sealed: &str) -> Option<Vec<u8>> {
-        let (mut buf, len) = self.open_buf(aad, sealed)?;
+    pub fn open(&self, aad: &[u8], sealed: impl AsRef<[u8]>) -> Option<Vec<u8>> {
+        let (mut buf, len) = self.open_buf(aad, sealed.as_ref())?;
         buf.copy_within(NONCE_LEN..NONCE_LEN + len, 0);
         buf.truncate(len);
         Some(buf)
     }
 
     /// Decode and open `sealed`; the plaintext is `buf[NONCE_LEN..NONCE_LEN + len]`.
-    fn open_buf(&self, aad: &[u8], sealed: &str) -> Option<(Vec<u8>, usize)> {
+    fn open_buf(&self, aad: &[u8], sealed: &[u8]) -> Option<(Vec<u8>, usize)> {
         if sealed.len() < MIN_SEALED_CHARS {
             return None;
         }
@@ -314,18 +314,27 @@ impl Session {
 }
 
 /// First plaintext byte of a sealed session: its encoding's version. A new layout takes a new
-/// number, and old cookies then fail to open and mean a fresh login.
-const SESSION_V1: u8 = 1;
+/// number, and old cookies then fail to open and mean a fresh login (v1 kept tokens as text and
+/// the id token's claims twice).
+const SESSION_V2: u8 = 2;
 const HAS_ACCESS_EXPIRY: u8 = 1;
 const HAS_REFRESH: u8 = 2;
 const HAS_USERINFO: u8 = 4;
+/// The id token's claims are stored apart because they are not its payload's bytes (a session
+/// this proxy makes always takes them from the payload, so they are normally derived).
+const CLAIMS_APART: u8 = 8;
+/// Most `.`-separated parts a token is packed in (a JWE has five).
+const MAX_TOKEN_PARTS: u8 = 5;
 
 impl Session {
     /// Compact serialisation, then seal with aad = cookie name.
     ///
     /// The plaintext is a versioned binary layout (a flags byte, three or four little-endian
     /// f64s, LEB128-length-prefixed strings) rather than JSON: no key names and no escaping of
-    /// the claims' quotes, so the cookie is smaller and encodes and decodes without a parser.
+    /// the claims' quotes. Tokens made of base64url parts (JWTs, most opaque tokens) are kept as
+    /// their decoded bytes, and the id token's claims are not kept beside the id token that
+    /// carries them: the cookie is sent on every request, so its size is paid on every request
+    /// (parsing, copying, the kernel), where the re-encoding is paid once per core.
     pub fn seal(&self, key: &SessionKey, cookie_name: &str) -> String {
         let mut buf = Vec::with_capacity(NONCE_LEN + self.encoded_len_bound() + TAG_LEN);
         buf.resize(NONCE_LEN, 0);
@@ -335,8 +344,8 @@ impl Session {
 
     /// The session in `sealed`, or `None` when it does not open under `key` and `cookie_name`
     /// or does not decode.
-    pub fn open(key: &SessionKey, cookie_name: &str, sealed: &str) -> Option<Session> {
-        let (buf, len) = key.open_buf(cookie_name.as_bytes(), sealed)?;
+    pub fn open(key: &SessionKey, cookie_name: &str, sealed: impl AsRef<[u8]>) -> Option<Session> {
+        let (buf, len) = key.open_buf(cookie_name.as_bytes(), sealed.as_ref())?;
         Session::decode(buf.get(NONCE_LEN..NONCE_LEN + len)?)
     }
 
@@ -350,9 +359,9 @@ impl Session {
             || past(self.created_at, absolute)
     }
 
-    /// Bytes [`Session::encode`] writes at most.
+    /// Bytes [`Session::encode`] writes at most (tokens kept as text, claims kept apart).
     fn encoded_len_bound(&self) -> usize {
-        let s = |s: &str| MAX_VARINT + s.len();
+        let s = |s: &str| 1 + MAX_VARINT + s.len();
         2 + 4 * 8
             + s(&self.access_token)
             + self.refresh_token.as_deref().map_or(0, s)
@@ -372,19 +381,26 @@ impl Session {
         if self.userinfo.is_some() {
             flags |= HAS_USERINFO;
         }
-        out.extend_from_slice(&[SESSION_V1, flags]);
+        let claims_apart =
+            jwt_payload(&self.id_token).as_deref() != Some(self.id_claims.as_bytes());
+        if claims_apart {
+            flags |= CLAIMS_APART;
+        }
+        out.extend_from_slice(&[SESSION_V2, flags]);
         for t in [self.created_at, self.last_seen, self.renewed_at] {
             out.extend_from_slice(&t.to_le_bytes());
         }
         if let Some(t) = self.access_expires_at {
             out.extend_from_slice(&t.to_le_bytes());
         }
-        put_str(out, &self.access_token);
+        put_token(out, &self.access_token);
         if let Some(r) = &self.refresh_token {
-            put_str(out, r);
+            put_token(out, r);
         }
-        put_str(out, &self.id_token);
-        put_str(out, &self.id_claims);
+        put_token(out, &self.id_token);
+        if claims_apart {
+            put_str(out, &self.id_claims);
+        }
         if let Some(u) = &self.userinfo {
             put_str(out, u);
         }
@@ -392,11 +408,11 @@ impl Session {
 
     fn decode(b: &[u8]) -> Option<Session> {
         let mut r = Reader(b);
-        if r.byte()? != SESSION_V1 {
+        if r.byte()? != SESSION_V2 {
             return None;
         }
         let flags = r.byte()?;
-        if flags & !(HAS_ACCESS_EXPIRY | HAS_REFRESH | HAS_USERINFO) != 0 {
+        if flags & !(HAS_ACCESS_EXPIRY | HAS_REFRESH | HAS_USERINFO | CLAIMS_APART) != 0 {
             return None;
         }
         let (created_at, last_seen, renewed_at) = (r.f64()?, r.f64()?, r.f64()?);
@@ -404,13 +420,16 @@ impl Session {
             0 => None,
             _ => Some(r.f64()?),
         };
-        let access_token = r.string()?;
+        let access_token = r.token()?;
         let refresh_token = match flags & HAS_REFRESH {
             0 => None,
-            _ => Some(r.string()?),
+            _ => Some(r.token()?),
         };
-        let id_token = r.string()?;
-        let id_claims = r.string()?;
+        let id_token = r.token()?;
+        let id_claims = match flags & CLAIMS_APART {
+            0 => String::from_utf8(jwt_payload(&id_token)?).ok()?,
+            _ => r.string()?,
+        };
         let userinfo = match flags & HAS_USERINFO {
             0 => None,
             _ => Some(r.string()?),
@@ -433,17 +452,66 @@ impl Session {
     }
 }
 
+/// The decoded payload (second part) of a compact JWS, when it is canonical base64url.
+fn jwt_payload(token: &str) -> Option<Vec<u8>> {
+    let mut parts = token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    URL_SAFE_NO_PAD.decode(payload).ok()
+}
+
+/// Bytes that `n` characters of unpadded base64 decode to; `None` for a length no canonical
+/// encoding has.
+fn base64_decoded_len(n: usize) -> Option<usize> {
+    match n % 4 {
+        1 => None,
+        r => Some(n / 4 * 3 + r.saturating_sub(1)),
+    }
+}
+
+/// Append a token: a tag byte, then either its text (tag 0) or, when every `.`-separated part is
+/// canonical base64url, the parts' decoded bytes (tag = the number of parts). The strict engine
+/// rejects padding and non-zero trailing bits, so encoding the bytes again gives back exactly
+/// the token's text.
+fn put_token(out: &mut Vec<u8>, token: &str) {
+    let mark = out.len();
+    let parts = token.split('.').count();
+    if let Ok(n @ 1..=MAX_TOKEN_PARTS) = u8::try_from(parts) {
+        out.push(n);
+        let packed = token.split('.').all(|part| {
+            let Some(len) = base64_decoded_len(part.len()) else {
+                return false;
+            };
+            put_varint(out, len);
+            let before = out.len();
+            URL_SAFE_NO_PAD.decode_vec(part, out).is_ok() && out.len() - before == len
+        });
+        if packed {
+            return;
+        }
+        out.truncate(mark);
+    }
+    out.push(0);
+    put_str(out, token);
+}
+
 /// Longest LEB128 encoding of a `u64`.
 const MAX_VARINT: usize = 10;
 
-/// Append `s` with its LEB128 length before it.
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    let mut n = s.len() as u64;
+/// Append `n` in LEB128.
+fn put_varint(out: &mut Vec<u8>, n: usize) {
+    let mut n = n as u64;
     while n >= 0x80 {
         out.push((n as u8 & 0x7f) | 0x80);
         n >>= 7;
     }
     out.push(n as u8);
+}
+
+/// Append `s` with its LEB128 length before it.
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len());
     out.extend_from_slice(s.as_bytes());
 }
 
@@ -489,6 +557,26 @@ impl<'a> Reader<'a> {
         let n = self.varint()?;
         std::str::from_utf8(self.take(n)?).ok().map(str::to_owned)
     }
+
+    /// A token [`put_token`] wrote.
+    fn token(&mut self) -> Option<String> {
+        let parts = self.byte()?;
+        if parts == 0 {
+            return self.string();
+        }
+        if parts > MAX_TOKEN_PARTS {
+            return None;
+        }
+        let mut token = String::new();
+        for i in 0..parts {
+            if i > 0 {
+                token.push('.');
+            }
+            let n = self.varint()?;
+            URL_SAFE_NO_PAD.encode_string(self.take(n)?, &mut token);
+        }
+        Some(token)
+    }
 }
 
 /// Cookie attributes; HttpOnly is always set.
@@ -529,8 +617,7 @@ impl CookieAttrs<'_> {
 }
 
 /// Position of the first `needle` in `hay`, vectorised (`memchr`): a session cookie is kilobytes
-/// of value to skip over, twice per request (reading it, and stripping it from what goes
-/// upstream), and a byte loop over it cost as much as the cache lookup it leads to.
+/// of value to skip over, and a byte loop over it cost as much as the cache lookup it leads to.
 fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
     memchr::memchr(needle, hay)
 }
@@ -554,22 +641,6 @@ fn cookie_pieces<'a>(
                 }
             }
         })
-    })
-}
-
-/// The `name=value` pairs of Cookie header lines in order, name and value trimmed and the value
-/// unquoted; pieces without `=` are no cookie and are skipped.
-fn cookie_pairs<'a>(
-    cookie_headers: impl Iterator<Item = &'a [u8]>,
-) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-    cookie_pieces(cookie_headers).filter_map(|pair| {
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let value = pair[eq + 1..].trim_ascii();
-        let value = match value {
-            [b'"', inner @ .., b'"'] => inner,
-            v => v,
-        };
-        Some((pair[..eq].trim_ascii(), value))
     })
 }
 
@@ -610,40 +681,101 @@ fn chunk_name(name: &str, i: usize) -> String {
 /// may be several lines; each is `a=b; c=d`).
 ///
 /// The first occurrence of each chunk wins. Bytes that are not UTF-8 are replaced (such a value
-/// never opens, but the chunk count still lets the caller clear them). A value in one chunk is
-/// borrowed from the header: copying a session cookie's kilobytes on every request cost more
-/// than the cache lookup it feeds.
+/// never opens, but the chunk count still lets the caller clear them).
 pub fn read_chunked<'a>(
-    cookie_headers: impl Iterator<Item = &'a [u8]> + Clone,
+    cookie_headers: impl Iterator<Item = &'a [u8]>,
     name: &str,
 ) -> Option<(Cow<'a, str>, usize)> {
-    // One pass over the header, chunks by index on the stack: no allocation but the result.
+    let (chunks, count) = gather_chunks(cookie_headers, name, |_| {});
+    let value = match join_chunks(&chunks[..count])? {
+        // `from_utf8` checks ASCII a word at a time; the lossy path only for what fails it.
+        Cow::Borrowed(v) => match std::str::from_utf8(v) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(v),
+        },
+        Cow::Owned(v) => Cow::Owned(
+            String::from_utf8(v)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+    };
+    Some((value, count))
+}
+
+/// What a login route finds in a request's Cookie headers, from one pass over them.
+#[derive(Debug, PartialEq)]
+pub struct SessionCookie<'a> {
+    /// The session cookie's value reassembled from its chunks (see [`read_chunked`]), as bytes:
+    /// a sealed value is base64url, and the key check rejects anything else.
+    pub value: Option<Cow<'a, [u8]>>,
+    /// How many chunks were present.
+    pub chunks: usize,
+    /// Whether some cookie is not one of the route's own (`ours(name)` is false): only then does
+    /// a Cookie header go upstream.
+    pub foreign: bool,
+}
+
+/// The session cookie `name` and whether any other cookie is foreign, in one pass: a session
+/// cookie is kilobytes, and scanning it once to read it and again to strip it cost as much as
+/// the cache lookup it feeds. A value in one chunk is borrowed from the header.
+pub fn read_session<'a>(
+    cookie_headers: impl Iterator<Item = &'a [u8]>,
+    name: &str,
+    ours: impl Fn(&[u8]) -> bool,
+) -> SessionCookie<'a> {
+    let mut foreign = false;
+    let (chunks, count) = gather_chunks(cookie_headers, name, |other| foreign |= !ours(other));
+    SessionCookie {
+        value: join_chunks(&chunks[..count]),
+        chunks: count,
+        foreign,
+    }
+}
+
+/// One pass over the Cookie lines: the chunks of `name` by index (the first occurrence of each
+/// wins) and how many are present in a row from the first; every other cookie's name (a piece
+/// without `=`: its whole text, as [`strip_cookies`] judges it) goes to `other`.
+fn gather_chunks<'a>(
+    cookie_headers: impl Iterator<Item = &'a [u8]>,
+    name: &str,
+    mut other: impl FnMut(&[u8]),
+) -> ([Option<&'a [u8]>; MAX_CHUNKS], usize) {
     let mut chunks: [Option<&'a [u8]>; MAX_CHUNKS] = [None; MAX_CHUNKS];
-    for (n, v) in cookie_pairs(cookie_headers) {
-        if let Some(slot) = chunk_index(n, name.as_bytes()).and_then(|i| chunks.get_mut(i - 1)) {
-            slot.get_or_insert(v);
+    for piece in cookie_pieces(cookie_headers) {
+        let pair = piece.trim_ascii();
+        if pair.is_empty() {
+            continue;
+        }
+        let Some(eq) = find_byte(pair, b'=') else {
+            other(pair);
+            continue;
+        };
+        let n = pair[..eq].trim_ascii();
+        match chunk_index(n, name.as_bytes()).and_then(|i| chunks.get_mut(i - 1)) {
+            Some(slot) => {
+                let value = match pair[eq + 1..].trim_ascii() {
+                    [b'"', inner @ .., b'"'] => inner,
+                    v => v,
+                };
+                slot.get_or_insert(value);
+            }
+            None => other(n),
         }
     }
     let count = chunks.iter().take_while(|c| c.is_some()).count();
-    let parts = || chunks[..count].iter().flatten();
-    match count {
-        0 => None,
-        // `from_utf8` checks ASCII a word at a time; the lossy path only for what fails it.
-        1 => Some((
-            chunks[0].map_or(Cow::Borrowed(""), |v| match std::str::from_utf8(v) {
-                Ok(s) => Cow::Borrowed(s),
-                Err(_) => String::from_utf8_lossy(v),
-            }),
-            1,
-        )),
-        _ => {
-            let mut value = Vec::with_capacity(parts().map(|p| p.len()).sum());
-            for p in parts() {
+    (chunks, count)
+}
+
+/// The chunks' bytes in order: borrowed when there is one, joined when there are several.
+fn join_chunks<'a>(chunks: &[Option<&'a [u8]>]) -> Option<Cow<'a, [u8]>> {
+    match chunks {
+        [] => None,
+        [one] => Some(Cow::Borrowed(one.unwrap_or_default())),
+        more => {
+            let mut value = Vec::with_capacity(more.iter().flatten().map(|p| p.len()).sum());
+            for p in more.iter().flatten() {
                 value.extend_from_slice(p);
             }
-            let value = String::from_utf8(value)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            Some((Cow::Owned(value), count))
+            Some(Cow::Owned(value))
         }
     }
 }
@@ -746,39 +878,84 @@ pub fn is_chunk_of(name: &[u8], base: &str) -> bool {
     chunk_index(name, base.as_bytes()).is_some()
 }
 
-/// Hashes a cache key (a sealed value) by its length, first and last 16 bytes only. Our values
-/// begin with a random nonce, so those bytes spread entries as well as the whole value would, at
-/// a fixed cost instead of one per kilobyte. Equality is still decided by comparing the whole
-/// value, so a sample collision costs a comparison, never a wrong session; and only values that
-/// opened are ever inserted, so clients cannot crowd one bucket.
-struct SampleHasher(std::collections::hash_map::DefaultHasher);
+/// Hashes a cache key (a sealed value) by its length, first and last 16 bytes only, with a
+/// keyed multiply-fold instead of SipHash. Our values begin with a random nonce, so those bytes
+/// spread entries as well as the whole value would, at a fixed cost instead of one per kilobyte.
+/// Equality is still decided by comparing the whole value, so a sample collision costs a
+/// comparison, never a wrong session; and only values that opened are ever inserted, so clients
+/// cannot crowd one bucket, which is what a DoS-resistant hash would guard against.
+struct SampleHasher {
+    state: u64,
+    key: u64,
+}
+
+impl SampleHasher {
+    fn mix(&mut self, word: u64) {
+        self.state = fold_mul(self.state ^ word, self.key);
+    }
+
+    fn mix_bytes(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+}
+
+/// The 128-bit product of `a` and `b`, folded to 64 bits: every input bit reaches every output
+/// bit in one multiply.
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
 
 impl std::hash::Hasher for SampleHasher {
     fn write(&mut self, bytes: &[u8]) {
         const SAMPLE: usize = 16;
         if bytes.len() <= 2 * SAMPLE {
-            self.0.write(bytes);
+            self.mix_bytes(bytes);
         } else {
-            self.0.write_usize(bytes.len());
-            self.0.write(&bytes[..SAMPLE]);
-            self.0.write(&bytes[bytes.len() - SAMPLE..]);
+            self.mix(bytes.len() as u64);
+            self.mix_bytes(&bytes[..SAMPLE]);
+            self.mix_bytes(&bytes[bytes.len() - SAMPLE..]);
         }
     }
 
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+
     fn finish(&self) -> u64 {
-        self.0.finish()
+        fold_mul(self.state, self.key.rotate_left(32))
     }
 }
 
-/// Builds [`SampleHasher`]s with a per-cache random SipHash key.
-#[derive(Default)]
-struct SampleState(std::collections::hash_map::RandomState);
+/// Builds [`SampleHasher`]s with a per-cache random key (odd, so the multiply loses no bits).
+struct SampleState {
+    seed: u64,
+    key: u64,
+}
+
+impl Default for SampleState {
+    fn default() -> SampleState {
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new();
+        SampleState {
+            seed: random.hash_one(0u8),
+            key: random.hash_one(1u8) | 1,
+        }
+    }
+}
 
 impl std::hash::BuildHasher for SampleState {
     type Hasher = SampleHasher;
 
     fn build_hasher(&self) -> SampleHasher {
-        SampleHasher(self.0.build_hasher())
+        SampleHasher {
+            state: self.seed,
+            key: self.key,
+        }
     }
 }
 
@@ -792,9 +969,9 @@ impl std::hash::BuildHasher for SampleState {
 /// the value's bytes per entry, which [`SessionCache::with_max_bytes`] bounds. Expiry is not
 /// checked here; the caller applies [`Session::expired`] to what it gets.
 pub struct SessionCache {
-    map: HashMap<Rc<str>, CachedSession, SampleState>,
+    map: HashMap<Rc<[u8]>, CachedSession, SampleState>,
     /// Insertion order; holds exactly the map's keys.
-    order: VecDeque<Rc<str>>,
+    order: VecDeque<Rc<[u8]>>,
     capacity: usize,
     max_bytes: usize,
     /// What the entries cost, per [`SessionCache::entry_cost`].
@@ -835,7 +1012,7 @@ impl SessionCache {
     }
 
     /// The session opened earlier from `sealed` under `cookie_name`.
-    pub fn get(&mut self, cookie_name: &str, sealed: &str) -> Option<Rc<Session>> {
+    pub fn get(&mut self, cookie_name: &str, sealed: &[u8]) -> Option<Rc<Session>> {
         if self.capacity == 0 {
             return None;
         }
@@ -856,7 +1033,7 @@ impl SessionCache {
     /// Remember `s` as what `sealed` under `cookie_name` opens to, evicting the oldest entries
     /// when full. A value already cached keeps its entry: a sealed value opens to one session
     /// under one cookie name only.
-    pub fn insert(&mut self, cookie_name: &str, sealed: &str, s: Rc<Session>) {
+    pub fn insert(&mut self, cookie_name: &str, sealed: &[u8], s: Rc<Session>) {
         let cost = SessionCache::entry_cost(cookie_name, sealed, &s);
         if self.capacity == 0 || cost > self.max_bytes || self.map.contains_key(sealed) {
             return;
@@ -872,7 +1049,7 @@ impl SessionCache {
                 }
             }
         }
-        let key: Rc<str> = sealed.into();
+        let key: Rc<[u8]> = sealed.into();
         let entry = CachedSession {
             cookie_name: cookie_name.into(),
             session: s,
@@ -903,7 +1080,7 @@ impl SessionCache {
 
     /// What one entry costs: the value (with its `Rc` counts), the name, the session (inline,
     /// its `Rc` counts and its strings), the map slot with its control byte, the queue slot.
-    fn entry_cost(cookie_name: &str, sealed: &str, s: &Session) -> usize {
+    fn entry_cost(cookie_name: &str, sealed: &[u8], s: &Session) -> usize {
         use std::mem::size_of;
         let strings = [
             Some(&s.access_token),
@@ -918,9 +1095,9 @@ impl SessionCache {
             + 4 * size_of::<usize>()
             + size_of::<Session>()
             + session_heap
-            + size_of::<(Rc<str>, CachedSession)>()
+            + size_of::<(Rc<[u8]>, CachedSession)>()
             + 1
-            + size_of::<Rc<str>>()
+            + size_of::<Rc<[u8]>>()
     }
 }
 
@@ -1031,7 +1208,7 @@ mod tests {
                     _ => "tag",
                 };
                 assert_eq!(
-                    k.open(b"session", &URL_SAFE_NO_PAD.encode(&t)),
+                    k.open(b"session", URL_SAFE_NO_PAD.encode(&t)),
                     None,
                     "flipped bit {bit:#x} of byte {i} ({region})"
                 );
@@ -1039,11 +1216,11 @@ mod tests {
         }
         // Truncated or extended.
         for n in [0, 1, NONCE_LEN, NONCE_LEN + TAG_LEN - 1, raw.len() - 1] {
-            assert_eq!(k.open(b"session", &URL_SAFE_NO_PAD.encode(&raw[..n])), None);
+            assert_eq!(k.open(b"session", URL_SAFE_NO_PAD.encode(&raw[..n])), None);
         }
         let mut longer = raw.clone();
         longer.push(0);
-        assert_eq!(k.open(b"session", &URL_SAFE_NO_PAD.encode(&longer)), None);
+        assert_eq!(k.open(b"session", URL_SAFE_NO_PAD.encode(&longer)), None);
         // Dropping the last character of the text.
         assert_eq!(k.open(b"session", &sealed[..sealed.len() - 1]), None);
         assert_eq!(k.open(b"session", &sealed).as_deref(), Some(&plain[..]));
@@ -1137,6 +1314,85 @@ mod tests {
         }
     }
 
+    /// A compact JWS as an IdP makes one: JSON header and claims, a 256-byte signature.
+    fn jws(claims: &str) -> String {
+        let part = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        format!(
+            "{}.{}.{}",
+            part(br#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#),
+            part(claims.as_bytes()),
+            part(&[0xa5; 256])
+        )
+    }
+
+    #[test]
+    fn tokens_pack_to_their_bytes_and_come_back_exactly() {
+        let canonical = jws(r#"{"sub":"u"}"#);
+        for token in [
+            canonical.as_str(),
+            "",
+            "opaque-refresh_TOKEN0123456789abcdefghijklmnopq",
+            "a.b",
+            "QQ",
+            "QR",
+            "QQ==",
+            "a+b/c",
+            "x..y",
+            "AAAA.AAAA.AAAA.AAAA.AAAA",
+            "AAAA.AAAA.AAAA.AAAA.AAAA.AAAA",
+            "ünïcode.tøken",
+            "eyJ.eyJ.sig.",
+        ] {
+            let mut out = Vec::new();
+            put_token(&mut out, token);
+            let mut r = Reader(&out);
+            assert_eq!(r.token().as_deref(), Some(token), "{token:?}");
+            assert!(r.0.is_empty(), "{token:?}");
+        }
+        // A JWS loses its base64 overhead: about three quarters of its text.
+        let mut out = Vec::new();
+        put_token(&mut out, &canonical);
+        assert!(
+            out.len() * 4 <= canonical.len() * 3 + 24,
+            "{} of {}",
+            out.len(),
+            canonical.len()
+        );
+        // Text that is not canonical base64url is kept as it is.
+        let mut out = Vec::new();
+        put_token(&mut out, "QR");
+        assert_eq!(out, b"\x00\x02QR");
+    }
+
+    #[test]
+    fn claims_that_are_the_id_tokens_payload_are_not_kept_twice() {
+        let claims = r#"{"iss":"https://idp.test","sub":"user-1","aud":"app","nonce":"n"}"#;
+        let derived = Session {
+            access_token: jws(r#"{"scope":"openid"}"#),
+            id_token: jws(claims),
+            id_claims: claims.into(),
+            ..session()
+        };
+        let apart = Session {
+            id_claims: r#"{"sub":"user-1"}"#.into(),
+            ..derived.clone()
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        derived.encode(&mut a);
+        apart.encode(&mut b);
+        assert_eq!(a[1] & CLAIMS_APART, 0);
+        assert_eq!(b[1] & CLAIMS_APART, CLAIMS_APART);
+        assert_eq!(Session::decode(&a).as_ref(), Some(&derived));
+        assert_eq!(Session::decode(&b).as_ref(), Some(&apart));
+        // The id token's text alone, its claims never beside it.
+        let raw = derived.access_token.len()
+            + derived.id_token.len()
+            + claims.len()
+            + derived.userinfo.as_ref().map_or(0, String::len)
+            + derived.refresh_token.as_ref().map_or(0, String::len);
+        assert!(a.len() * 5 < raw * 4, "{} bytes for {raw} of text", a.len());
+    }
+
     #[test]
     fn session_decode_rejects_malformed_plaintext() {
         let k = key();
@@ -1150,18 +1406,17 @@ mod tests {
         let mut longer = plain.clone();
         longer.push(0);
         assert_eq!(Session::decode(&longer), None);
-        let mut v2 = plain.clone();
-        v2[0] = 2;
-        assert_eq!(Session::decode(&v2), None);
+        for version in [0, 1, 3] {
+            let mut other = plain.clone();
+            other[0] = version;
+            assert_eq!(Session::decode(&other), None, "version {version}");
+        }
         let mut flags = plain.clone();
-        flags[1] |= 8;
+        flags[1] |= 16;
         assert_eq!(Session::decode(&flags), None);
         // A validly sealed plaintext that is no session.
         for junk in [&b""[..], b"\x01", b"{\"access_token\":\"x\"}"] {
-            assert_eq!(
-                Session::open(&k, "session", &k.seal(b"session", junk)),
-                None
-            );
+            assert_eq!(Session::open(&k, "session", k.seal(b"session", junk)), None);
         }
         // An over-long or overflowing length.
         assert_eq!(Reader(&[0xff; 11]).varint(), None);
@@ -1261,7 +1516,7 @@ mod tests {
         let header = as_cookie_header(&set);
         let (value, n) = read_chunked(std::iter::once(header.as_bytes()), "session").unwrap();
         assert_eq!(n, set.len());
-        assert_eq!(Session::open(&k, "session", &value), Some(s));
+        assert_eq!(Session::open(&k, "session", value.as_bytes()), Some(s));
     }
 
     #[test]
@@ -1416,6 +1671,40 @@ mod tests {
     }
 
     #[test]
+    fn read_session_finds_the_session_and_foreign_cookies() {
+        fn read<'a>(lines: &[&'a str]) -> SessionCookie<'a> {
+            let ours = |n: &[u8]| is_chunk_of(n, "session") || n == b"session_login_x";
+            read_session(lines.iter().map(|l| l.as_bytes()), "session", ours)
+        }
+        let r = read(&["session=abc"]);
+        assert_eq!(
+            (r.value.as_deref(), r.chunks, r.foreign),
+            (Some(&b"abc"[..]), 1, false)
+        );
+        assert!(matches!(r.value, Some(Cow::Borrowed(_))));
+        let r = read(&["session_2=def; session=abc", "session_login_x=1"]);
+        assert_eq!(
+            (r.value.as_deref(), r.chunks, r.foreign),
+            (Some(&b"abcdef"[..]), 2, false)
+        );
+        for foreign in [
+            "session=abc; theme=dark",
+            "session=abc; session_x=1",
+            "session=abc; flag",
+            "a=1",
+        ] {
+            assert!(read(&[foreign]).foreign, "{foreign}");
+        }
+        for not_foreign in ["", " ; ;", "session", "session=abc;", "session_2=x"] {
+            assert!(!read(&[not_foreign]).foreign, "{not_foreign:?}");
+        }
+        let r = read(&["session_2=only"]);
+        assert_eq!((r.value, r.chunks), (None, 0));
+        let r = read(&[]);
+        assert_eq!((r.value, r.chunks, r.foreign), (None, 0, false));
+    }
+
+    #[test]
     fn read_chunked_survives_arbitrary_bytes() {
         // A cheap deterministic fuzz: random bytes drawn from cookie-ish characters.
         let alphabet = b"session_=;\" \t2309x\xff\x00";
@@ -1430,40 +1719,55 @@ mod tests {
                     alphabet[(state % alphabet.len() as u64) as usize]
                 })
                 .collect();
-            let _ = read_chunked(std::iter::once(&bytes[..]), "session");
+            let chunked = read_chunked(std::iter::once(&bytes[..]), "session");
             let mut out = Vec::new();
-            strip_cookies(
+            let left = strip_cookies(
                 std::iter::once(&bytes[..]),
                 |n| is_chunk_of(n, "session"),
                 &mut out,
             );
-            let _ = key().open(b"session", &String::from_utf8_lossy(&bytes));
+            // The one-pass reader agrees with both: the same value, and "foreign" exactly when
+            // stripping leaves something to send upstream.
+            let found = read_session(std::iter::once(&bytes[..]), "session", |n| {
+                is_chunk_of(n, "session")
+            });
+            assert_eq!(found.foreign, left, "{bytes:?}");
+            assert_eq!(found.chunks, chunked.as_ref().map_or(0, |(_, n)| *n));
+            assert_eq!(
+                found.value.as_deref().map(String::from_utf8_lossy),
+                chunked.map(|(v, _)| v),
+                "{bytes:?}"
+            );
+            let _ = key().open(b"session", &bytes);
         }
     }
 
     #[test]
     fn cache_byte_budget() {
         let s = Rc::new(session());
-        let one = SessionCache::entry_cost("session", "v1", &s);
+        let one = SessionCache::entry_cost("session", b"v1", &s);
         assert!((300..1000).contains(&one), "{one}");
         // Room for two entries by bytes, ten by count.
         let mut c = SessionCache::with_max_bytes(10, 2 * one + one / 2);
         for v in ["v1", "v2", "v3"] {
-            c.insert("session", v, s.clone());
+            c.insert("session", v.as_bytes(), s.clone());
         }
         assert_eq!(c.len(), 2);
-        assert!(c.get("session", "v1").is_none());
+        assert!(c.get("session", b"v1").is_none());
         assert_eq!(c.bytes(), 2 * one);
         // A bigger entry makes room by evicting as many of the oldest as it takes.
         let long = "x".repeat(one + one / 2);
-        c.insert("session", &long, s.clone());
+        c.insert("session", long.as_bytes(), s.clone());
         assert_eq!(c.len(), 1);
-        assert!(c.get("session", &long).is_some());
-        assert_eq!(c.bytes(), SessionCache::entry_cost("session", &long, &s));
+        assert!(c.get("session", long.as_bytes()).is_some());
+        assert_eq!(
+            c.bytes(),
+            SessionCache::entry_cost("session", long.as_bytes(), &s)
+        );
         // One that could never fit is not cached and evicts nothing.
         let huge = "x".repeat(3 * one);
-        c.insert("session", &huge, s.clone());
-        assert!(c.get("session", &huge).is_none());
+        c.insert("session", huge.as_bytes(), s.clone());
+        assert!(c.get("session", huge.as_bytes()).is_none());
         assert_eq!(c.len(), 1);
         // A realistic session (the bench's size) costs about 8 KB.
         let big = Session {
@@ -1475,7 +1779,7 @@ mod tests {
             ..session()
         };
         let sealed = big.seal(&key(), "session");
-        let cost = SessionCache::entry_cost("session", &sealed, &big);
+        let cost = SessionCache::entry_cost("session", sealed.as_bytes(), &big);
         assert!((7_000..9_000).contains(&cost), "{cost}");
     }
 
@@ -1658,49 +1962,51 @@ mod tests {
         let mut c = SessionCache::new(2);
         let s = Rc::new(session());
         assert!(c.is_empty());
-        assert!(c.get("session", "v1").is_none());
-        c.insert("session", "v1", s.clone());
-        assert!(Rc::ptr_eq(&c.get("session", "v1").unwrap(), &s));
+        assert!(c.get("session", b"v1").is_none());
+        c.insert("session", b"v1", s.clone());
+        assert!(Rc::ptr_eq(&c.get("session", b"v1").unwrap(), &s));
         // The cookie name is part of the key, and so is every byte of the value.
-        assert!(c.get("other", "v1").is_none());
-        assert!(c.get("sessioX", "v1").is_none());
-        assert!(c.get("session", "v2").is_none());
-        assert!(c.get("sessionv", "1").is_none());
+        assert!(c.get("other", b"v1").is_none());
+        assert!(c.get("sessioX", b"v1").is_none());
+        assert!(c.get("session", b"v2").is_none());
+        assert!(c.get("sessionv", b"1").is_none());
         // Re-inserting keeps the first entry and takes no second slot.
         let s2 = Rc::new(Session {
             last_seen: 1.0,
             ..session()
         });
-        c.insert("session", "v1", s2.clone());
+        c.insert("session", b"v1", s2.clone());
         assert_eq!(c.len(), 1);
-        assert!(Rc::ptr_eq(&c.get("session", "v1").unwrap(), &s));
-        c.insert("session", "v2", s.clone());
-        c.insert("session", "v3", s.clone());
+        assert!(Rc::ptr_eq(&c.get("session", b"v1").unwrap(), &s));
+        c.insert("session", b"v2", s.clone());
+        c.insert("session", b"v3", s.clone());
         // Full at two: the oldest went.
         assert_eq!(c.len(), 2);
-        assert!(c.get("session", "v1").is_none());
-        assert!(c.get("session", "v2").is_some());
-        assert!(c.get("session", "v3").is_some());
-        c.insert("session", "v4", s.clone());
-        assert!(c.get("session", "v2").is_none());
+        assert!(c.get("session", b"v1").is_none());
+        assert!(c.get("session", b"v2").is_some());
+        assert!(c.get("session", b"v3").is_some());
+        c.insert("session", b"v4", s.clone());
+        assert!(c.get("session", b"v2").is_none());
         assert_eq!(c.len(), 2);
         assert_eq!(c.order.len(), 2);
         // Same sample (length, first and last 16 bytes), another middle: a miss.
         let long = format!("{}{}{}", "a".repeat(16), "m".repeat(40), "z".repeat(16));
         let other = format!("{}{}{}", "a".repeat(16), "n".repeat(40), "z".repeat(16));
-        c.insert("session", &long, s.clone());
-        assert!(c.get("session", &long).is_some());
-        assert!(c.get("session", &other).is_none());
-        assert!(c.get("session", &long[..long.len() - 1]).is_none());
+        c.insert("session", long.as_bytes(), s.clone());
+        assert!(c.get("session", long.as_bytes()).is_some());
+        assert!(c.get("session", other.as_bytes()).is_none());
+        assert!(c
+            .get("session", &long.as_bytes()[..long.len() - 1])
+            .is_none());
         assert_eq!(
             c.bytes(),
-            SessionCache::entry_cost("session", "v4", &s)
-                + SessionCache::entry_cost("session", &long, &s)
+            SessionCache::entry_cost("session", b"v4", &s)
+                + SessionCache::entry_cost("session", long.as_bytes(), &s)
         );
         // Capacity 0: off.
         let mut off = SessionCache::new(0);
-        off.insert("session", "v1", s);
-        assert!(off.get("session", "v1").is_none());
+        off.insert("session", b"v1", s);
+        assert!(off.get("session", b"v1").is_none());
         assert!(off.is_empty());
     }
 }
