@@ -17,6 +17,7 @@ fn count_one_request(c: &mut Criterion) {
     let registry = Registry::new(true);
     let core = registry.new_core().expect("metrics on");
     let route = core.route(&Arc::from("1"));
+    let codes = route.codes(&[Arc::from("/api/*")], &[]);
     let node = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
     let mut g = c.benchmark_group("metrics");
     g.bench_function("count_one_request", |b| {
@@ -30,7 +31,10 @@ fn count_one_request(c: &mut Criterion) {
             core.states[1].dec();
             core.states[2].inc();
             let total = up + black_box(400);
-            route.status.inc(black_box(200), Some(node_key(node)));
+            let matched = codes.matched(black_box(0), None);
+            route
+                .status
+                .inc(black_box(200), matched, Some(node_key(node)));
             route.ingress.add(black_box(120));
             route.egress.add(black_box(180));
             route.latency[0].observe(&LATENCY_BOUNDS_US, total);

@@ -91,11 +91,11 @@ fn route(c: &mut Criterion) {
                     Some(black_box(b"shop.example.com")),
                     get,
                 )
-                .map(|(i, _)| i)
+                .map(|f| f.idx)
             })
         });
         g.bench_function(format!("{n}_exact"), |b| {
-            b.iter(|| t.find(black_box(b"/exact/0"), None, get).map(|(i, _)| i))
+            b.iter(|| t.find(black_box(b"/exact/0"), None, get).map(|f| f.idx))
         });
     }
     g.finish();
@@ -109,13 +109,14 @@ fn upstream_head(c: &mut Criterion) {
         .unwrap()
         .unwrap();
     let get = method_bit(b"GET").unwrap();
-    let (_, route) = t
+    let route = t
         .find(
             head.path.get(&browser_get),
             Some(head.host_name.get(&browser_get)),
             get,
         )
-        .unwrap();
+        .unwrap()
+        .route;
     let facts = ClientFacts {
         peer_ip: "192.0.2.10",
         trusted: false,

@@ -229,7 +229,7 @@ pub fn outcome_label(i: usize) -> &'static str {
     }
 }
 
-/// Counts keyed by a small label tuple (a status code and a node address), in a fixed table
+/// Counts keyed by a small label tuple (a status code, the matched patterns and a node address), in a fixed table
 /// the owning thread fills: a slot's key is written before its tag is published (release), so
 /// a reader that sees the tag (acquire) sees the key. Keys past the table's size are counted in
 /// `overflow`, so the label set stays bounded whatever the traffic.
@@ -242,7 +242,8 @@ pub struct Keyed<const N: usize> {
 
 #[derive(Debug, Default)]
 struct KeyedSlot {
-    /// 0: free; else `code | 1 << 16 (node present) | 1 << 17 (published)`.
+    /// 0: free; else `code | 1 << 16 (node present) | 1 << 17 (published) | uri code << 18 |
+    /// host code << 25`.
     tag: AtomicU32,
     ip: [AtomicU64; 2],
     count: Counter,
@@ -250,6 +251,21 @@ struct KeyedSlot {
 
 const TAG_NODE: u32 = 1 << 16;
 const TAG_USED: u32 = 1 << 17;
+const TAG_URI_SHIFT: u32 = 18;
+const TAG_HOST_SHIFT: u32 = 25;
+
+/// Which of a route's patterns a request matched, as codes of its [`RouteStats`] block
+/// (0: none or unknown; `n`: the block's pattern `n - 1`). Seven bits each, in the slot's tag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Matched {
+    /// The `uri` pattern's code.
+    pub uri: u8,
+    /// The `host` pattern's code.
+    pub host: u8,
+}
+
+/// Most pattern codes a block hands out of each kind; later patterns count unlabelled.
+pub const MAX_PATTERN_CODES: usize = 127;
 
 impl<const N: usize> Default for Keyed<N> {
     fn default() -> Self {
@@ -265,6 +281,8 @@ impl<const N: usize> Default for Keyed<N> {
 pub struct Key {
     /// The status code (0 where the table counts no code).
     pub code: u16,
+    /// The route patterns the request matched.
+    pub matched: Matched,
     /// The node's address, as an IPv6 (IPv4-mapped) number.
     pub node: Option<u128>,
 }
@@ -294,10 +312,14 @@ pub fn node_key(ip: std::net::IpAddr) -> u128 {
 }
 
 impl<const N: usize> Keyed<N> {
-    /// Add one under `(code, node)`. Only the owning thread may call this.
+    /// Add one under `(code, matched, node)`. Only the owning thread may call this.
     #[inline]
-    pub fn inc(&self, code: u16, node: Option<u128>) {
-        let tag = TAG_USED | code as u32 | if node.is_some() { TAG_NODE } else { 0 };
+    pub fn inc(&self, code: u16, matched: Matched, node: Option<u128>) {
+        let tag = TAG_USED
+            | code as u32
+            | if node.is_some() { TAG_NODE } else { 0 }
+            | u32::from(matched.uri & 0x7f) << TAG_URI_SHIFT
+            | u32::from(matched.host & 0x7f) << TAG_HOST_SHIFT;
         let ip = node.unwrap_or(0);
         let (hi, lo) = ((ip >> 64) as u64, ip as u64);
         for s in &self.slots {
@@ -327,6 +349,10 @@ impl<const N: usize> Keyed<N> {
             let ip = (u128::from(s.ip[0].load(Relaxed)) << 64) | u128::from(s.ip[1].load(Relaxed));
             let key = Key {
                 code: (t & 0xffff) as u16,
+                matched: Matched {
+                    uri: (t >> TAG_URI_SHIFT & 0x7f) as u8,
+                    host: (t >> TAG_HOST_SHIFT & 0x7f) as u8,
+                },
                 node: (t & TAG_NODE != 0).then_some(ip),
             };
             f(key, s.count.get());
@@ -358,12 +384,83 @@ pub struct RouteStats {
     pub connect_errors: Keyed<8>,
     /// Login-flow steps by [`LoginStep::ALL`] and outcome index.
     pub login: [[Counter; AUTH_OUTCOMES]; 3],
+    /// The `uri` and `host` patterns [`Matched`] codes name, appended as routes with this id
+    /// are compiled: a route changed to other patterns keeps its counts, and each count keeps
+    /// the pattern it was made under. Locked when a core first serves a table's route, and by
+    /// a scrape.
+    patterns: Mutex<Patterns>,
+}
+
+/// The patterns a block's codes stand for, in code order (code `n` is entry `n - 1`).
+#[derive(Debug, Default, Clone)]
+pub struct Patterns {
+    /// `uri` patterns as written (`/api/*`).
+    pub uris: Vec<Arc<str>>,
+    /// `host` patterns (`*.example.com`).
+    pub hosts: Vec<Arc<str>>,
+}
+
+impl Patterns {
+    /// The label value of a code: the pattern, or empty for none.
+    pub fn label(list: &[Arc<str>], code: u8) -> &str {
+        code.checked_sub(1)
+            .and_then(|i| list.get(usize::from(i)))
+            .map_or("", |p| p)
+    }
+}
+
+/// A compiled route's patterns as codes of its block, by the route's own indexes.
+#[derive(Debug, Default)]
+pub struct PatternCodes {
+    uris: Box<[u8]>,
+    hosts: Box<[u8]>,
+}
+
+impl PatternCodes {
+    /// The codes of the route's `uri` pattern `uri` and host pattern `host` (`None`: the route
+    /// names no host).
+    #[inline]
+    pub fn matched(&self, uri: usize, host: Option<usize>) -> Matched {
+        Matched {
+            uri: self.uris.get(uri).copied().unwrap_or(0),
+            host: host.and_then(|h| self.hosts.get(h)).copied().unwrap_or(0),
+        }
+    }
 }
 
 impl RouteStats {
+    /// Codes for a route's patterns, registering those this block has not seen.
+    pub fn codes(&self, uris: &[Arc<str>], hosts: &[Arc<str>]) -> PatternCodes {
+        let mut p = self.patterns.lock().unwrap_or_else(|e| e.into_inner());
+        let code = |list: &mut Vec<Arc<str>>, pattern: &Arc<str>| -> u8 {
+            let i = match list.iter().position(|q| q == pattern) {
+                Some(i) => i,
+                None if list.len() < MAX_PATTERN_CODES => {
+                    list.push(pattern.clone());
+                    list.len() - 1
+                }
+                None => return 0,
+            };
+            (i + 1) as u8
+        };
+        PatternCodes {
+            uris: uris.iter().map(|u| code(&mut p.uris, u)).collect(),
+            hosts: hosts.iter().map(|h| code(&mut p.hosts, h)).collect(),
+        }
+    }
+
+    /// The patterns this block's codes stand for.
+    pub fn patterns(&self) -> Patterns {
+        self.patterns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn new(id: Arc<str>) -> RouteStats {
         RouteStats {
             id,
+            patterns: Mutex::default(),
             status: Keyed::default(),
             latency: Default::default(),
             ingress: Counter::default(),
@@ -456,6 +553,14 @@ impl CoreMetrics {
         let r = Arc::new(RouteStats::new(id.clone()));
         routes.push(r.clone());
         r
+    }
+
+    /// Drop the blocks of route ids `live` says are gone, so that ids which come and go (Admin
+    /// API POSTs, etcd churn) do not pile up blocks until a restart; a deleted route's series
+    /// leave `/metrics` with it, and an id created again starts from zero.
+    pub fn retain_routes(&self, live: impl Fn(&str) -> bool) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|r| live(&r.id));
     }
 
     /// Every route block this core has, the unrouted one first.
@@ -594,10 +699,11 @@ mod tests {
     fn keyed_counts_by_key_and_overflows_past_its_size() {
         let k = Keyed::<2>::default();
         let a = node_key("10.0.0.1".parse().unwrap());
-        k.inc(200, Some(a));
-        k.inc(200, Some(a));
-        k.inc(200, None);
-        k.inc(404, None);
+        let m = Matched { uri: 1, host: 127 };
+        k.inc(200, m, Some(a));
+        k.inc(200, m, Some(a));
+        k.inc(200, Matched::default(), None);
+        k.inc(404, m, None);
         let mut seen = Vec::new();
         k.each(|key, n| seen.push((key, n)));
         assert_eq!(
@@ -606,6 +712,7 @@ mod tests {
                 (
                     Key {
                         code: 200,
+                        matched: m,
                         node: Some(a)
                     },
                     2
@@ -613,6 +720,7 @@ mod tests {
                 (
                     Key {
                         code: 200,
+                        matched: Matched::default(),
                         node: None
                     },
                     1
@@ -621,6 +729,48 @@ mod tests {
         );
         assert_eq!(seen[0].0.node_label(), "10.0.0.1");
         assert_eq!(k.overflow.get(), 1);
+    }
+
+    #[test]
+    fn pattern_codes_keep_their_pattern_across_changes_of_the_route() {
+        let r = RouteStats::new("r1".into());
+        let a: Arc<str> = "/a".into();
+        let b: Arc<str> = "/b/*".into();
+        let h: Arc<str> = "*.example.com".into();
+        let first = r.codes(&[a.clone(), b.clone()], std::slice::from_ref(&h));
+        assert_eq!(first.matched(1, Some(0)), Matched { uri: 2, host: 1 });
+        assert_eq!(first.matched(0, None), Matched { uri: 1, host: 0 });
+        // The route changed to other patterns: old codes still name the old ones.
+        let c: Arc<str> = "/c".into();
+        let second = r.codes(&[c.clone(), a.clone()], &[]);
+        assert_eq!(second.matched(0, None), Matched { uri: 3, host: 0 });
+        assert_eq!(second.matched(1, None), Matched { uri: 1, host: 0 });
+        // An index the route does not have is unlabelled, never a panic.
+        assert_eq!(second.matched(9, Some(9)), Matched::default());
+        let p = r.patterns();
+        assert_eq!(Patterns::label(&p.uris, 2), "/b/*");
+        assert_eq!(Patterns::label(&p.uris, 3), "/c");
+        assert_eq!(Patterns::label(&p.hosts, 1), "*.example.com");
+        assert_eq!(Patterns::label(&p.uris, 0), "");
+        assert_eq!(Patterns::label(&p.uris, 99), "");
+        // Past the code space, patterns count unlabelled.
+        let many: Vec<Arc<str>> = (0..200).map(|i| Arc::from(format!("/{i}"))).collect();
+        let codes = r.codes(&many, &[]);
+        assert_eq!(codes.matched(199, None).uri, 0);
+        assert_eq!(r.patterns().uris.len(), MAX_PATTERN_CODES);
+    }
+
+    #[test]
+    fn blocks_of_deleted_routes_are_dropped() {
+        let c = CoreMetrics::new();
+        let (one, two): (Arc<str>, Arc<str>) = ("1".into(), "2".into());
+        c.route(&one).ingress.add(5);
+        c.route(&two).ingress.add(7);
+        c.retain_routes(|id| id == "2");
+        let ids: Vec<String> = c.routes().iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(ids, ["", "2"]);
+        assert_eq!(c.route(&two).ingress.get(), 7);
+        assert_eq!(c.route(&one).ingress.get(), 0);
     }
 
     #[test]

@@ -29,6 +29,24 @@ pub struct Route {
     fingerprint: Box<str>,
     /// Whether WebSocket upgrades are forwarded (`enable_websocket`).
     pub websocket: bool,
+    /// `uri`/`uris` as written, in order: what a match's `uri` index names (`matched_uri`).
+    pub uris: Box<[Arc<str>]>,
+    /// `host`/`hosts` as written (lowercased), in order (`matched_host`).
+    pub host_patterns: Box<[Arc<str>]>,
+}
+
+/// A route a request matched, with which of its patterns matched.
+#[derive(Debug, Clone, Copy)]
+pub struct Found<'a> {
+    /// The route's index in the table.
+    pub idx: usize,
+    /// The route.
+    pub route: &'a Route,
+    /// Index of the `uri` pattern that matched, in [`Route::uris`].
+    pub uri: usize,
+    /// Index of the host pattern that matched, in [`Route::host_patterns`]; `None` when the
+    /// route names no host.
+    pub host: Option<usize>,
 }
 
 /// The route table snapshot workers match against.
@@ -36,8 +54,9 @@ pub struct Route {
 pub struct RouteTable {
     /// Routes, indexed by the lists below.
     pub routes: Vec<Route>,
-    exact: HashMap<Box<[u8]>, Vec<u32>>,
-    prefixes: HashMap<Box<[u8]>, Vec<u32>>,
+    /// Routes by exact path and by prefix, each with the index of the pattern it came from.
+    exact: HashMap<Box<[u8]>, Vec<(u32, u16)>>,
+    prefixes: HashMap<Box<[u8]>, Vec<(u32, u16)>>,
     /// The distinct lengths of `prefixes`, longest first: a lookup tries one hash probe per
     /// length instead of testing every prefix, so a thousand routes cost what a few do.
     prefix_lens: Vec<usize>,
@@ -93,25 +112,26 @@ impl RouteTable {
                 .any(|n| n.host.parse::<IpAddr>().is_err());
             let idx = table.routes.len() as u32;
             table.routes.push(route);
-            for uri in &spec.uris {
+            for (n, uri) in spec.uris.iter().enumerate() {
+                let entry = (idx, u16::try_from(n).unwrap_or(u16::MAX));
                 match uri.strip_suffix('*') {
                     Some(prefix) => table
                         .prefixes
                         .entry(prefix.as_bytes().into())
                         .or_default()
-                        .push(idx),
+                        .push(entry),
                     None => table
                         .exact
                         .entry(uri.as_bytes().into())
                         .or_default()
-                        .push(idx),
+                        .push(entry),
                 }
             }
         }
         let routes = &table.routes;
         // Host-specific routes first, then higher priority, then the order written.
-        let order = |list: &mut Vec<u32>| {
-            list.sort_by_key(|&i| {
+        let order = |list: &mut Vec<(u32, u16)>| {
+            list.sort_by_key(|&(i, _)| {
                 let r = &routes[i as usize];
                 (r.hosts.is_empty(), std::cmp::Reverse(r.priority), i)
             })
@@ -126,23 +146,34 @@ impl RouteTable {
 
     /// The route for a request, by path, host name (in the parser's normal form: lower-case,
     /// no port, no trailing dot) and method bit (0 = other).
-    pub fn find(&self, path: &[u8], host: Option<&[u8]>, method: u16) -> Option<(usize, &Route)> {
+    pub fn find(&self, path: &[u8], host: Option<&[u8]>, method: u16) -> Option<Found<'_>> {
         let host = host.unwrap_or_default();
-        let fits = |&&i: &&u32| {
-            let r = &self.routes[i as usize];
-            (r.methods == 0 || r.methods & method != 0)
-                && (r.hosts.is_empty() || r.hosts.iter().any(|p| p.matches(host)))
-        };
-        if let Some(list) = self.exact.get(path) {
-            if let Some(&i) = list.iter().find(fits) {
-                return Some((i as usize, &self.routes[i as usize]));
+        let fits = |&(i, uri): &(u32, u16)| {
+            let route = &self.routes[i as usize];
+            if route.methods != 0 && route.methods & method == 0 {
+                return None;
             }
+            let host = match route.hosts.is_empty() {
+                true => None,
+                false => Some(route.hosts.iter().position(|p| p.matches(host))?),
+            };
+            Some(Found {
+                idx: i as usize,
+                route,
+                uri: usize::from(uri),
+                host,
+            })
+        };
+        if let Some(found) = self.exact.get(path).and_then(|l| l.iter().find_map(fits)) {
+            return Some(found);
         }
         for &len in self.prefix_lens.iter().filter(|&&len| len <= path.len()) {
-            if let Some(list) = self.prefixes.get(&path[..len]) {
-                if let Some(&i) = list.iter().find(fits) {
-                    return Some((i as usize, &self.routes[i as usize]));
-                }
+            if let Some(found) = self
+                .prefixes
+                .get(&path[..len])
+                .and_then(|l| l.iter().find_map(fits))
+            {
+                return Some(found);
             }
         }
         None
@@ -209,6 +240,8 @@ fn compile_route(spec: &RouteSpec, u: &UpstreamSpec, per_core: &PerCore, env: &P
         balancer_key: Arc::from(""),
         fingerprint: Box::default(),
         websocket: spec.websocket,
+        uris: spec.uris.iter().map(|u| Arc::from(u.as_str())).collect(),
+        host_patterns: spec.hosts.iter().map(|h| Arc::from(h.text())).collect(),
     }
 }
 
@@ -255,7 +288,41 @@ mod tests {
     fn id<'a>(t: &'a RouteTable, path: &str, host: Option<&str>, method: &str) -> Option<&'a str> {
         let bit = crate::config::route::method_bit(method.as_bytes()).unwrap_or(0);
         t.find(path.as_bytes(), host.map(str::as_bytes), bit)
-            .map(|(_, r)| &*r.id)
+            .map(|f| &*f.route.id)
+    }
+
+    /// The patterns a request matched, as `matched_uri` and `matched_host` label them.
+    fn matched(t: &RouteTable, path: &str, host: Option<&str>) -> Option<(String, String)> {
+        let f = t.find(path.as_bytes(), host.map(str::as_bytes), 0)?;
+        Some((
+            f.route.uris[f.uri].to_string(),
+            f.host
+                .map_or(String::new(), |h| f.route.host_patterns[h].to_string()),
+        ))
+    }
+
+    #[test]
+    fn a_match_names_the_patterns_that_matched() {
+        let up = json!({"nodes": {"127.0.0.1:1": 1}});
+        let t = table(json!([
+            {"id": "multi", "uris": ["/a", "/b/*", "/c"], "hosts": ["x.test", "*.Example.com"], "upstream": up},
+            {"id": "plain", "uri": "/p/*", "upstream": up},
+        ]));
+        let m = |p, h| matched(&t, p, h);
+        assert_eq!(
+            m("/a", Some("x.test")),
+            Some(("/a".into(), "x.test".into()))
+        );
+        assert_eq!(
+            m("/b/deep/er", Some("www.example.com")),
+            Some(("/b/*".into(), "*.example.com".into()))
+        );
+        assert_eq!(
+            m("/c", Some("x.test")),
+            Some(("/c".into(), "x.test".into()))
+        );
+        assert_eq!(m("/p/1", None), Some(("/p/*".into(), String::new())));
+        assert_eq!(m("/a", Some("y.test")), None);
     }
 
     #[test]

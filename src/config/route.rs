@@ -168,6 +168,14 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
+    /// The pattern as a `hosts` entry writes it (lowercased): `a.test`, `*.example.com`.
+    pub fn text(&self) -> String {
+        match self {
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Suffix(s) => format!("*{s}"),
+        }
+    }
+
     /// Whether a lowercased host (without port) matches.
     pub fn matches(&self, host: &[u8]) -> bool {
         match self {

@@ -15,9 +15,9 @@ use crate::http::conn::{read_append, ClientStream, Conn, READ_CHUNK};
 use crate::http::h1::{parse_request, BodyKind, RequestHead};
 use crate::http::path;
 use crate::http::reply::Reply;
-use crate::metrics::{node_key, AuthMethod, CoreMetrics, LoginStep, RouteStats};
+use crate::metrics::{node_key, AuthMethod, CoreMetrics, LoginStep, Matched, RouteStats};
 use crate::plugins::{self, Ctx, Heads};
-use crate::router::Route;
+use crate::router::{Found, Route};
 use crate::upstream::forward::{forward, Env};
 use crate::upstream::pool::UpstreamConn;
 use crate::upstream::tunnel;
@@ -187,16 +187,24 @@ async fn handle<S: ClientStream>(
             )
         })
         .flatten();
-    let Some((idx, route)) = found else {
+    let Some(Found {
+        idx,
+        route,
+        uri,
+        host,
+    }) = found
+    else {
         // Without a body the request is fully read, so the connection can stay open.
         let keep = head.body == BodyKind::None && head.keep_alive && !head.http10;
         conn.pos += head.head_len;
         return answer_error(conn, w, &unrouted, &ProxyError::NoRoute, keep).await;
     };
     conn.body_consumed = false;
+    let stats = w.metrics.as_deref().map(|m| routes.stats(idx, m));
     let mut rec = Rec {
         route: Some(route),
-        stats: w.metrics.as_deref().map(|m| routes.stats(idx, m)),
+        stats: stats.map(|(block, _)| block),
+        matched: stats.map_or(Matched::default(), |(_, codes)| codes.matched(uri, host)),
         auth: None,
         login: None,
         head_len: head.head_len as u64,
@@ -288,6 +296,8 @@ struct Rec<'a> {
     route: Option<&'a Route>,
     /// The route's metrics block on this core (the unrouted one before a route matched).
     stats: Option<&'a RouteStats>,
+    /// Which of the route's patterns it matched, as codes of `stats`.
+    matched: Matched,
     /// How authentication judged it: the method, and `None` (accepted) or the refusal.
     auth: Option<(AuthMethod, Option<AuthKind>)>,
     /// The login-flow step that answered it, and how it went.
@@ -303,6 +313,7 @@ impl<'a> Rec<'a> {
         Rec {
             route: None,
             stats: w.metrics.as_deref().map(|m| &*m.unrouted),
+            matched: Matched::default(),
             auth: None,
             login: None,
             head_len,
@@ -440,7 +451,7 @@ fn count(
 ) {
     use crate::metrics::LATENCY_BOUNDS_US as B;
     s.status
-        .inc(status, upstream.addr.map(|a| node_key(a.ip())));
+        .inc(status, rec.matched, upstream.addr.map(|a| node_key(a.ip())));
     s.ingress.add(bytes_in);
     s.egress.add(bytes);
     let total = elapsed.as_micros() as u64;

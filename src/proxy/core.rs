@@ -13,7 +13,7 @@ use super::shutdown::Shutdown;
 use crate::access_log::AccessLog;
 use crate::config::Cidr;
 use crate::http::Limits;
-use crate::metrics::{CoreMetrics, RouteStats};
+use crate::metrics::{CoreMetrics, PatternCodes, RouteStats};
 use crate::plugins;
 use crate::router::RouteTable;
 use crate::upstream::balancer::Wrr;
@@ -25,8 +25,9 @@ pub struct LocalRoutes {
     pub table: Arc<RouteTable>,
     /// Balancer state per route, this core only; routes naming one upstream object share one.
     pub balancers: Vec<Rc<RefCell<Wrr>>>,
-    /// This core's metrics block per route, found on the route's first request.
-    stats: Vec<OnceCell<Arc<RouteStats>>>,
+    /// This core's metrics block per route, with the route's patterns as the block's codes,
+    /// found on the route's first request.
+    stats: Vec<OnceCell<(Arc<RouteStats>, PatternCodes)>>,
 }
 
 impl LocalRoutes {
@@ -74,9 +75,15 @@ impl LocalRoutes {
         }
     }
 
-    /// Route `idx`'s metrics block on this core.
-    pub fn stats(&self, idx: usize, metrics: &CoreMetrics) -> &RouteStats {
-        self.stats[idx].get_or_init(|| metrics.route(&self.table.routes[idx].id))
+    /// Route `idx`'s metrics block on this core, and its patterns' codes there.
+    pub fn stats(&self, idx: usize, metrics: &CoreMetrics) -> (&RouteStats, &PatternCodes) {
+        let (block, codes) = self.stats[idx].get_or_init(|| {
+            let route = &self.table.routes[idx];
+            let block = metrics.route(&route.id);
+            let codes = block.codes(&route.uris, &route.host_patterns);
+            (block, codes)
+        });
+        (block, codes)
     }
 }
 
@@ -112,6 +119,11 @@ impl Core {
         let mut local = self.local.borrow_mut();
         if !Arc::ptr_eq(current, &local.table) {
             *local = Rc::new(LocalRoutes::new(Arc::clone(current), Some(&local)));
+            if let Some(m) = &self.metrics {
+                let live: std::collections::HashSet<&str> =
+                    current.routes.iter().map(|r| &*r.id).collect();
+                m.retain_routes(|id| live.contains(id));
+            }
         }
         Rc::clone(&local)
     }

@@ -7,8 +7,9 @@ use std::fmt::Write;
 
 use crate::idp::{Endpoint, Failure, Idp, RefreshReason};
 use crate::metrics::{
-    outcome_label, AuthMethod, ConfigSource, HistogramSum, Key, LoginStep, Registry, AUTH_OUTCOMES,
-    CACHE_NAMES, CONFIG_CHANGES, CONN_STATES, IDP_BOUNDS_US, LATENCY_BUCKETS_MS, LATENCY_TYPES,
+    outcome_label, AuthMethod, ConfigSource, HistogramSum, Key, LoginStep, Patterns, Registry,
+    AUTH_OUTCOMES, CACHE_NAMES, CONFIG_CHANGES, CONN_STATES, IDP_BOUNDS_US, LATENCY_BUCKETS_MS,
+    LATENCY_TYPES,
 };
 
 /// A label value, escaped as the text format requires.
@@ -33,7 +34,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// What one route's blocks add up to, across cores.
 #[derive(Default)]
 struct RouteSum {
-    status: BTreeMap<(Option<u16>, String), u64>,
+    /// By code (`None`: past the table), `matched_uri`, `matched_host` and node.
+    status: BTreeMap<(Option<u16>, String, String, String), u64>,
     latency: [HistogramSum; 3],
     ingress: u64,
     egress: u64,
@@ -71,14 +73,19 @@ pub fn render(
         }
         for r in core.routes() {
             let sum = routes.entry(r.id.to_string()).or_default();
+            let patterns = r.patterns();
             r.status.each(|k: Key, n| {
+                let uri = Patterns::label(&patterns.uris, k.matched.uri).to_string();
+                let host = Patterns::label(&patterns.hosts, k.matched.host).to_string();
                 *sum.status
-                    .entry((Some(k.code), k.node_label()))
+                    .entry((Some(k.code), uri, host, k.node_label()))
                     .or_default() += n;
             });
             let over = r.status.overflow.get();
             if over > 0 {
-                *sum.status.entry((None, String::new())).or_default() += over;
+                *sum.status
+                    .entry((None, String::new(), String::new(), String::new()))
+                    .or_default() += over;
             }
             for (i, h) in r.latency.iter().enumerate() {
                 h.add_to(&mut sum.latency[i]);
@@ -153,12 +160,14 @@ pub fn render(
         "HTTP status codes per service in APISIX",
     );
     for (route, s) in &routes {
-        for ((code, node), n) in &s.status {
+        for ((code, uri, host, node), n) in &s.status {
             let code = code.map_or("other".to_string(), |c| c.to_string());
             let _ = writeln!(
                 out,
-                "apisix_http_status{{code=\"{code}\",route=\"{}\",matched_uri=\"\",matched_host=\"\",service=\"\",consumer=\"\",node=\"{}\"}} {n}",
+                "apisix_http_status{{code=\"{code}\",route=\"{}\",matched_uri=\"{}\",matched_host=\"{}\",service=\"\",consumer=\"\",node=\"{}\"}} {n}",
                 esc(route),
+                esc(uri),
+                esc(host),
                 esc(node)
             );
         }

@@ -23,7 +23,7 @@ use crate::http::h1::{
     HeaderIdx, HeaderKind, RequestHead, ResponseHead,
 };
 use crate::http::Limits;
-use crate::metrics::{node_key, Keyed};
+use crate::metrics::{node_key, Keyed, Matched};
 
 /// Request bodies up to this size that arrived with the head are sent in the same write, and
 /// such a request can be replayed on a fresh connection when a pooled one turns out dead.
@@ -334,7 +334,7 @@ async fn acquire<'u>(
 
 fn count_connect_error(w: &Env<'_>, addr: SocketAddr) {
     if let Some(k) = w.connect_errors {
-        k.inc(0, Some(node_key(addr.ip())));
+        k.inc(0, Matched::default(), Some(node_key(addr.ip())));
     }
 }
 
