@@ -193,14 +193,7 @@ fn apisix_json_written_with_etcdctl_serves_on_every_node_with_updates_and_delete
     }
     // Counted as etcd changes.
     let m = nodes[0].proxy.scrape();
-    assert!(
-        m.get(
-            "portcullis_config_changes_total",
-            &[("source", "etcd"), ("outcome", "applied")]
-        ) >= 6.0,
-        "{}",
-        m.text
-    );
+    assert!(m.config_changes("etcd", "applied") >= 6.0, "{}", m.text);
     assert_eq!(m.get("apisix_etcd_reachable", &[]), 1.0);
 }
 
@@ -573,14 +566,7 @@ fn garbage_and_invalid_values_are_skipped_and_logged_while_the_rest_serves() {
     });
     assert!(n.proxy.try_exit_status().is_none());
     let m = n.proxy.scrape();
-    assert!(
-        m.get(
-            "portcullis_config_changes_total",
-            &[("source", "etcd"), ("outcome", "rejected")]
-        ) >= 5.0,
-        "{}",
-        m.text
-    );
+    assert!(m.config_changes("etcd", "rejected") >= 5.0, "{}", m.text);
 }
 
 #[test]

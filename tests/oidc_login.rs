@@ -190,8 +190,7 @@ fn a_revisit_makes_no_idp_call() {
     // The metrics say the same: five sessions accepted, opened from the per-core cache after
     // at most one decryption, and no IdP call.
     let after = s.proxy.scrape_settled();
-    let d =
-        |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    let d = |name: &str, labels: &[(&str, &str)]| after.since(&before, name, labels);
     let session_ok = [("route", "app"), ("method", "session"), ("outcome", "ok")];
     assert_eq!(
         d("portcullis_auth_total", &session_ok),
@@ -292,7 +291,7 @@ fn each_login_step_is_counted_in_the_metrics() {
     let after = s.proxy.scrape_settled();
     let step = |step: &str, outcome: &str| {
         let labels = [("route", "app"), ("step", step), ("outcome", outcome)];
-        after.get("portcullis_login_total", &labels) - before.get("portcullis_login_total", &labels)
+        after.since(&before, "portcullis_login_total", &labels)
     };
     assert_eq!(step("redirect", "ok"), 2.0, "{}", after.text);
     assert_eq!(step("callback", "ok"), 1.0);
