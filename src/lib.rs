@@ -3,8 +3,8 @@
 //! The modules follow a request: [`server`] accepts, [`http`] parses, [`router`] routes,
 //! [`proxy`] runs the route's [`plugins`] phases, [`upstream`] forwards and relays; [`config`],
 //! [`control`], [`idp`] and [`status`] form the control plane. Layers import downwards only:
-//! `http`, `jose`, `clock`, `error`, `metrics` and `config::error` at the bottom; `idp` and `upstream` above them; then
-//! `plugins`, `router`, `proxy` and `server`.
+//! `http`, `jose`, `clock`, `error`, `metrics`, `fsutil` and `config::error` at the bottom;
+//! `idp` and `upstream` above them; then `plugins`, `router`, `proxy` and `server`.
 
 pub mod access_log;
 pub mod admin;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod etcd;
+pub mod fsutil;
 pub mod http;
 pub mod idp;
 pub mod jose;

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::etcd::EtcdServer;
 use common::fake_idp::{FakeIdp, IdpResponse, CLIENT_ID, CLIENT_SECRET, INTROSPECTION_PATH};
 use common::jwt::SigningKey;
+use common::login::{browse, login, login_plugin, Jar};
 use common::*;
 use serde_json::{json, Value};
 
@@ -193,14 +193,7 @@ fn apisix_json_written_with_etcdctl_serves_on_every_node_with_updates_and_delete
     }
     // Counted as etcd changes.
     let m = nodes[0].proxy.scrape();
-    assert!(
-        m.get(
-            "portcullis_config_changes_total",
-            &[("source", "etcd"), ("outcome", "applied")]
-        ) >= 6.0,
-        "{}",
-        m.text
-    );
+    assert!(m.config_changes("etcd", "applied") >= 6.0, "{}", m.text);
     assert_eq!(m.get("apisix_etcd_reachable", &[]), 1.0);
 }
 
@@ -573,14 +566,7 @@ fn garbage_and_invalid_values_are_skipped_and_logged_while_the_rest_serves() {
     });
     assert!(n.proxy.try_exit_status().is_none());
     let m = n.proxy.scrape();
-    assert!(
-        m.get(
-            "portcullis_config_changes_total",
-            &[("source", "etcd"), ("outcome", "rejected")]
-        ) >= 5.0,
-        "{}",
-        m.text
-    );
+    assert!(m.config_changes("etcd", "rejected") >= 5.0, "{}", m.text);
 }
 
 #[test]
@@ -652,38 +638,6 @@ fn readiness_waits_for_the_first_sync_and_etcd_authentication_works() {
     });
 }
 
-/// A browser's cookies for one site.
-#[derive(Default)]
-struct Jar(BTreeMap<String, String>);
-
-impl Jar {
-    fn take(&mut self, r: &Response) {
-        for line in r.header_all("set-cookie") {
-            let pair = line.split(';').next().unwrap_or_default();
-            if let Some((k, v)) = pair.split_once('=') {
-                self.0.insert(k.trim().to_string(), v.to_string());
-            }
-        }
-    }
-
-    fn header(&self) -> String {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
-
-fn browse(n: &Node, path: &str, jar: &Jar) -> Response {
-    let cookie = jar.header();
-    let mut headers = vec![("Host", "app.test")];
-    if !cookie.is_empty() {
-        headers.push(("Cookie", cookie.as_str()));
-    }
-    Client::connect(n.proxy.port).request("GET", path, &headers, b"")
-}
-
 #[test]
 fn a_session_made_on_one_node_is_opened_by_another() {
     let etcd = EtcdServer::start();
@@ -693,10 +647,7 @@ fn a_session_made_on_one_node_is_opened_by_another() {
     // No session.secret: the fleet's generated one, kept in etcd.
     let app = json!({
         "id": "app", "uri": "/app/*", "upstream_id": "u",
-        "plugins": { "openid-connect": {
-            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-            "discovery": idp.discovery_url(), "bearer_only": false, "scope": "openid", "timeout": 3,
-        }},
+        "plugins": { "openid-connect": login_plugin(&idp) },
     });
     etcd.put("/apisix/routes/app", &app.to_string());
     let hosts = [etcd.url()];
@@ -705,17 +656,12 @@ fn a_session_made_on_one_node_is_opened_by_another() {
     b.wait_synced();
 
     let mut jar = Jar::default();
-    let r = browse(&a, "/app/page", &jar);
-    assert_eq!(r.status, 302, "{}\n{}", r.text(), a.proxy.log());
-    jar.take(&r);
-    let at_idp = idp.login_code(r.header("location").unwrap());
-    let cb = browse(&a, &at_idp.target(), &jar);
+    let cb = login(&a.proxy, &idp, "/app/page", &mut jar);
     assert_eq!(cb.status, 302, "{}", cb.text());
-    jar.take(&cb);
-    assert!(jar.0.contains_key("session"), "{:?}", jar.0.keys());
+    assert!(jar.0.contains_key("session"), "{:?}", jar.names());
     // Node A serves it, and so does node B, which never saw the login.
-    assert_eq!(browse(&a, "/app/page", &jar).status, 200);
-    let r = browse(&b, "/app/page", &jar);
+    assert_eq!(browse(&a.proxy, "/app/page", &jar, &[]).status, 200);
+    let r = browse(&b.proxy, "/app/page", &jar, &[]);
     assert_eq!(r.status, 200, "{}\n{}", r.text(), b.proxy.log());
     assert_eq!(r.upstream_id(), Some("U"));
     // One secret, in etcd, not in either data dir.

@@ -4,47 +4,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::thread;
 use std::time::Duration;
 
-use common::fake_idp::{FakeIdp, Fault, IdTokenFault, Params, CLIENT_ID, CLIENT_SECRET};
+use common::fake_idp::{FakeIdp, Fault, IdTokenFault, Params, CLIENT_ID};
 use common::jwt::{b64_std_decode, SigningKey};
+use common::login::{browse, login, login_plugin, start_login, Jar};
 use common::*;
 use serde_json::{json, Value};
-
-/// A browser's cookie jar for one site: what `Set-Cookie` left, minus what it expired.
-#[derive(Default, Clone)]
-struct Jar(BTreeMap<String, String>);
-
-impl Jar {
-    fn take(&mut self, r: &Response) {
-        for line in r.header_all("set-cookie") {
-            let (pair, attrs) = line.split_once(';').unwrap_or((line, ""));
-            let (name, value) = pair.split_once('=').expect("cookie has a value");
-            let expired = attrs
-                .split(';')
-                .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
-            if expired {
-                self.0.remove(name.trim());
-            } else {
-                self.0.insert(name.trim().to_string(), value.to_string());
-            }
-        }
-    }
-
-    fn header(&self) -> String {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn names(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
-    }
-}
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -65,16 +32,11 @@ fn site_with(extra: Value, top: Value, prep: impl Fn(&FakeIdp)) -> Site {
     let idp = FakeIdp::start_with_key(SigningKey::rsa1());
     prep(&idp);
     let up = Upstream::start("A");
-    let mut plugin = json!({
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "discovery": idp.discovery_url(),
-        "bearer_only": false,
-        "scope": "openid profile",
-        "logout_path": "/app/logout",
-        "session": {"secret": SECRET},
-        "timeout": 2,
-    });
+    let mut plugin = login_plugin(&idp);
+    merge(
+        &mut plugin,
+        &json!({"logout_path": "/app/logout", "session": {"secret": SECRET}}),
+    );
     merge(&mut plugin, &extra);
     let mut app = route("app", "/app/*", &[&up]);
     app["plugins"] = json!({ "openid-connect": plugin });
@@ -84,47 +46,18 @@ fn site_with(extra: Value, top: Value, prep: impl Fn(&FakeIdp)) -> Site {
     Site { idp, up, proxy }
 }
 
-fn merge(base: &mut Value, extra: &Value) {
-    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            match (b.get_mut(k), v) {
-                (Some(bv @ Value::Object(_)), Value::Object(_)) => merge(bv, v),
-                _ => {
-                    b.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-}
-
 impl Site {
+    // The HTTPS port in HTTPS mode (tests/run.sh runs this file both ways).
     fn get(&self, path: &str, jar: &Jar, extra: &[(&str, &str)]) -> Response {
-        let cookie = jar.header();
-        let mut headers: Vec<(&str, &str)> = vec![("Host", "app.test")];
-        if !cookie.is_empty() {
-            headers.push(("Cookie", &cookie));
-        }
-        headers.extend_from_slice(extra);
-        // The HTTPS port in HTTPS mode (tests/run.sh runs this file both ways).
-        self.proxy.client().request("GET", path, &headers, b"")
+        browse(&self.proxy, path, jar, extra)
     }
 
-    /// Start a login at `path`: the 302 to the IdP, with the attempt cookie in `jar`.
     fn start(&self, path: &str, jar: &mut Jar) -> Response {
-        let r = self.get(path, jar, &[]);
-        assert_eq!(r.status, 302, "{path}: {:?} {}", r.headers, r.text());
-        jar.take(&r);
-        r
+        start_login(&self.proxy, path, jar)
     }
 
-    /// The whole login, as a browser would do it: returns the callback's answer.
     fn login(&self, path: &str, jar: &mut Jar) -> Response {
-        let r = self.start(path, jar);
-        let at_idp = self.idp.login_code(r.header("location").unwrap());
-        assert!(at_idp.code().is_some(), "{}", at_idp.location);
-        let cb = self.get(&at_idp.target(), jar, &[]);
-        jar.take(&cb);
-        cb
+        login(&self.proxy, &self.idp, path, jar)
     }
 
     fn logged_in(&self, path: &str) -> Jar {
@@ -257,8 +190,7 @@ fn a_revisit_makes_no_idp_call() {
     // The metrics say the same: five sessions accepted, opened from the per-core cache after
     // at most one decryption, and no IdP call.
     let after = s.proxy.scrape_settled();
-    let d =
-        |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    let d = |name: &str, labels: &[(&str, &str)]| after.since(&before, name, labels);
     let session_ok = [("route", "app"), ("method", "session"), ("outcome", "ok")];
     assert_eq!(
         d("portcullis_auth_total", &session_ok),
@@ -359,7 +291,7 @@ fn each_login_step_is_counted_in_the_metrics() {
     let after = s.proxy.scrape_settled();
     let step = |step: &str, outcome: &str| {
         let labels = [("route", "app"), ("step", step), ("outcome", outcome)];
-        after.get("portcullis_login_total", &labels) - before.get("portcullis_login_total", &labels)
+        after.since(&before, "portcullis_login_total", &labels)
     };
     assert_eq!(step("redirect", "ok"), 2.0, "{}", after.text);
     assert_eq!(step("callback", "ok"), 1.0);
@@ -692,14 +624,13 @@ fn the_generated_secret_serves_every_worker_and_survives_a_restart() {
     let idp = FakeIdp::start_with_key(SigningKey::rsa1());
     let up = Upstream::start("A");
     let dir = TempDir::new();
-    let discovery = idp.discovery_url();
+    // No session.secret: the generated one.
+    let plugin = login_plugin(&idp);
     let up_addr = up.addr();
     let cfg = || {
         let mut app = json!({"id": "app", "uri": "/app/*",
             "upstream": {"type": "roundrobin", "nodes": {up_addr.clone(): 1}}});
-        app["plugins"] = json!({"openid-connect": {
-            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-            "discovery": discovery, "bearer_only": false}});
+        app["plugins"] = json!({"openid-connect": plugin});
         let mut c = base_config(vec![app]);
         c["workers"] = json!(2);
         c["data_dir"] = json!(dir.path().join("data").to_string_lossy());

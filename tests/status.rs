@@ -25,11 +25,6 @@ fn dead_addr() -> String {
     a
 }
 
-/// `after - before` for one series (labels a subset).
-fn delta(before: &Metrics, after: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    after.get(name, labels) - before.get(name, labels)
-}
-
 #[test]
 fn health_and_unknown_paths_and_methods() {
     let up = Upstream::start("A");
@@ -166,92 +161,47 @@ fn request_counters_move_by_exactly_what_was_sent_on_every_core() {
     }
     assert_eq!(p.get("/down/x").status, 502);
     let after = p.scrape_settled();
-    let d = |name: &str, labels: &[(&str, &str)]| delta(&before, &after, name, labels);
-
-    assert_eq!(
-        d(
-            "apisix_http_status_total",
-            &[("code", "200"), ("route", "web"), ("node", "127.0.0.1")]
-        ),
-        6.0
-    );
-    assert_eq!(d("apisix_http_status_total", &[("route", "web")]), 6.0);
-    assert_eq!(
-        d(
-            "apisix_http_status_total",
-            &[("code", "404"), ("route", ""), ("node", "")]
-        ),
-        2.0
-    );
-    assert_eq!(
-        d(
-            "apisix_http_status_total",
-            &[("code", "502"), ("route", "down")]
-        ),
-        1.0
-    );
-    assert_eq!(d("apisix_http_status_total", &[]), 9.0, "{}", after.text);
-    assert_eq!(
-        d(
-            "portcullis_upstream_connect_errors_total",
-            &[("route", "down"), ("node", "127.0.0.1")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        d(
-            "apisix_bandwidth_total",
-            &[("type", "ingress"), ("route", "web")]
-        ),
-        sent_web as f64
-    );
-    assert!(
-        d(
-            "apisix_bandwidth_total",
-            &[("type", "egress"), ("route", "web")]
-        ) > 6.0 * 100.0
-    );
-    for t in ["request", "apisix", "upstream"] {
-        assert_eq!(
-            d(
-                "apisix_http_latency_count",
-                &[("type", t), ("route", "web")]
+    let (status, latency) = ("apisix_http_status_total", "apisix_http_latency_count");
+    let web = |t| [("type", t), ("route", "web")];
+    let web_inf = |t| [("type", t), ("route", "web"), ("le", "+Inf")];
+    after.assert_moved(
+        &before,
+        &[
+            (
+                status,
+                &[("code", "200"), ("route", "web"), ("node", "127.0.0.1")],
+                6.0,
             ),
-            6.0,
-            "{t}"
-        );
-        assert_eq!(
-            d(
-                "apisix_http_latency_bucket",
-                &[("type", t), ("route", "web"), ("le", "+Inf")]
+            (status, &[("route", "web")], 6.0),
+            (status, &[("code", "404"), ("route", ""), ("node", "")], 2.0),
+            (status, &[("code", "502"), ("route", "down")], 1.0),
+            (status, &[], 9.0),
+            (
+                "portcullis_upstream_connect_errors_total",
+                &[("route", "down"), ("node", "127.0.0.1")],
+                1.0,
             ),
-            6.0
-        );
-    }
-    // Only answered requests have an upstream latency.
-    assert_eq!(
-        d(
-            "apisix_http_latency_count",
-            &[("type", "upstream"), ("route", "down")]
-        ),
-        0.0
+            ("apisix_bandwidth_total", &web("ingress"), sent_web as f64),
+            (latency, &web("request"), 6.0),
+            (latency, &web("apisix"), 6.0),
+            (latency, &web("upstream"), 6.0),
+            ("apisix_http_latency_bucket", &web_inf("request"), 6.0),
+            ("apisix_http_latency_bucket", &web_inf("apisix"), 6.0),
+            ("apisix_http_latency_bucket", &web_inf("upstream"), 6.0),
+            // Only answered requests have an upstream latency.
+            (latency, &[("type", "upstream"), ("route", "down")], 0.0),
+            (latency, &[("type", "request"), ("route", "down")], 1.0),
+            // Every request came on its own connection; the scrapes are not the data plane's.
+            (
+                "apisix_nginx_http_current_connections",
+                &[("state", "accepted")],
+                9.0,
+            ),
+            ("apisix_http_requests_total", &[], 9.0),
+        ],
     );
-    assert_eq!(
-        d(
-            "apisix_http_latency_count",
-            &[("type", "request"), ("route", "down")]
-        ),
-        1.0
-    );
-    // Every request came on its own connection; the scrapes are not the data plane's.
-    assert_eq!(
-        d(
-            "apisix_nginx_http_current_connections",
-            &[("state", "accepted")]
-        ),
-        9.0
-    );
-    assert_eq!(d("apisix_http_requests_total", &[]), 9.0);
+    let egress = after.since(&before, "apisix_bandwidth_total", &web("egress"));
+    assert!(egress > 6.0 * 100.0, "{egress}\n{}", after.text);
 }
 
 /// The plugin options for a JWT route at `idp`.
@@ -353,7 +303,7 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
     assert_eq!(bearer_at(&p, "/intro/x", &inactive_token).status, 401);
     assert_eq!(bearer_at(&p, "/intro/x", &failing_token).status, 401);
     let after = p.scrape_settled();
-    let d = |name: &str, labels: &[(&str, &str)]| delta(&before, &after, name, labels);
+    let d = |name: &str, labels: &[(&str, &str)]| after.since(&before, name, labels);
     let auth = |route: &str, method: &str, outcome: &str| {
         d(
             "portcullis_auth_total",
@@ -391,33 +341,37 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
         );
     }
     assert_eq!(d("portcullis_auth_total", &[("route", "intro")]), 4.0);
-    // The refusals are answers too, per route and status.
-    assert_eq!(
-        d(
-            "apisix_http_status_total",
-            &[("route", "jwt"), ("code", "401")]
-        ),
-        7.0
-    );
-    assert_eq!(
-        d(
-            "apisix_http_status_total",
-            &[("route", "jwt"), ("code", "403")]
-        ),
-        2.0
-    );
-
-    // Caches: every token with a credential is looked up once per request; only a repeat hits.
-    let cache = |name: &str, cache: &str| d(name, &[("cache", cache)]);
-    assert_eq!(cache("portcullis_token_cache_hits_total", "jwt"), 1.0);
-    assert_eq!(cache("portcullis_token_cache_misses_total", "jwt"), 9.0);
-    assert_eq!(
-        cache("portcullis_token_cache_hits_total", "introspection"),
-        1.0
-    );
-    assert_eq!(
-        cache("portcullis_token_cache_misses_total", "introspection"),
-        3.0
+    let cache = |c| [("cache", c)];
+    let introspection_calls = |outcome| [("endpoint", "introspection"), ("outcome", outcome)];
+    after.assert_moved(
+        &before,
+        &[
+            // The refusals are answers too, per route and status.
+            (
+                "apisix_http_status_total",
+                &[("route", "jwt"), ("code", "401")],
+                7.0,
+            ),
+            (
+                "apisix_http_status_total",
+                &[("route", "jwt"), ("code", "403")],
+                2.0,
+            ),
+            // Caches: every token with a credential is looked up once per request; only a
+            // repeat hits.
+            ("portcullis_token_cache_hits_total", &cache("jwt"), 1.0),
+            ("portcullis_token_cache_misses_total", &cache("jwt"), 9.0),
+            (
+                "portcullis_token_cache_hits_total",
+                &cache("introspection"),
+                1.0,
+            ),
+            (
+                "portcullis_token_cache_misses_total",
+                &cache("introspection"),
+                3.0,
+            ),
+        ],
     );
     // The warm-up token and the fresh one.
     assert_eq!(
@@ -433,36 +387,38 @@ fn each_auth_outcome_caches_and_idp_failures_are_counted_exactly() {
         2.0
     );
 
-    // IdP calls: two usable introspection answers, one failure, each timed.
-    let idp_calls = |outcome: &str| {
-        d(
-            "portcullis_idp_requests_total",
-            &[("endpoint", "introspection"), ("outcome", outcome)],
-        )
-    };
-    assert_eq!(idp_calls("ok"), 2.0);
-    assert_eq!(idp_calls("bad_status"), 1.0);
-    assert_eq!(
-        d(
-            "portcullis_idp_request_duration_seconds_count",
-            &[("endpoint", "introspection")]
-        ),
-        3.0
-    );
-    // The unknown key id made one refresh of the key set (discovery and JWKS fetched again).
-    assert_eq!(
-        d(
-            "portcullis_jwks_refresh_total",
-            &[("reason", "unknown_kid")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        d(
-            "portcullis_idp_requests_total",
-            &[("endpoint", "jwks"), ("outcome", "ok")]
-        ),
-        1.0
+    after.assert_moved(
+        &before,
+        &[
+            // IdP calls: two usable introspection answers, one failure, each timed.
+            (
+                "portcullis_idp_requests_total",
+                &introspection_calls("ok"),
+                2.0,
+            ),
+            (
+                "portcullis_idp_requests_total",
+                &introspection_calls("bad_status"),
+                1.0,
+            ),
+            (
+                "portcullis_idp_request_duration_seconds_count",
+                &[("endpoint", "introspection")],
+                3.0,
+            ),
+            // The unknown key id made one refresh of the key set (discovery and JWKS fetched
+            // again).
+            (
+                "portcullis_jwks_refresh_total",
+                &[("reason", "unknown_kid")],
+                1.0,
+            ),
+            (
+                "portcullis_idp_requests_total",
+                &[("endpoint", "jwks"), ("outcome", "ok")],
+                1.0,
+            ),
+        ],
     );
     assert!(
         after.get(
@@ -691,15 +647,12 @@ fn a_reload_counts_as_a_config_change_applied_or_rejected() {
         .stderr()
         .contains("reload refused")));
     let after = p.scrape_settled();
-    let d = |outcome: &str| {
-        delta(
-            &before,
-            &after,
-            "portcullis_config_changes_total",
-            &[("source", "file"), ("outcome", outcome)],
-        )
-    };
-    assert_eq!((d("applied"), d("rejected")), (1.0, 1.0));
+    assert_eq!(
+        after.config_changes_since(&before, "file"),
+        (1.0, 1.0),
+        "{}",
+        after.text
+    );
 }
 
 #[test]
@@ -776,15 +729,12 @@ fn admin_api_writes_count_as_config_changes_applied_or_rejected() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(eventually(Duration::from_secs(5), || p.get("/bb/x").status == 200));
     let after = p.scrape_settled();
-    let d = |outcome: &str| {
-        delta(
-            &before,
-            &after,
-            "portcullis_config_changes_total",
-            &[("source", "admin"), ("outcome", outcome)],
-        )
-    };
-    assert_eq!((d("applied"), d("rejected")), (2.0, 1.0), "{}", after.text);
+    assert_eq!(
+        after.config_changes_since(&before, "admin"),
+        (2.0, 1.0),
+        "{}",
+        after.text
+    );
     // The new route is counted under its id.
     assert_eq!(
         after.get(

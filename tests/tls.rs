@@ -456,6 +456,11 @@ fn bad_ssls_are_refused_with_the_field_named() {
             json!({}),
             "ssls[1].id: `1` is used by an earlier SSL object",
         ),
+        (
+            json!([{"id": "a/b", "snis": ["a.test"], "cert": a.cert, "key": a.key}]),
+            json!({}),
+            "ssls[0].id: \"a/b\" is not a valid id (allowed: 1 to 64 of A-Z a-z 0-9 - _ .)",
+        ),
     ];
     for (ssls, tls, want) in cases {
         let (ok, out) = check_config(&cfg(ssls, tls));

@@ -1,11 +1,13 @@
 //! The Admin API key: from the config, or generated once into `data_dir`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::fsutil::{at, durable_write, Existing};
 
 /// File under `data_dir` holding a generated key.
 pub const KEY_FILE: &str = "admin.key";
@@ -40,32 +42,17 @@ pub fn admin_key(configured: Option<&str>, data_dir: &Path) -> io::Result<(Strin
         .fill(&mut raw)
         .map_err(|_| io::Error::other("the system RNG failed"))?;
     let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = data_dir.join(format!("{KEY_FILE}.tmp.{}", std::process::id()));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(key.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        // link(2) never replaces: a racing start that linked first wins, and both read it.
-        fs::hard_link(&tmp, &path)
-    })();
-    let _ = fs::remove_file(&tmp);
-    match written {
-        Ok(()) => {
-            File::open(data_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| at(data_dir, "cannot sync", e))?;
-            Ok((key, KeySource::Generated(path)))
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match read_key(&path)? {
-            Some(k) => Ok((k, KeySource::File(path))),
-            None => Err(at(&path, "is empty", e)),
-        },
-        Err(e) => Err(at(&path, "cannot write", e)),
+    // Keep, not Replace: a racing start that placed its key first wins, and both read it.
+    let placed = durable_write(&path, format!("{key}\n").as_bytes(), 0o600, Existing::Keep)?;
+    if placed {
+        return Ok((key, KeySource::Generated(path)));
+    }
+    match read_key(&path)? {
+        Some(k) => Ok((k, KeySource::File(path))),
+        None => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{}: vanished right after creation", path.display()),
+        )),
     }
 }
 
@@ -82,10 +69,6 @@ fn read_key(path: &Path) -> io::Result<Option<String>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(at(path, "cannot read", e)),
     }
-}
-
-fn at(path: &Path, doing: &str, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {doing}: {e}", path.display()))
 }
 
 /// Compare a presented key with the real one in time that depends on neither's content: both
@@ -121,6 +104,35 @@ mod tests {
             admin_key(Some("configured-key-0123"), &d).unwrap(),
             ("configured-key-0123".into(), KeySource::Config)
         );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn racing_starts_agree_on_one_key() {
+        let d =
+            std::env::temp_dir().join(format!("portcullis-admin-key-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (d, barrier) = (d.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    admin_key(None, &d).unwrap()
+                })
+            })
+            .collect();
+        let got: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(got.iter().all(|(k, _)| k == &got[0].0));
+        let generated = got
+            .iter()
+            .filter(|(_, s)| matches!(s, KeySource::Generated(_)))
+            .count();
+        assert!(
+            generated <= 1,
+            "{generated} starts say they generated the key"
+        );
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1, "temp files left");
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -354,6 +354,23 @@ pub fn id_of(v: &Value) -> Result<String, ConfigError> {
     }
 }
 
+/// An object's `status` (routes, SSL objects): absent or 1 is enabled, 0 disabled. Another
+/// value is an error, and the object counts as enabled so the rest of it is still checked.
+pub fn enabled(status: Option<i64>, errors: &mut Vec<ConfigError>) -> bool {
+    match status {
+        None | Some(1) => true,
+        Some(0) => false,
+        Some(s) => {
+            errors.push(ConfigError::new(
+                "status",
+                format!("{s} is not a status"),
+                "0 (disabled), 1 (enabled)",
+            ));
+            true
+        }
+    }
+}
+
 /// Every route's `upstream_id` names an upstream object.
 pub fn check_references(routes: &[RouteSpec], upstreams: &Upstreams) -> Vec<ConfigError> {
     routes
@@ -523,18 +540,7 @@ pub fn check_route(
             None
         })
         .collect();
-    let enabled = match raw.status {
-        None | Some(1) => true,
-        Some(0) => false,
-        Some(s) => {
-            errors.push(ConfigError::new(
-                "status",
-                format!("{s} is not a status"),
-                "0 (disabled), 1 (enabled)",
-            ));
-            true
-        }
-    };
+    let enabled = enabled(raw.status, errors);
     let plugins = match raw.plugins {
         None => Plugins::default(),
         Some(Value::Object(map)) => plugins::check(map, errors),

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{deserialize_at, ConfigError};
+use super::route::{enabled, id_of};
 use crate::tls::{parse_pair, SslSpec};
 
 /// An SSL object as written (APISIX field names, plus `cert_file`/`key_file`).
@@ -121,16 +122,12 @@ pub fn check_ssl(
             return None;
         }
     };
-    let id = match &raw.id {
+    // The route id grammar: ids name store files and etcd keys alike.
+    let id = match raw.id.as_ref().map(id_of) {
         None => fallback_id.to_string(),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(_) => {
-            errors.push(ConfigError::new(
-                "id",
-                "is not an id",
-                "a non-empty string or a number",
-            ));
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            errors.push(e);
             fallback_id.to_string()
         }
     };
@@ -143,18 +140,7 @@ pub fn check_ssl(
             ));
         }
     }
-    let enabled = match raw.status {
-        None | Some(1) => true,
-        Some(0) => false,
-        Some(s) => {
-            errors.push(ConfigError::new(
-                "status",
-                format!("{s} is not a status"),
-                "0 (disabled), 1 (enabled)",
-            ));
-            true
-        }
-    };
+    let enabled = enabled(raw.status, errors);
     let mut snis: Vec<String> = Vec::new();
     let named = raw.sni.is_some() || raw.snis.is_some();
     match (raw.sni, raw.snis) {
@@ -261,5 +247,88 @@ fn pair_error(e: &str, cert_path: &str, key_path: &str) -> ConfigError {
         Some(("key", rest)) => ConfigError::plain(key_path, rest),
         Some((_, rest)) => ConfigError::plain(cert_path, rest),
         None => ConfigError::plain(cert_path, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The errors `check_ssl` reports for `field` (the object has no certificate, so others
+    /// are there too).
+    fn errors_at(value: Value, field: &str) -> (Vec<String>, Option<(String, bool)>) {
+        let mut errors = Vec::new();
+        let out = check_ssl(value, "7", &mut errors).map(|(s, on)| (s.id, on));
+        let at = errors
+            .iter()
+            .filter(|e| e.path == field)
+            .map(|e| e.to_string())
+            .collect();
+        (at, out)
+    }
+
+    #[test]
+    fn ids_follow_the_route_grammar() {
+        let long = "x".repeat(64);
+        for (id, want) in [
+            (json!("a-b_c.1"), "a-b_c.1"),
+            (json!(12), "12"),
+            (json!(long), long.as_str()),
+        ] {
+            let (errs, out) = errors_at(json!({"id": id, "snis": ["a.test"]}), "id");
+            assert!(errs.is_empty(), "{id}: {errs:?}");
+            assert_eq!(out.unwrap().0, want);
+        }
+        let (errs, out) = errors_at(json!({"snis": ["a.test"]}), "id");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(out.unwrap().0, "7", "the fallback id");
+        for bad in [
+            json!(""),
+            json!("a/b"),
+            json!("a b"),
+            json!("../x"),
+            json!("x".repeat(65)),
+            json!(-1),
+            json!(1.5),
+            json!(true),
+            json!(["1"]),
+        ] {
+            let (errs, _) = errors_at(json!({"id": bad, "snis": ["a.test"]}), "id");
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(errs[0].contains("is not a valid id"), "{}", errs[0]);
+            assert!(
+                errs[0].contains("(allowed: 1 to 64 of A-Z a-z 0-9 - _ .)"),
+                "{}",
+                errs[0]
+            );
+        }
+    }
+
+    #[test]
+    fn status_is_zero_or_one() {
+        for (status, on) in [(json!(1), true), (json!(0), false)] {
+            let (errs, out) = errors_at(json!({"status": status, "snis": ["a.test"]}), "status");
+            assert!(errs.is_empty(), "{errs:?}");
+            assert_eq!(out.unwrap().1, on);
+        }
+        let (errs, out) = errors_at(json!({"snis": ["a.test"]}), "status");
+        assert!(errs.is_empty() && out.unwrap().1, "enabled when absent");
+        let (errs, _) = errors_at(json!({"status": 2, "snis": ["a.test"]}), "status");
+        assert_eq!(
+            errs,
+            ["status: 2 is not a status (allowed: 0 (disabled), 1 (enabled))"]
+        );
+    }
+
+    #[test]
+    fn config_file_errors_carry_the_object_path() {
+        let mut errors = Vec::new();
+        check_ssls(vec![json!({"id": "a b", "snis": ["a.test"]})], &mut errors);
+        assert!(
+            errors.iter().any(|e| e.path == "ssls[0].id"),
+            "{:?}",
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        );
     }
 }

@@ -1,20 +1,20 @@
 //! Where Admin API objects persist: one JSON file per object under `<data_dir>/admin/<kind>/`.
 //!
-//! A write is a temp file in the same directory, fsync'd, renamed over the object's file, then
-//! the directory fsync'd: after a crash at any moment the file is the old object or the new one,
-//! never a mix, and a change is only reported done once it would survive a power cut. Leftover
-//! temp files are removed at start; a file that does not read is named in a log line and left
-//! out, never stopping the start.
+//! A write is [`durable_write`] replacing the object's file: after a crash at any moment the file
+//! is the old object or the new one, never a mix, and a change is only reported done once it
+//! would survive a power cut. Leftover temp files are removed at start; a file that does not
+//! read is named in a log line and left out, never stopping the start.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::fsutil::{at, durable_write, sync_dir, Existing, TEMP_MARK};
 
 /// The object kinds the Admin API keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,12 +82,6 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// Distinguishes temp files of concurrent writers in one process.
-static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Suffix of files being written; whatever carries it at start is a crash's leftover.
-const TEMP_MARK: &str = ".tmp-";
-
 impl Store {
     /// The store under `data_dir`, its directories created (mode 0700) when missing.
     pub fn open(data_dir: &Path) -> io::Result<Store> {
@@ -142,30 +136,11 @@ impl Store {
 
     /// Write an object durably (see the module comment).
     pub fn put(&self, kind: Kind, id: &str, stored: &Stored) -> io::Result<()> {
-        let dir = self.root.join(kind.name());
-        let path = dir.join(format!("{id}.json"));
-        let tmp = dir.join(format!(
-            "{id}.json{TEMP_MARK}{}-{}",
-            std::process::id(),
-            TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = self.root.join(kind.name()).join(format!("{id}.json"));
         let text = serde_json::to_vec_pretty(stored)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(at(&path, "cannot write", e));
-        }
-        sync_dir(&dir)
+        durable_write(&path, &text, 0o600, Existing::Replace)?;
+        Ok(())
     }
 
     /// Remove an object durably; removing one that is not there is not an error.
@@ -183,17 +158,6 @@ impl Store {
 fn read_object(path: &Path) -> Result<Stored, String> {
     let text = fs::read(path).map_err(|e| e.to_string())?;
     serde_json::from_slice(&text).map_err(|e| format!("not a stored object: {e}"))
-}
-
-/// Make a rename or removal in `dir` durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| at(dir, "cannot sync", e))
-}
-
-fn at(path: &Path, doing: &str, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {doing}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -88,6 +88,9 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// A series (`name`, a subset of its labels) and by how much it should have moved.
+pub type Moved<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
 /// A parsed exposition.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -166,6 +169,40 @@ impl Metrics {
     /// The sum of the samples named `name` whose labels include all of `labels` (0 if none).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.matching(name, labels).map(|s| s.value).sum()
+    }
+
+    /// How far [`get`](Metrics::get) moved from `before` to this scrape.
+    pub fn since(&self, before: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels) - before.get(name, labels)
+    }
+
+    /// Each `(name, labels, by)` moved by exactly `by` from `before` to this scrape; panics
+    /// listing every one that did not, with this exposition.
+    pub fn assert_moved(&self, before: &Metrics, expected: &[Moved<'_>]) {
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter_map(|&(name, labels, by)| {
+                let moved = self.since(before, name, labels);
+                (moved != by).then(|| format!("{name} {labels:?}: moved by {moved}, not {by}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{}\n{}", wrong.join("\n"), self.text);
+    }
+
+    /// `portcullis_config_changes_total` of `source` (`file`, `admin`, `etcd`) and `outcome`
+    /// (`applied`, `rejected`).
+    pub fn config_changes(&self, source: &str, outcome: &str) -> f64 {
+        self.get(
+            "portcullis_config_changes_total",
+            &[("source", source), ("outcome", outcome)],
+        )
+    }
+
+    /// The changes of `source` applied and rejected from `before` to this scrape.
+    pub fn config_changes_since(&self, before: &Metrics, source: &str) -> (f64, f64) {
+        let moved =
+            |outcome| self.config_changes(source, outcome) - before.config_changes(source, outcome);
+        (moved("applied"), moved("rejected"))
     }
 
     /// The samples named `name` whose labels include all of `labels`.

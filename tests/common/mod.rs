@@ -27,6 +27,7 @@ pub mod etcd;
 pub mod fake_idp;
 pub mod jwt;
 pub mod leaks;
+pub mod login;
 pub mod metrics;
 pub mod real_idp;
 pub mod tls;
@@ -215,6 +216,20 @@ impl Default for Hasher {
 // ---------------------------------------------------------------------------------------------
 // Config helpers
 // ---------------------------------------------------------------------------------------------
+
+/// `extra` merged into `base`, objects key by key at every depth; anything else replaced.
+pub fn merge(base: &mut Value, extra: &Value) {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            match (b.get_mut(k), v) {
+                (Some(bv @ Value::Object(_)), Value::Object(_)) => merge(bv, v),
+                _ => {
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
 
 /// Renders a JSON value as block-style YAML (strings and keys double-quoted, which YAML reads
 /// exactly as JSON does).

@@ -213,14 +213,13 @@ pub async fn access(
     } else {
         AuthMethod::Jwt
     });
-    if p.login {
-        let has_token = p.cfg.takes_bearer() && bearer_token(req.buf, req.headers)?.is_some();
-        if !has_token {
-            ctx.auth_method = Some(AuthMethod::Session);
-            return login::access(p, st, req, ctx).await;
-        }
+    // Found once: it picks the branch, and the bearer branch authenticates with it.
+    let token = route_bearer(p, req.buf, req.headers)?;
+    if p.login && token.is_none() {
+        ctx.auth_method = Some(AuthMethod::Session);
+        return login::access(p, st, req, ctx).await;
     }
-    ctx.identity = authenticate(p, st, req.buf, req.headers).await?;
+    ctx.identity = authenticate(p, st, req.buf, token).await?;
     Ok(None)
 }
 
@@ -329,19 +328,24 @@ impl OidcPlugin {
     }
 }
 
-/// The request's bearer token. `Ok(None)`: there is none and the route lets such requests
-/// through without identity; a missing token the route does not allow is an error.
-fn token_or_unauth(
+/// The request's bearer token when the route takes one; `Ok(None)` when it has none or the
+/// route takes none.
+fn route_bearer(
     p: &OidcPlugin,
     buf: &[u8],
     headers: &[HeaderIdx],
 ) -> Result<Option<Span>, ProxyError> {
-    let cfg = &p.cfg;
-    let token = if cfg.takes_bearer() {
-        bearer_token(buf, headers)?
+    if p.cfg.takes_bearer() {
+        bearer_token(buf, headers)
     } else {
-        None
-    };
+        Ok(None)
+    }
+}
+
+/// The [`route_bearer`] token. `Ok(None)`: there is none and the route lets such requests
+/// through without identity; a missing token the route does not allow is an error.
+fn token_or_unauth(p: &OidcPlugin, token: Option<Span>) -> Result<Option<Span>, ProxyError> {
+    let cfg = &p.cfg;
     match (token, cfg.bearer_only, cfg.unauth_action) {
         (Some(t), _, _) => Ok(Some(t)),
         (None, false, UnauthAction::Pass) => Ok(None),
@@ -359,7 +363,17 @@ pub fn lookup(
     buf: &[u8],
     headers: &[HeaderIdx],
 ) -> Result<Lookup, ProxyError> {
-    let Some(token) = token_or_unauth(p, buf, headers)? else {
+    lookup_token(p, cache, buf, route_bearer(p, buf, headers)?)
+}
+
+/// [`lookup`] with the [`route_bearer`] token already found.
+fn lookup_token(
+    p: &OidcPlugin,
+    cache: &mut TokenCache,
+    buf: &[u8],
+    token: Option<Span>,
+) -> Result<Lookup, ProxyError> {
+    let Some(token) = token_or_unauth(p, token)? else {
         return Ok(Lookup::Pass);
     };
     let now = now();
@@ -416,18 +430,19 @@ impl CoreState {
     }
 }
 
-/// Authenticate a request. `Ok(None)`: let it through without identity (`unauth_action: pass`).
+/// Authenticate a request by its [`route_bearer`] token. `Ok(None)`: let it through without
+/// identity (`unauth_action: pass`).
 pub async fn authenticate(
     p: &OidcPlugin,
     st: &CoreState,
     buf: &[u8],
-    headers: &[HeaderIdx],
+    token: Option<Span>,
 ) -> Result<Option<Identity>, ProxyError> {
     if p.introspects {
-        return authenticate_by_introspection(p, st, buf, headers).await;
+        return authenticate_by_introspection(p, st, buf, token).await;
     }
     // Bound first: the cache borrow must end before any await.
-    let step = lookup(p, &mut st.tokens.borrow_mut(), buf, headers)?;
+    let step = lookup_token(p, &mut st.tokens.borrow_mut(), buf, token)?;
     match step {
         Lookup::Pass => Ok(None),
         Lookup::Cached(identity) => Ok(Some(identity)),
@@ -448,9 +463,9 @@ async fn authenticate_by_introspection(
     p: &OidcPlugin,
     st: &CoreState,
     buf: &[u8],
-    headers: &[HeaderIdx],
+    token: Option<Span>,
 ) -> Result<Option<Identity>, ProxyError> {
-    let Some(token) = token_or_unauth(p, buf, headers)? else {
+    let Some(token) = token_or_unauth(p, token)? else {
         return Ok(None);
     };
     let raw = token.get(buf);

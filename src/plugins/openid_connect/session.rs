@@ -9,9 +9,9 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::fsutil::{at, durable_write, Existing};
 use crate::metrics::CacheStats;
 
 /// HKDF salt: names the purpose and version, so the same configured secret used elsewhere (or by
@@ -138,11 +139,11 @@ impl SessionKey {
 
 /// The node-wide secret: `<data_dir>/session_secret`, 32 random bytes, made once and read back.
 ///
-/// Creating it: the directory (0700) if missing, a uniquely named temp file (O_EXCL, 0600) written
-/// and fsynced, hard-linked to the final name (link(2) never replaces, so racing processes or
-/// cores all end up reading the one file that won), the temp name removed, the directory fsynced.
-/// A file of the wrong size is an error naming the path and is left as it is. Errors keep their
-/// `io::ErrorKind` and name the path in their message.
+/// Creating it: the directory (0700) if missing, then [`durable_write`] with mode 0600 that keeps
+/// an existing file (link(2) never replaces, so racing processes or cores all end up reading the
+/// one file that won, and only ever a complete one). A file of the wrong size is an error naming
+/// the path and is left as it is. Errors keep their `io::ErrorKind` and name the path in their
+/// message.
 pub fn load_or_create_secret(data_dir: &Path) -> io::Result<Vec<u8>> {
     let path = data_dir.join(SECRET_FILE);
     if let Some(secret) = read_secret(&path)? {
@@ -153,25 +154,11 @@ pub fn load_or_create_secret(data_dir: &Path) -> io::Result<Vec<u8>> {
         .mode(0o700)
         .create(data_dir)
         .map_err(|e| at(data_dir, "creating the data directory", e))?;
-    let mut tag = [0u8; 8];
+    let mut secret = [0u8; SECRET_LEN];
     SystemRandom::new()
-        .fill(&mut tag)
+        .fill(&mut secret)
         .map_err(|_| io::Error::other("the system RNG failed"))?;
-    // Unique per process and per call, so racing threads never share a temp file.
-    let tmp = data_dir.join(format!(
-        "{SECRET_FILE}.tmp.{}.{}",
-        std::process::id(),
-        u64::from_le_bytes(tag)
-    ));
-    let linked = write_and_link(&tmp, &path);
-    // The temp name is only a staging name: whether we won or lost, the final file holds the
-    // secret now.
-    let removed = fs::remove_file(&tmp);
-    linked?;
-    removed.map_err(|e| at(&tmp, "removing", e))?;
-    File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| at(data_dir, "syncing the directory", e))?;
+    durable_write(&path, &secret, 0o600, Existing::Keep)?;
     // Winner and losers alike read the one file that got linked, so all converge on it.
     read_secret(&path)?.ok_or_else(|| {
         at(
@@ -180,35 +167,6 @@ pub fn load_or_create_secret(data_dir: &Path) -> io::Result<Vec<u8>> {
             io::Error::new(io::ErrorKind::NotFound, "vanished right after creation"),
         )
     })
-}
-
-/// Write a fresh secret to `tmp` (new file, 0600, synced) and hard-link it to `path` unless
-/// `path` already exists; link(2) never replaces, so exactly one racer's file becomes the secret,
-/// and only ever a complete one.
-fn write_and_link(tmp: &Path, path: &Path) -> io::Result<()> {
-    let mut secret = [0u8; SECRET_LEN];
-    SystemRandom::new()
-        .fill(&mut secret)
-        .map_err(|_| io::Error::other("the system RNG failed"))?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(|e| at(tmp, "creating", e))?;
-    f.write_all(&secret)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| at(tmp, "writing", e))?;
-    drop(f);
-    match fs::hard_link(tmp, path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(at(
-            path,
-            "linking the new secret into place (the data_dir file system must support hard links)",
-            e,
-        )),
-    }
 }
 
 /// The secret at `path`, `None` when there is no file; a file of another size is an error.
@@ -239,11 +197,6 @@ fn read_secret(path: &Path) -> io::Result<Option<Vec<u8>>> {
         ));
     }
     Ok(Some(buf))
-}
-
-/// `e` with the path and what was being done, keeping its kind.
-fn at(path: &Path, doing: &str, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {doing}: {e}", path.display()))
 }
 
 /// What the login flow keeps in the cookie.
