@@ -744,3 +744,109 @@ fn admin_api_writes_count_as_config_changes_applied_or_rejected() {
         1.0
     );
 }
+
+#[test]
+fn matched_uri_and_host_name_the_patterns_and_a_deleted_routes_series_leave() {
+    let up = Upstream::start("A");
+    let admin_port = free_port();
+    let key = "status-test-admin-key-matched-0001";
+    let mut cfg = base_config(vec![route("keep", "/keep/*", &[&up])]);
+    cfg["admin"] = json!({"listen": format!("127.0.0.1:{admin_port}"), "key": key});
+    // One worker: a core takes a new table on its next request, so with one the moment every
+    // core has dropped a deleted route's block is known.
+    cfg["workers"] = json!(1);
+    let p = Proxy::start(cfg);
+    assert!(eventually(Duration::from_secs(5), || can_connect(
+        admin_port
+    )));
+    let admin = |method: &str, body: &Value| {
+        let body = body.to_string();
+        let r = Client::connect(admin_port).request(
+            method,
+            "/apisix/admin/routes/m",
+            &[("X-API-KEY", key), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert!(r.status < 300, "{} {}", r.status, r.text());
+    };
+    let get = |path: &str, host: &str| {
+        Client::connect(p.port)
+            .request("GET", path, &[("Host", host)], b"")
+            .status
+    };
+    admin(
+        "PUT",
+        &json!({"uris": ["/m1", "/m2/*"], "hosts": ["a.test", "*.b.test"],
+                "upstream": {"nodes": {up.addr(): 1}}}),
+    );
+    assert!(eventually(Duration::from_secs(5), || get("/m1", "a.test") == 200));
+    let before = p.scrape_settled();
+    assert_eq!(get("/m1", "a.test"), 200);
+    for _ in 0..2 {
+        assert_eq!(get("/m2/x", "x.B.test"), 200);
+    }
+    let status = "apisix_http_status_total";
+    let m = p.scrape_settled();
+    m.assert_moved(
+        &before,
+        &[
+            (
+                status,
+                &[
+                    ("route", "m"),
+                    ("matched_uri", "/m1"),
+                    ("matched_host", "a.test"),
+                ],
+                1.0,
+            ),
+            (
+                status,
+                &[
+                    ("route", "m"),
+                    ("matched_uri", "/m2/*"),
+                    ("matched_host", "*.b.test"),
+                ],
+                2.0,
+            ),
+            (status, &[("route", "m")], 3.0),
+        ],
+    );
+    // A route without hosts has an empty matched_host; a route changed to other patterns keeps
+    // its counts, each under the pattern it was made with.
+    admin("PATCH", &json!({"uris": ["/m3"], "hosts": null}));
+    assert!(eventually(Duration::from_secs(5), || get("/m3", "c.test") == 200));
+    let after = p.scrape_settled();
+    after.assert_moved(
+        &m,
+        &[
+            (
+                status,
+                &[("route", "m"), ("matched_uri", "/m3"), ("matched_host", "")],
+                1.0,
+            ),
+            (status, &[("route", "m"), ("matched_uri", "/m1")], 0.0),
+        ],
+    );
+    assert_eq!(
+        after.get(status, &[("route", "m"), ("matched_uri", "/m2/*")]),
+        2.0
+    );
+    // Deleted: once the core has taken the table without it, its series are gone.
+    let r = Client::connect(admin_port).request(
+        "DELETE",
+        "/apisix/admin/routes/m",
+        &[("X-API-KEY", key)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(eventually(Duration::from_secs(5), || get("/m3", "c.test") == 404));
+    assert_eq!(get("/keep/x", "c.test"), 200);
+    let gone = p.scrape_settled();
+    assert_eq!(
+        gone.matching(status, &[("route", "m")]).count(),
+        0,
+        "{}",
+        gone.text
+    );
+    assert_eq!(gone.get(status, &[("route", "keep")]), 1.0, "{}", gone.text);
+}
