@@ -72,8 +72,10 @@ impl<const N: usize> Histogram<N> {
     /// Record `v` (same unit as `bounds`). Only the owning thread may call this.
     #[inline]
     pub fn observe(&self, bounds: &[u64; N], v: u64) {
-        // `le` is inclusive: the first bound not below `v`.
-        let i = bounds.partition_point(|&b| b < v);
+        // `le` is inclusive: the first bound not below `v`. Scanned from the bottom rather than
+        // bisected: a proxy's latencies sit in the lowest buckets, where this takes one or two
+        // comparisons against a bisection's four, and a slow request has time to spare.
+        let i = bounds.iter().position(|&b| v <= b).unwrap_or(N);
         match self.buckets.get(i) {
             Some(b) => b.inc(),
             None => self.over.inc(),

@@ -55,8 +55,10 @@ pub struct RouteTable {
     /// Routes, indexed by the lists below.
     pub routes: Vec<Route>,
     /// Routes by exact path and by prefix, each with the index of the pattern it came from.
-    exact: HashMap<Box<[u8]>, Vec<(u32, u16)>>,
-    prefixes: HashMap<Box<[u8]>, Vec<(u32, u16)>>,
+    /// foldhash (seeded per process) instead of SipHash: a lookup hashes the request's path once
+    /// per prefix length, and clients only look up; keys are inserted from configuration.
+    exact: HashMap<Box<[u8]>, Vec<(u32, u16)>, foldhash::fast::RandomState>,
+    prefixes: HashMap<Box<[u8]>, Vec<(u32, u16)>, foldhash::fast::RandomState>,
     /// The distinct lengths of `prefixes`, longest first: a lookup tries one hash probe per
     /// length instead of testing every prefix, so a thousand routes cost what a few do.
     prefix_lens: Vec<usize>,

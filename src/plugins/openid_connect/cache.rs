@@ -73,7 +73,9 @@ fn entry_overhead<V>() -> usize {
 /// A map bounded in entries and bytes, with FIFO eviction: when over either bound, the oldest
 /// insertion goes first.
 pub struct TokenCache<V = Verified> {
-    map: HashMap<TokenKey, Slot<V>>,
+    /// foldhash rather than SipHash: the keys are already SHA-256 digests, which no client can
+    /// steer into one bucket, so a keyed PRF on top only costs time on every request.
+    map: HashMap<TokenKey, Slot<V>, foldhash::fast::RandomState>,
     /// Insertion order; an entry whose number no longer matches the map's is stale and skipped,
     /// so re-inserting a key never leaves a second live copy behind.
     order: VecDeque<(TokenKey, u64)>,
@@ -90,7 +92,7 @@ impl<V: CacheEntry> TokenCache<V> {
     /// A cache holding at most `capacity` tokens and `max_bytes` bytes (either 0 disables it).
     pub fn new(capacity: usize, max_bytes: usize) -> Self {
         TokenCache {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             next_seq: 0,
             capacity,
