@@ -158,7 +158,8 @@ upstream_desc() {
     if [[ $UPSTREAM == fast ]]; then
         echo "perf/upstream: io_uring, finds each head's end and answers from a static buffer"
     else
-        echo "Debian nginx, \\`return 200\\`"
+        # Single quotes: the backticks are Markdown, not a command substitution.
+        echo 'Debian nginx, `return 200`'
     fi
 }
 
