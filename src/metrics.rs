@@ -6,6 +6,7 @@
 //! read-modify-write): only the owning thread writes them, and a reader on another thread sees
 //! each value whole, at worst a few increments late.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -526,9 +527,10 @@ pub struct CoreMetrics {
     pub caches: [Arc<CacheStats>; 3],
     /// Requests no route took (bad requests, no match).
     pub unrouted: Arc<RouteStats>,
-    /// Per-route blocks, created by this worker the first time it serves a route id; locked
-    /// only then and by a scrape.
-    routes: Mutex<Vec<Arc<RouteStats>>>,
+    /// Per-route blocks by id, created by this worker the first time it serves a route id;
+    /// locked only then, when the worker takes a new table, and by a scrape. A map, since a
+    /// new table makes every route look its block up again.
+    routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
 }
 
 impl CoreMetrics {
@@ -541,7 +543,7 @@ impl CoreMetrics {
             requests: Counter::default(),
             caches: Default::default(),
             unrouted: Arc::new(RouteStats::new(Arc::from(""))),
-            routes: Mutex::new(Vec::new()),
+            routes: Mutex::default(),
         }
     }
 
@@ -549,12 +551,10 @@ impl CoreMetrics {
     /// reloads, so a changed route keeps counting where it was.
     pub fn route(&self, id: &Arc<str>) -> Arc<RouteStats> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = routes.iter().find(|r| r.id == *id) {
-            return r.clone();
-        }
-        let r = Arc::new(RouteStats::new(id.clone()));
-        routes.push(r.clone());
-        r
+        routes
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(RouteStats::new(id.clone())))
+            .clone()
     }
 
     /// Drop the blocks of route ids `live` says are gone, so that ids which come and go (Admin
@@ -562,14 +562,14 @@ impl CoreMetrics {
     /// leave `/metrics` with it, and an id created again starts from zero.
     pub fn retain_routes(&self, live: impl Fn(&str) -> bool) {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        routes.retain(|r| live(&r.id));
+        routes.retain(|id, _| live(id));
     }
 
     /// Every route block this core has, the unrouted one first.
     pub fn routes(&self) -> Vec<Arc<RouteStats>> {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         std::iter::once(self.unrouted.clone())
-            .chain(routes.iter().cloned())
+            .chain(routes.values().cloned())
             .collect()
     }
 }
