@@ -25,6 +25,40 @@ fn dead_addr() -> String {
     a
 }
 
+/// The Admin API of a proxy started with [`with_admin`]: one call with the key and a JSON body
+/// (none for `Value::Null`).
+struct Admin {
+    port: u16,
+    key: &'static str,
+}
+
+impl Admin {
+    fn call(&self, method: &str, path: &str, body: &Value) -> Response {
+        let body = match body {
+            Value::Null => Vec::new(),
+            v => v.to_string().into_bytes(),
+        };
+        Client::connect(self.port).request(
+            method,
+            path,
+            &[
+                ("X-API-KEY", self.key),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        )
+    }
+}
+
+/// `cfg` with an Admin API listener and `key`, started, once the listener accepts.
+fn with_admin(mut cfg: Value, key: &'static str) -> (Proxy, Admin) {
+    let port = free_port();
+    cfg["admin"] = json!({"listen": format!("127.0.0.1:{port}"), "key": key});
+    let p = Proxy::start(cfg);
+    assert!(eventually(Duration::from_secs(5), || can_connect(port)));
+    (p, Admin { port, key })
+}
+
 #[test]
 fn health_and_unknown_paths_and_methods() {
     let up = Upstream::start("A");
@@ -693,24 +727,10 @@ fn connection_states_follow_idle_busy_and_closed_connections() {
 #[test]
 fn admin_api_writes_count_as_config_changes_applied_or_rejected() {
     let up = Upstream::start("A");
-    let admin_port = free_port();
-    let key = "status-test-admin-key-0123456789";
-    let mut cfg = base_config(vec![route("1", "/a/*", &[&up])]);
-    cfg["admin"] = json!({"listen": format!("127.0.0.1:{admin_port}"), "key": key});
-    let p = Proxy::start(cfg);
-    assert!(eventually(Duration::from_secs(5), || can_connect(
-        admin_port
-    )));
+    let cfg = base_config(vec![route("1", "/a/*", &[&up])]);
+    let (p, api) = with_admin(cfg, "status-test-admin-key-0123456789");
     let before = p.scrape_settled();
-    let admin = |method: &str, path: &str, body: &Value| {
-        let body = body.to_string();
-        Client::connect(admin_port).request(
-            method,
-            path,
-            &[("X-API-KEY", key), ("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
-    };
+    let admin = |method: &str, path: &str, body: &Value| api.call(method, path, body);
     let good = json!({"uri": "/b/*", "upstream": {"nodes": {up.addr(): 1}}});
     let r = admin("PUT", "/apisix/admin/routes/2", &good);
     assert!(
@@ -748,25 +768,13 @@ fn admin_api_writes_count_as_config_changes_applied_or_rejected() {
 #[test]
 fn matched_uri_and_host_name_the_patterns_and_a_deleted_routes_series_leave() {
     let up = Upstream::start("A");
-    let admin_port = free_port();
-    let key = "status-test-admin-key-matched-0001";
     let mut cfg = base_config(vec![route("keep", "/keep/*", &[&up])]);
-    cfg["admin"] = json!({"listen": format!("127.0.0.1:{admin_port}"), "key": key});
     // One worker: a core takes a new table on its next request, so with one the moment every
     // core has dropped a deleted route's block is known.
     cfg["workers"] = json!(1);
-    let p = Proxy::start(cfg);
-    assert!(eventually(Duration::from_secs(5), || can_connect(
-        admin_port
-    )));
+    let (p, api) = with_admin(cfg, "status-test-admin-key-matched-0001");
     let admin = |method: &str, body: &Value| {
-        let body = body.to_string();
-        let r = Client::connect(admin_port).request(
-            method,
-            "/apisix/admin/routes/m",
-            &[("X-API-KEY", key), ("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
+        let r = api.call(method, "/apisix/admin/routes/m", body);
         assert!(r.status < 300, "{} {}", r.status, r.text());
     };
     let get = |path: &str, host: &str| {
@@ -832,12 +840,7 @@ fn matched_uri_and_host_name_the_patterns_and_a_deleted_routes_series_leave() {
         2.0
     );
     // Deleted: once the core has taken the table without it, its series are gone.
-    let r = Client::connect(admin_port).request(
-        "DELETE",
-        "/apisix/admin/routes/m",
-        &[("X-API-KEY", key)],
-        b"",
-    );
+    let r = api.call("DELETE", "/apisix/admin/routes/m", &Value::Null);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(eventually(Duration::from_secs(5), || get("/m3", "c.test") == 404));
     assert_eq!(get("/keep/x", "c.test"), 200);
